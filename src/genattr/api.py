@@ -1,0 +1,85 @@
+"""``genattr.explain``: one call from a prompt to an :class:`~genattr.Attribution`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from . import registry
+from .errors import InputError, NumericalError
+from .masking import DEFAULT_MASK, Masker
+from .model import LanguageModel, load
+from .problem import Problem
+from .prompt import Prompt
+from .result import Attribution
+from .target import DEFAULT_MAX_NEW_TOKENS, resolve_target
+
+
+def _as_prompt(lm: LanguageModel, prompt) -> Prompt:
+    if isinstance(prompt, Prompt):
+        return prompt
+    if isinstance(prompt, str):
+        return Prompt.from_text(lm.tokenizer, prompt)
+    if isinstance(prompt, Sequence) and all(isinstance(m, Mapping) for m in prompt):
+        return Prompt.from_messages(lm.tokenizer, prompt)
+    raise InputError(f"prompt must be a string or a list of chat messages, not {type(prompt).__name__}.")
+
+
+def _to_numpy(x) -> np.ndarray | None:
+    if x is None:
+        return None
+    return np.asarray(x.detach().cpu().double() if hasattr(x, "detach") else x, dtype=np.float64)
+
+
+def explain(lm: LanguageModel | str, prompt: str | Sequence[Mapping[str, str]] | Prompt,
+            target: str | Sequence[int] | None = None, *, method: str = "leave_one_out", level: str = "word",
+            mask: str = DEFAULT_MASK, baseline: int | str | None = None, seed: int | None = 0,
+            objective: str = "log_prob", max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, pattern=None, spans=None,
+            **params) -> Attribution:
+    """Explain what ``lm`` wrote after ``prompt`` in terms of the prompt's features.
+
+    ``prompt`` is text or a list of chat messages; ``target`` is the continuation to explain
+    (text or token ids), or None for the model's own greedy output (``max_new_tokens`` at most).
+    ``level`` is how the prompt is cut into features (``token``, ``word``, ``sentence``,
+    ``regex`` with ``pattern``, ``spans`` with ``spans``); ``mask`` how a feature is removed
+    (``attention``, ``replace``, ``delete``; see :mod:`genattr.masking`) and ``baseline`` the
+    token that stands in for it. ``objective`` is ``log_prob`` (default) or ``prob``.
+    Other keywords are the method's parameters (``n_samples``, ``n_steps``, ...), validated by it.
+
+    >>> lm = genattr.load("path/to/model")                                    # doctest: +SKIP
+    >>> res = genattr.explain(lm, "The capital of France is", target=" Paris",
+    ...                       method="shapley_sampling", n_samples=50, seed=1)  # doctest: +SKIP
+    >>> res.top(3)                                                            # doctest: +SKIP
+    """
+    method_cls = registry.get(method)
+    algorithm = method_cls(**params)
+    if isinstance(lm, str):
+        lm = load(lm)
+    if max_new_tokens < 1:
+        raise InputError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        raise InputError(f"seed must be an integer or None, got {seed!r}.")
+    started, usage = time.perf_counter(), lm.usage.copy()
+    prompt_obj = _as_prompt(lm, prompt)
+    features = prompt_obj.features(level, pattern=pattern, spans=spans)
+    lm.check_length(len(prompt_obj), "the prompt")
+    masker = Masker(lm, prompt_obj, features, mask, baseline)
+    resolved = resolve_target(lm, prompt_obj, target, max_new_tokens) if method_cls.needs_target else None
+    problem = Problem(lm, prompt_obj, features, resolved, masker, objective, seed)
+    output = algorithm.attribute(problem)
+    scores, token_scores = _to_numpy(output.scores), _to_numpy(output.token_scores)
+    if not np.isfinite(scores).all() or (token_scores is not None and not np.isfinite(token_scores).all()):
+        raise NumericalError(f"{method} produced non-finite scores; check the model's outputs and the method's "
+                             "parameters (diagnostics may say more).")
+    diagnostics = {**lm.usage.since(usage), "seconds": round(time.perf_counter() - started, 6), **output.diagnostics}
+    call = {"level": level, "mask": mask, "baseline": masker.baseline_id, "objective": objective,
+            "max_new_tokens": max_new_tokens if target is None else None, "pattern": getattr(pattern, "pattern", pattern),
+            "spans": spans}
+    from . import __version__
+
+    return Attribution(method=method, prompt=prompt_obj, features=features, scores=scores,
+                       target=output.target or resolved, token_scores=token_scores, level=level,
+                       params={**algorithm.values, **call}, seed=seed if method_cls.stochastic else None,
+                       diagnostics={"model": lm.name, **diagnostics}, version=__version__, extras=output.extras)

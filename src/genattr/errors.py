@@ -1,0 +1,66 @@
+"""Typed errors: every bad input raises one of these, with a message that says what was
+wrong, the limit where there is one, and what to do.
+
+All of them derive from :class:`GenattrError`, so ``except genattr.errors.GenattrError``
+catches every error the library raises on purpose (the CLI turns them into exit code 2).
+They also derive from the matching built-in (``ValueError``, ``OSError``, ...), so code that
+already catches those keeps working.
+"""
+
+from __future__ import annotations
+
+
+class GenattrError(Exception):
+    """Base class of the errors genattr raises on purpose."""
+
+
+class InputError(GenattrError, ValueError):
+    """The prompt, target or an argument cannot be used as given."""
+
+
+class EmptyPromptError(InputError):
+    """The prompt is empty or only whitespace."""
+
+
+class NoMaskableFeaturesError(InputError):
+    """The prompt has no token that may be masked (only special tokens or template scaffolding)."""
+
+
+class ContextLengthError(InputError):
+    """Prompt plus target (or generation budget) exceed the model's context window."""
+
+
+class EmptyTargetError(InputError):
+    """The target continuation is empty, or the model generated nothing to explain."""
+
+
+class UnknownMethodError(InputError):
+    """No method is registered under the given name."""
+
+
+class UnknownLevelError(InputError):
+    """The feature level is not one of the known segmentations."""
+
+
+class UnknownMaskError(InputError):
+    """The masking strategy or the baseline token is unknown or unavailable for this tokenizer."""
+
+
+class InvalidParameterError(InputError):
+    """A method or call parameter is out of its valid range."""
+
+
+class TooManyFeaturesError(InvalidParameterError):
+    """An exact method was asked for more features than it can enumerate."""
+
+
+class ModelLoadError(GenattrError, OSError):
+    """The model or tokenizer could not be loaded (missing path, unreadable files, no network)."""
+
+
+class NumericalError(GenattrError, FloatingPointError):
+    """The model produced NaN or infinite values."""
+
+
+class ResultFormatError(GenattrError, ValueError):
+    """A saved attribution file is malformed, tampered with, or of an unknown schema."""

@@ -1,0 +1,518 @@
+"""LanguageModel: the one door through which every method reads a Hugging Face causal LM.
+
+It holds the model and its tokenizer and offers, batched over many prompt variants at once
+and chunked under one memory budget (``max_batch_tokens``):
+
+* teacher-forced log-probabilities of a continuation, in one forward pass per chunk
+  (:meth:`LanguageModel.target_log_probs`) and the next-token distributions along it
+  (:meth:`LanguageModel.target_distributions`);
+* greedy generation with a KV cache (:meth:`LanguageModel.generate`);
+* beam search over many prompts at once that returns the beam-marginalised distribution of
+  every output position, as GiLOT needs (:meth:`LanguageModel.beam_search`);
+* input embeddings and a differentiable forward from embeddings (gradient methods), and
+  attention maps with a temporary switch to eager attention (attention methods).
+
+Prompt variants travel as :class:`Inputs`: token ids, which positions other tokens may attend
+to (``visible``), and explicit position ids. A hidden position is removed from every other
+token's attention through a 4-D attention mask, so the positions of the remaining tokens do not
+move; hidden positions still attend to themselves, so no softmax row is ever empty.
+
+Every call counts forward passes, tokens processed and wall time in :attr:`LanguageModel.usage`.
+Log-probabilities are computed in float32 whatever the model's dtype, and NaN or infinite
+logits raise :class:`~genattr.errors.NumericalError`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import re
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import ContextLengthError, EmptyTargetError, InvalidParameterError, ModelLoadError, NumericalError
+
+DEFAULT_MAX_BATCH_TOKENS = 8192
+"""Default memory budget: the most tokens (rows x sequence length) one forward pass may hold."""
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+
+
+@dataclass
+class Usage:
+    """Counters of the work done through a :class:`LanguageModel`."""
+
+    forward_passes: int = 0
+    tokens_processed: int = 0
+    seconds: float = 0.0
+
+    def copy(self) -> Usage:
+        return Usage(self.forward_passes, self.tokens_processed, self.seconds)
+
+    def since(self, earlier: Usage) -> dict:
+        return {"forward_passes": self.forward_passes - earlier.forward_passes,
+                "tokens_processed": self.tokens_processed - earlier.tokens_processed,
+                "model_seconds": round(self.seconds - earlier.seconds, 6)}
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """A batch of prompt variants of one length (left-padded where lengths differ).
+
+    ``visible[b, i]`` is False where position ``i`` of row ``b`` is hidden from every other
+    token (a masked feature, or left padding); ``positions`` are the position ids.
+    """
+
+    input_ids: torch.Tensor
+    visible: torch.Tensor
+    positions: torch.Tensor
+
+    @classmethod
+    def from_ids(cls, ids: Sequence[int], rows: int = 1) -> Inputs:
+        t = torch.tensor(list(ids), dtype=torch.long).unsqueeze(0).expand(rows, -1).contiguous()
+        return cls(t, torch.ones_like(t, dtype=torch.bool), torch.arange(t.shape[1]).expand(rows, -1).contiguous())
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    @property
+    def length(self) -> int:
+        return self.input_ids.shape[1]
+
+    def rows(self, index: slice | torch.Tensor) -> Inputs:
+        return Inputs(self.input_ids[index], self.visible[index], self.positions[index])
+
+    def repeat_rows(self, n: int) -> Inputs:
+        """Each row repeated ``n`` times in place (row 0 n times, then row 1, ...)."""
+        return Inputs(self.input_ids.repeat_interleave(n, 0), self.visible.repeat_interleave(n, 0),
+                      self.positions.repeat_interleave(n, 0))
+
+
+@dataclass
+class Generation:
+    """Greedy continuations: token ids (EOS excluded), their log-probabilities, and whether EOS ended them."""
+
+    token_ids: list[list[int]]
+    log_probs: list[list[float]]
+    stopped: list[bool]
+
+
+@dataclass
+class BeamSearch:
+    """The result of :meth:`LanguageModel.beam_search` for B prompts, b beams and J positions.
+
+    ``marginals[p, j]`` is the distribution of output position ``j + 1`` given prompt ``p``,
+    marginalised over the b most probable prefixes of length ``j`` (GiLOT, Eq. 5): the sum over
+    beams of P(beam) p(Y | beam) with the beam probabilities renormalised to sum to 1.
+    ``mass[p, j]`` is the probability those prefixes cover (1 at the first position; the
+    confidence of GiLOT's Table 8). ``sequences`` are the b best sequences of length J,
+    ``sequence_log_probs`` their log-probabilities.
+    """
+
+    marginals: torch.Tensor
+    mass: torch.Tensor
+    sequences: torch.Tensor
+    sequence_log_probs: torch.Tensor
+    extras: dict = field(default_factory=dict)
+
+
+def _resolve_dtype(dtype) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    if dtype not in names:
+        raise InvalidParameterError(f"unknown dtype {dtype!r}; use one of {', '.join(names)}.")
+    return names[dtype]
+
+
+def _resolve_device(device) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class LanguageModel:
+    """A causal language model and its tokenizer, as genattr's methods see them.
+
+    >>> lm = LanguageModel(model, tokenizer)                             # doctest: +SKIP
+    >>> lm.target_log_probs(Inputs.from_ids(prompt_ids), target_ids)     # doctest: +SKIP
+    tensor([[-2.31, -0.52, ...]])
+    """
+
+    def __init__(self, model, tokenizer, *, max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+                 name: str | None = None) -> None:
+        if max_batch_tokens < 1:
+            raise InvalidParameterError(f"max_batch_tokens must be at least 1, got {max_batch_tokens}.")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_batch_tokens = int(max_batch_tokens)
+        self.name = name or getattr(model.config, "_name_or_path", "") or type(model).__name__
+        self.usage = Usage()
+        self.progress: Callable[[int, int], None] | None = None
+        params = inspect.signature(model.forward).parameters
+        self._keeps_logits = "logits_to_keep" in params
+        self.eos_ids = self._eos_ids()
+
+    # ----------------------------------------------------------------- properties
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model.get_output_embeddings().weight.shape[0]
+
+    @property
+    def context_length(self) -> int | None:
+        cfg = self.model.config
+        for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+            value = getattr(cfg, key, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
+
+    @property
+    def embedding_matrix(self) -> torch.Tensor:
+        """The input embedding matrix [V, d]."""
+        return self.model.get_input_embeddings().weight
+
+    @property
+    def output_embedding_matrix(self) -> torch.Tensor:
+        """The output (unembedding) matrix [V, d]."""
+        return self.model.get_output_embeddings().weight
+
+    def _eos_ids(self) -> list[int]:
+        ids = set()
+        for source in (self.tokenizer.eos_token_id, getattr(self.model.generation_config, "eos_token_id", None)
+                       if getattr(self.model, "generation_config", None) is not None else None):
+            if isinstance(source, int):
+                ids.add(source)
+            elif isinstance(source, (list, tuple)):
+                ids.update(int(i) for i in source)
+        return sorted(ids)
+
+    # ----------------------------------------------------------------- checks and chunking
+    def check_length(self, total: int, what: str = "prompt + target") -> None:
+        """Raise :class:`ContextLengthError` if ``total`` tokens exceed the context window."""
+        limit = self.context_length
+        if limit is not None and total > limit:
+            raise ContextLengthError(
+                f"{what} is {total} tokens but the model's context window is {limit}; shorten the prompt or "
+                "the target (genattr never truncates silently).")
+
+    def rows_per_chunk(self, row_tokens: int) -> int:
+        """How many rows of ``row_tokens`` tokens one forward pass may hold under the budget."""
+        return max(1, self.max_batch_tokens // max(1, row_tokens))
+
+    def chunks(self, n_rows: int, row_tokens: int) -> Iterator[slice]:
+        """Row slices covering ``n_rows`` rows, each within the memory budget (the one chunking path)."""
+        size = self.rows_per_chunk(row_tokens)
+        for start in range(0, n_rows, size):
+            stop = min(n_rows, start + size)
+            yield slice(start, stop)
+            if self.progress is not None:
+                self.progress(stop, n_rows)
+
+    # ----------------------------------------------------------------- the forward pass
+    def attention_mask(self, visible: torch.Tensor, query_index: torch.Tensor) -> torch.Tensor:
+        """Additive 4-D mask [B, 1, Q, K]: query ``q`` (at key index ``query_index[q]``) sees key ``k``
+        iff ``k <= q`` and key ``k`` is visible or is the query itself."""
+        keys = torch.arange(visible.shape[1], device=visible.device)
+        causal = keys[None, :] <= query_index[:, None]
+        itself = keys[None, :] == query_index[:, None]
+        allowed = causal[None] & (visible[:, None, :] | itself[None])
+        mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)
+        mask.masked_fill_(~allowed.to(self.device), torch.finfo(self.dtype).min)
+        return mask[:, None]
+
+    def forward(self, *, input_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
+                visible: torch.Tensor, positions: torch.Tensor, past_key_values=None, use_cache: bool = False,
+                logits_to_keep: int = 0, output_attentions: bool = False):
+        """One forward pass of the model (counted). ``visible`` covers every key so far (cache + new)."""
+        q_len = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        batch = visible.shape[0]
+        total = visible.shape[1]
+        mask = None
+        if not bool(visible.all()):
+            query_index = torch.arange(total - q_len, total, device=visible.device)
+            mask = self.attention_mask(visible, query_index)
+        kwargs = {"attention_mask": mask, "position_ids": positions.to(self.device), "use_cache": use_cache,
+                  "past_key_values": past_key_values}
+        if output_attentions:
+            kwargs["output_attentions"] = True
+        if self._keeps_logits and logits_to_keep:
+            kwargs["logits_to_keep"] = logits_to_keep
+        if input_ids is not None:
+            kwargs["input_ids"] = input_ids.to(self.device)
+        else:
+            kwargs["inputs_embeds"] = inputs_embeds
+        start = time.perf_counter()
+        out = self.model(**kwargs)
+        self.usage.seconds += time.perf_counter() - start
+        self.usage.forward_passes += 1
+        self.usage.tokens_processed += batch * q_len
+        if not torch.isfinite(out.logits).all():
+            raise NumericalError("the model produced NaN or infinite logits; check the model's weights and dtype "
+                                 "(float16 overflows easily on CPU: load with dtype='float32').")
+        return out
+
+    @staticmethod
+    def _append(inputs: Inputs, continuation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Append per-row continuation ids [B, m] (visible, positions continuing each row)."""
+        m = continuation.shape[1]
+        ids = torch.cat([inputs.input_ids, continuation], 1)
+        visible = torch.cat([inputs.visible, torch.ones_like(continuation, dtype=torch.bool)], 1)
+        steps = torch.arange(1, m + 1)
+        positions = torch.cat([inputs.positions, inputs.positions[:, -1:] + steps[None]], 1)
+        return ids, visible, positions
+
+    def _targets(self, inputs: Inputs, target_ids) -> torch.Tensor:
+        target = torch.as_tensor(target_ids, dtype=torch.long)
+        if target.ndim == 1:
+            target = target[None].expand(len(inputs), -1)
+        if target.ndim != 2 or target.shape[0] != len(inputs):
+            raise InvalidParameterError("target ids must be one sequence, or one sequence per prompt row.")
+        if target.shape[1] == 0:
+            raise EmptyTargetError("the target is empty; give a non-empty continuation to explain.")
+        self.check_length(inputs.length + target.shape[1])
+        return target
+
+    def _target_logits(self, inputs: Inputs, target: torch.Tensor) -> torch.Tensor:
+        """Float32 logits [B, n, V] at the n positions that predict the n target tokens."""
+        n = target.shape[1]
+        ids, visible, positions = self._append(inputs, target[:, :-1])
+        out = self.forward(input_ids=ids, visible=visible, positions=positions, logits_to_keep=n)
+        return out.logits[:, -n:].float()
+
+    @torch.no_grad()
+    def target_log_probs(self, inputs: Inputs, target_ids) -> torch.Tensor:
+        """Teacher-forced log p(y_t | prompt variant, y_<t) for every row and target token: [B, n] float32.
+
+        ``target_ids`` is one sequence shared by all rows, or a [B, n] tensor of per-row targets.
+        One forward pass per chunk of rows, whatever n.
+        """
+        target = self._targets(inputs, target_ids)
+        out = torch.empty(target.shape, dtype=torch.float32)
+        for sl in self.chunks(len(inputs), inputs.length + target.shape[1]):
+            logp = self._target_logits(inputs.rows(sl), target[sl]).log_softmax(-1)
+            out[sl] = logp.gather(-1, target[sl, :, None].to(logp.device)).squeeze(-1).cpu()
+        return out
+
+    @torch.no_grad()
+    def target_distributions(self, inputs: Inputs, target_ids) -> torch.Tensor:
+        """Teacher-forced next-token log-distributions at each target position: [B, n, V] float32."""
+        target = self._targets(inputs, target_ids)
+        out = torch.empty((*target.shape, self.vocab_size), dtype=torch.float32)
+        for sl in self.chunks(len(inputs), inputs.length + target.shape[1]):
+            out[sl] = self._target_logits(inputs.rows(sl), target[sl]).log_softmax(-1).cpu()
+        return out
+
+    # ----------------------------------------------------------------- gradients
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Input embeddings of ``input_ids`` [B, L] -> [B, L, d] (part of the autograd graph)."""
+        return self.model.get_input_embeddings()(input_ids.to(self.device))
+
+    def log_probs_from_embeddings(self, prompt_embeds: torch.Tensor, inputs: Inputs, target_ids,
+                                  output_attentions: bool = False):
+        """Differentiable teacher-forced log-probs of the target given prompt embeddings [B, L, d].
+
+        ``inputs`` gives the visibility and positions of the prompt rows (its ids are not read).
+        Returns log-probs [B, n] (and the attention maps when asked). The caller chunks rows with
+        :meth:`chunks`, since it also runs the backward pass.
+        """
+        target = self._targets(inputs, target_ids)
+        n = target.shape[1]
+        _, visible, positions = self._append(inputs, target[:, :-1])
+        embeds = torch.cat([prompt_embeds, self.embed(target[:, :-1])], 1)
+        out = self.forward(inputs_embeds=embeds, visible=visible, positions=positions, logits_to_keep=n,
+                           output_attentions=output_attentions)
+        logp = out.logits[:, -n:].float().log_softmax(-1)
+        picked = logp.gather(-1, target[:, :, None].to(logp.device)).squeeze(-1)
+        return (picked, out.attentions) if output_attentions else picked
+
+    # ----------------------------------------------------------------- attention
+    @property
+    def attn_implementation(self) -> str | None:
+        return getattr(self.model.config, "_attn_implementation", None)
+
+    @contextmanager
+    def eager_attention(self):
+        """Temporarily switch the model to eager attention (needed to read attention weights)."""
+        before = self.attn_implementation
+        if before == "eager":
+            yield
+            return
+        self.model.set_attn_implementation("eager")
+        try:
+            yield
+        finally:
+            self.model.set_attn_implementation(before)
+
+    @torch.no_grad()
+    def attention_maps(self, inputs: Inputs, target_ids) -> torch.Tensor:
+        """Attention probabilities of every layer and head over prompt + target[:-1]:
+        [B, layers, heads, T, T] float32, read under eager attention."""
+        target = self._targets(inputs, target_ids)
+        ids, visible, positions = self._append(inputs, target[:, :-1])
+        maps = []
+        with self.eager_attention():
+            for sl in self.chunks(len(inputs), ids.shape[1]):
+                out = self.forward(input_ids=ids[sl], visible=visible[sl], positions=positions[sl],
+                                   logits_to_keep=1, output_attentions=True)
+                maps.append(torch.stack([a.float().cpu() for a in out.attentions], 1))
+        return torch.cat(maps, 0)
+
+    # ----------------------------------------------------------------- decoding
+    def _absorb(self, logp: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        """Rows whose last token is EOS stay at EOS with probability 1 (an ended sequence does not go on)."""
+        if not self.eos_ids:
+            return logp
+        ended = torch.isin(last, torch.tensor(self.eos_ids, device=last.device))
+        if bool(ended.any()):
+            logp = logp.clone()
+            logp[ended] = float("-inf")
+            logp[ended, last[ended]] = 0.0
+        return logp
+
+    @torch.no_grad()
+    def generate(self, inputs: Inputs, max_new_tokens: int, *, stop_at_eos: bool = True) -> Generation:
+        """Greedy continuation of every row (KV cache; stops at EOS or after ``max_new_tokens``)."""
+        if max_new_tokens < 1:
+            raise InvalidParameterError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
+        self.check_length(inputs.length + max_new_tokens, "prompt + max_new_tokens")
+        eos = set(self.eos_ids) if stop_at_eos else set()
+        tokens: list[list[int]] = []
+        log_probs: list[list[float]] = []
+        stopped: list[bool] = []
+        for sl in self.chunks(len(inputs), inputs.length + max_new_tokens):
+            rows = inputs.rows(sl)
+            r = len(rows)
+            out = self.forward(input_ids=rows.input_ids, visible=rows.visible, positions=rows.positions,
+                               use_cache=True, logits_to_keep=1)
+            past, visible, last_pos = out.past_key_values, rows.visible, rows.positions[:, -1]
+            seqs, lps, done = [[] for _ in range(r)], [[] for _ in range(r)], [False] * r
+            for step in range(max_new_tokens):
+                logp = out.logits[:, -1].float().log_softmax(-1).cpu()
+                best = logp.argmax(-1)
+                for i in range(r):
+                    if done[i]:
+                        continue
+                    tok = int(best[i])
+                    if tok in eos:
+                        done[i] = True
+                        continue
+                    seqs[i].append(tok)
+                    lps[i].append(float(logp[i, tok]))
+                if all(done) or step == max_new_tokens - 1:
+                    break
+                visible = torch.cat([visible, torch.ones(r, 1, dtype=torch.bool)], 1)
+                out = self.forward(input_ids=best[:, None], visible=visible, positions=(last_pos + step + 1)[:, None],
+                                   past_key_values=past, use_cache=True, logits_to_keep=1)
+                past = out.past_key_values
+            tokens += seqs
+            log_probs += lps
+            stopped += done
+        return Generation(tokens, log_probs, stopped)
+
+    @torch.no_grad()
+    def beam_search(self, inputs: Inputs, num_beams: int, max_new_tokens: int) -> BeamSearch:
+        """Beam search over every row at once, returning each output position's beam-marginalised
+        distribution (GiLOT, Eq. 5); see :class:`BeamSearch`.
+
+        All rows x beams advance in one forward pass per step (per chunk of rows); the
+        distribution p(Y_j | beam) is the one computed during the search, so no second pass is
+        needed. An ended beam (last token EOS) stays at EOS: later positions put all its mass there.
+        """
+        if num_beams < 1 or max_new_tokens < 1:
+            raise InvalidParameterError(f"num_beams and max_new_tokens must be at least 1, got {num_beams} and "
+                                        f"{max_new_tokens}.")
+        self.check_length(inputs.length + max_new_tokens, "prompt + output positions")
+        b, J, V = num_beams, max_new_tokens, self.vocab_size
+        n = len(inputs)
+        marginals = torch.empty(n, J, V, dtype=torch.float32)
+        mass = torch.ones(n, J, dtype=torch.float32)
+        sequences = torch.empty(n, b, J, dtype=torch.long)
+        seq_logp = torch.empty(n, b, dtype=torch.float32)
+        for sl in self.chunks(n, (inputs.length + J) * b):
+            rows = inputs.rows(sl)
+            r = len(rows)
+            out = self.forward(input_ids=rows.input_ids, visible=rows.visible, positions=rows.positions,
+                               use_cache=True, logits_to_keep=1)
+            logp0 = out.logits[:, -1].float().log_softmax(-1).cpu()
+            marginals[sl, 0] = logp0.exp()
+            k = min(b, V)
+            cum, tok = logp0.topk(k, -1)
+            if k < b:
+                cum = torch.cat([cum, torch.full((r, b - k), float("-inf"))], 1)
+                tok = torch.cat([tok, tok[:, :1].expand(-1, b - k)], 1)
+            seqs = tok[:, :, None]
+            past = out.past_key_values
+            past.reorder_cache(torch.arange(r).repeat_interleave(b).to(self.device))
+            visible = rows.visible.repeat_interleave(b, 0)
+            last_pos = rows.positions[:, -1].repeat_interleave(b, 0)
+            for j in range(1, J):
+                visible = torch.cat([visible, torch.ones(r * b, 1, dtype=torch.bool)], 1)
+                out = self.forward(input_ids=tok.reshape(-1, 1), visible=visible, positions=(last_pos + j)[:, None],
+                                   past_key_values=past, use_cache=True, logits_to_keep=1)
+                past = out.past_key_values
+                logp = self._absorb(out.logits[:, -1].float().log_softmax(-1).cpu(), tok.reshape(-1)).view(r, b, V)
+                weights = cum.softmax(-1)
+                marginals[sl, j] = torch.einsum("rb,rbv->rv", weights, logp.exp())
+                mass[sl, j] = cum.logsumexp(-1).exp()
+                cum, idx = (cum[:, :, None] + logp).reshape(r, b * V).topk(b, -1)
+                beam, tok = idx // V, idx % V
+                seqs = torch.cat([seqs.gather(1, beam[:, :, None].expand(-1, -1, j)), tok[:, :, None]], 2)
+                if j < J - 1:
+                    past.reorder_cache((torch.arange(r)[:, None] * b + beam).reshape(-1).to(self.device))
+            sequences[sl] = seqs
+            seq_logp[sl] = cum
+        return BeamSearch(marginals, mass, sequences, seq_logp)
+
+
+def load(path_or_id: str | os.PathLike | None = None, *, model=None, tokenizer=None, device=None, dtype=None,
+         trust_remote_code: bool = False, use_safetensors: bool = True,
+         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS, **from_pretrained_kwargs) -> LanguageModel:
+    """Load a causal LM and its tokenizer, or wrap ones you already have.
+
+    ``path_or_id`` is a local directory or a Hugging Face hub id (hub ids need network). Weights
+    load from safetensors only unless ``use_safetensors=False``; ``trust_remote_code`` stays off
+    unless you turn it on. ``device`` defaults to CUDA when present, else CPU; ``dtype`` is a
+    torch dtype or one of ``"float32"``, ``"bfloat16"``, ``"float16"``.
+
+    >>> lm = genattr.load("path/to/model")                          # doctest: +SKIP
+    >>> lm = genattr.load(model=my_model, tokenizer=my_tokenizer)   # doctest: +SKIP
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = _resolve_dtype(dtype)
+    if model is not None or tokenizer is not None:
+        if model is None or tokenizer is None or path_or_id is not None:
+            raise InvalidParameterError("pass either a path or hub id, or both model= and tokenizer=.")
+        if torch_dtype is not None or device is not None:
+            model = model.to(device=_resolve_device(device) if device is not None else None, dtype=torch_dtype)
+        return LanguageModel(model, tokenizer, max_batch_tokens=max_batch_tokens)
+    if path_or_id is None:
+        raise InvalidParameterError("give a model path or hub id, or model= and tokenizer=.")
+    source = os.path.expanduser(os.fspath(path_or_id))
+    if not os.path.isdir(source) and (os.path.exists(source) or not _HUB_ID.fullmatch(source)):
+        raise ModelLoadError(f"model path {source!r} does not exist or is not a directory; check the path "
+                             "(a directory holding config.json, the weights and the tokenizer files).")
+    common = {"trust_remote_code": trust_remote_code, **from_pretrained_kwargs}
+    try:
+        tok = AutoTokenizer.from_pretrained(source, **common)
+        mdl = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype or torch.float32,
+                                                   use_safetensors=use_safetensors, **common)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"could not load {source!r}: {exc}. For a hub id you need network access; "
+                             "otherwise pass a local directory.") from exc
+    mdl.to(_resolve_device(device))
+    return LanguageModel(mdl, tok, max_batch_tokens=max_batch_tokens, name=str(path_or_id))

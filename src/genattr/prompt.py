@@ -1,0 +1,131 @@
+"""The prompt being explained: its text, tokens, character offsets and what may be masked.
+
+A :class:`Prompt` is built from plain text (tokenised the way the tokenizer does by default,
+its own special tokens included, so results compare with peers that tokenise the same way)
+or from chat messages (rendered with the tokenizer's chat template). Special tokens and chat
+template scaffolding are never maskable; only the text of the messages is.
+
+>>> prompt = Prompt.from_text(tokenizer, "The cat sat on the mat.")      # doctest: +SKIP
+>>> [f.text for f in prompt.features("word")]                             # doctest: +SKIP
+['The', 'cat', 'sat', 'on', 'the', 'mat', '.']
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from .errors import EmptyPromptError, InputError, NoMaskableFeaturesError
+from .segment import Feature, content_span, segment
+
+
+def _encode(tokenizer, text: str, add_special_tokens: bool):
+    try:
+        enc = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True,
+                        return_special_tokens_mask=True)
+    except NotImplementedError as exc:
+        raise InputError("genattr needs a fast tokenizer (one that reports character offsets); "
+                         "load the tokenizer with use_fast=True.") from exc
+    return enc
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A tokenised prompt.
+
+    ``text`` is exactly the string given to the tokenizer (for chat input, the rendered
+    template); ``offsets[i]`` is the character span of token ``i`` in it (``(0, 0)`` for
+    special tokens the tokenizer adds); ``maskable[i]`` says whether token ``i`` may be removed.
+    """
+
+    text: str
+    input_ids: tuple[int, ...]
+    offsets: tuple[tuple[int, int], ...]
+    tokens: tuple[str, ...]
+    maskable: tuple[bool, ...]
+    add_special_tokens: bool = True
+    is_chat: bool = False
+
+    @classmethod
+    def from_text(cls, tokenizer, text: str, *, add_special_tokens: bool = True) -> Prompt:
+        if not isinstance(text, str):
+            raise InputError(f"prompt must be a string or a list of chat messages, not {type(text).__name__}.")
+        if not text.strip():
+            raise EmptyPromptError("the prompt is empty or only whitespace; give some text to explain.")
+        enc = _encode(tokenizer, text, add_special_tokens)
+        special = set(tokenizer.all_special_ids)
+        ids = list(enc["input_ids"])
+        offsets = [tuple(o) for o in enc["offset_mapping"]]
+        maskable = [not sm and i not in special and o[1] > o[0]
+                    for i, sm, o in zip(ids, enc["special_tokens_mask"], offsets, strict=True)]
+        prompt = cls(text, tuple(ids), tuple(offsets), tuple(tokenizer.convert_ids_to_tokens(ids)),
+                     tuple(maskable), add_special_tokens, False)
+        prompt._require_maskable()
+        return prompt
+
+    @classmethod
+    def from_messages(cls, tokenizer, messages: Sequence[Mapping[str, str]], *,
+                      add_generation_prompt: bool = True) -> Prompt:
+        """Render chat ``messages`` with the tokenizer's chat template.
+
+        Only the characters of each message's ``content`` are maskable: the template's role
+        markers, separators and special tokens stay in place whatever is removed.
+        """
+        if not messages or not all(isinstance(m, Mapping) and "content" in m and "role" in m for m in messages):
+            raise InputError("chat input must be a non-empty list of {'role': ..., 'content': ...} messages.")
+        if not any(str(m["content"]).strip() for m in messages):
+            raise EmptyPromptError("every chat message is empty; give some text to explain.")
+        if getattr(tokenizer, "chat_template", None) is None:
+            raise InputError("this tokenizer has no chat template; pass the prompt as a string, "
+                             "or set tokenizer.chat_template.")
+        text = tokenizer.apply_chat_template([dict(m) for m in messages], tokenize=False,
+                                             add_generation_prompt=add_generation_prompt)
+        content_spans, cursor = [], 0
+        for m in messages:
+            content = str(m["content"])
+            for candidate in (content, content.strip()):
+                pos = text.find(candidate, cursor) if candidate else -1
+                if pos >= 0:
+                    content_spans.append((pos, pos + len(candidate)))
+                    cursor = pos + len(candidate)
+                    break
+            else:
+                if content.strip():
+                    raise InputError(f"the chat template rewrites message content ({content[:40]!r}...), so its "
+                                     "characters cannot be located; pass the rendered prompt as a string.")
+        enc = _encode(tokenizer, text, add_special_tokens=False)
+        special = set(tokenizer.all_special_ids)
+        ids = list(enc["input_ids"])
+        offsets = [tuple(o) for o in enc["offset_mapping"]]
+        maskable = []
+        for i, sm, (s, e) in zip(ids, enc["special_tokens_mask"], offsets, strict=True):
+            inner = content_span(text, s, e) or (s, e)
+            inside = any(cs <= inner[0] and inner[1] <= ce for cs, ce in content_spans) and e > s
+            maskable.append(bool(inside and not sm and i not in special))
+        prompt = cls(text, tuple(ids), tuple(offsets), tuple(tokenizer.convert_ids_to_tokens(ids)),
+                     tuple(maskable), False, True)
+        prompt._require_maskable()
+        return prompt
+
+    def _require_maskable(self) -> None:
+        if not any(self.maskable):
+            raise NoMaskableFeaturesError(
+                "the prompt has no maskable token: it holds only special tokens or template scaffolding; "
+                "give a prompt with ordinary text.")
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def features(self, level: str = "word", *, pattern: str | re.Pattern | None = None,
+                 spans: Sequence[tuple[int, int]] | None = None) -> list[Feature]:
+        """The prompt's features at ``level`` (see :mod:`genattr.segment`)."""
+        return segment(self.text, self.offsets, self.maskable, level, pattern=pattern, spans=spans)
+
+    def to_dict(self) -> dict:
+        return {"text": self.text, "input_ids": list(self.input_ids), "offsets": [list(o) for o in self.offsets],
+                "tokens": list(self.tokens), "maskable": list(self.maskable),
+                "add_special_tokens": self.add_special_tokens, "is_chat": self.is_chat}
+
+
+__all__ = ["Feature", "Prompt"]

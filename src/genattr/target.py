@@ -1,0 +1,68 @@
+"""What is explained: a given continuation, or the model's own greedy output.
+
+A continuation text is tokenised without special tokens, exactly as it follows the prompt
+(so mind its leading space: ``" Paris"``, not ``"Paris"``, for byte-level BPE models). With
+``target=None`` the model's greedy continuation of the full prompt is explained (up to
+``max_new_tokens`` tokens, EOS excluded). GiLOT explains the distribution over the model's
+likely outputs instead and needs no target.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .errors import EmptyTargetError, InvalidParameterError
+from .model import Inputs, LanguageModel
+from .prompt import Prompt
+
+DEFAULT_MAX_NEW_TOKENS = 32
+
+
+@dataclass(frozen=True)
+class Target:
+    """The token ids explained, their text, one display string per token, and where they came from."""
+
+    ids: tuple[int, ...]
+    text: str
+    tokens: tuple[str, ...]
+    generated: bool
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def _display(tokenizer, ids: Sequence[int]) -> tuple[str, ...]:
+    return tuple(tokenizer.decode([i]) for i in ids)
+
+
+def resolve_target(lm: LanguageModel, prompt: Prompt, target: str | Sequence[int] | None,
+                   max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> Target:
+    """Turn the user's ``target`` into a :class:`Target` (see the module docstring)."""
+    tokenizer = lm.tokenizer
+    if target is None:
+        lm.check_length(len(prompt) + max_new_tokens, "prompt + max_new_tokens")
+        generation = lm.generate(Inputs.from_ids(prompt.input_ids), max_new_tokens)
+        ids = generation.token_ids[0]
+        if not ids:
+            raise EmptyTargetError("the model's greedy continuation is empty (its first token is end-of-sequence); "
+                                   "pass target=... to explain a continuation of your choice.")
+        return Target(tuple(ids), tokenizer.decode(ids), _display(tokenizer, ids), True)
+    if isinstance(target, str):
+        if not target:
+            raise EmptyTargetError("the target is an empty string; give a non-empty continuation, or target=None "
+                                   "to explain the model's own greedy output.")
+        ids = tokenizer(target, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise EmptyTargetError(f"the target {target!r} tokenises to no token; give a non-empty continuation.")
+        text = target
+    else:
+        ids = [int(i) for i in target]
+        if not ids:
+            raise EmptyTargetError("the target token list is empty; give at least one token id.")
+        bad = [i for i in ids if not 0 <= i < lm.vocab_size]
+        if bad:
+            raise InvalidParameterError(f"target token ids {bad[:5]} are outside the vocabulary (0..{lm.vocab_size - 1}).")
+        text = tokenizer.decode(ids)
+    lm.check_length(len(prompt) + len(ids))
+    return Target(tuple(ids), text, _display(tokenizer, ids), False)
