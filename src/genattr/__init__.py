@@ -19,5 +19,19 @@ from .result import Attribution
 from .segment import LEVELS
 from .target import Target
 
-__all__ = ["Attribution", "Feature", "Inputs", "LEVELS", "LanguageModel", "MASKS", "MethodInfo", "Prompt", "Target",
-           "__version__", "errors", "explain", "load", "methods"]
+__all__ = [
+    "Attribution",
+    "Feature",
+    "Inputs",
+    "LEVELS",
+    "LanguageModel",
+    "MASKS",
+    "MethodInfo",
+    "Prompt",
+    "Target",
+    "__version__",
+    "errors",
+    "explain",
+    "load",
+    "methods",
+]

@@ -33,11 +33,22 @@ def _to_numpy(x) -> np.ndarray | None:
     return np.asarray(x.detach().cpu().double() if hasattr(x, "detach") else x, dtype=np.float64)
 
 
-def explain(lm: LanguageModel | str, prompt: str | Sequence[Mapping[str, str]] | Prompt,
-            target: str | Sequence[int] | None = None, *, method: str = "leave_one_out", level: str = "word",
-            mask: str = DEFAULT_MASK, baseline: int | str | None = None, seed: int | None = 0,
-            objective: str = "log_prob", max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, pattern=None, spans=None,
-            **params) -> Attribution:
+def explain(
+    lm: LanguageModel | str,
+    prompt: str | Sequence[Mapping[str, str]] | Prompt,
+    target: str | Sequence[int] | None = None,
+    *,
+    method: str = "leave_one_out",
+    level: str = "word",
+    mask: str = DEFAULT_MASK,
+    baseline: int | str | None = None,
+    seed: int | None = 0,
+    objective: str = "log_prob",
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    pattern=None,
+    spans=None,
+    **params,
+) -> Attribution:
     """Explain what ``lm`` wrote after ``prompt`` in terms of the prompt's features.
 
     ``prompt`` is text or a list of chat messages; ``target`` is the continuation to explain
@@ -71,15 +82,37 @@ def explain(lm: LanguageModel | str, prompt: str | Sequence[Mapping[str, str]] |
     output = algorithm.attribute(problem)
     scores, token_scores = _to_numpy(output.scores), _to_numpy(output.token_scores)
     if not np.isfinite(scores).all() or (token_scores is not None and not np.isfinite(token_scores).all()):
-        raise NumericalError(f"{method} produced non-finite scores; check the model's outputs and the method's "
-                             "parameters (diagnostics may say more).")
-    diagnostics = {**lm.usage.since(usage), "seconds": round(time.perf_counter() - started, 6), **output.diagnostics}
-    call = {"level": level, "mask": mask, "baseline": masker.baseline_id, "objective": objective,
-            "max_new_tokens": max_new_tokens if target is None else None, "pattern": getattr(pattern, "pattern", pattern),
-            "spans": spans}
+        raise NumericalError(
+            f"{method} produced non-finite scores; check the model's outputs and the method's "
+            "parameters (diagnostics may say more)."
+        )
+    diagnostics = {
+        **lm.usage.since(usage),
+        "seconds": round(time.perf_counter() - started, 6),
+        **output.diagnostics,
+    }
+    call = {
+        "level": level,
+        "mask": mask,
+        "baseline": masker.baseline_id,
+        "objective": objective,
+        "max_new_tokens": max_new_tokens if target is None else None,
+        "pattern": getattr(pattern, "pattern", pattern),
+        "spans": spans,
+    }
     from . import __version__
 
-    return Attribution(method=method, prompt=prompt_obj, features=features, scores=scores,
-                       target=output.target or resolved, token_scores=token_scores, level=level,
-                       params={**algorithm.values, **call}, seed=seed if method_cls.stochastic else None,
-                       diagnostics={"model": lm.name, **diagnostics}, version=__version__, extras=output.extras)
+    return Attribution(
+        method=method,
+        prompt=prompt_obj,
+        features=features,
+        scores=scores,
+        target=output.target or resolved,
+        token_scores=token_scores,
+        level=level,
+        params={**algorithm.values, **call},
+        seed=seed if method_cls.stochastic else None,
+        diagnostics={"model": lm.name, **diagnostics},
+        version=__version__,
+        extras=output.extras,
+    )

@@ -53,22 +53,32 @@ def resolve_baseline(tokenizer, baseline: int | str | None, vocab_size: int) -> 
             token_id = getattr(tokenizer, f"{name}_token_id", None)
             if token_id is not None:
                 return int(token_id)
-        raise UnknownMaskError("the tokenizer has no pad, unk or eos token to use as baseline; pass baseline=<token id>.")
+        raise UnknownMaskError(
+            "the tokenizer has no pad, unk or eos token to use as baseline; pass baseline=<token id>."
+        )
     if isinstance(baseline, bool):
-        raise UnknownMaskError(f"baseline must be a token id or one of {', '.join(BASELINE_NAMES)}, not {baseline!r}.")
+        raise UnknownMaskError(
+            f"baseline must be a token id or one of {', '.join(BASELINE_NAMES)}, not {baseline!r}."
+        )
     if isinstance(baseline, int) or (isinstance(baseline, str) and baseline.lstrip("-").isdigit()):
         token_id = int(baseline)
         if not 0 <= token_id < vocab_size:
-            raise UnknownMaskError(f"baseline token id {token_id} is outside the vocabulary (0..{vocab_size - 1}).")
+            raise UnknownMaskError(
+                f"baseline token id {token_id} is outside the vocabulary (0..{vocab_size - 1})."
+            )
         return token_id
     if baseline in BASELINE_NAMES:
         token_id = getattr(tokenizer, f"{baseline}_token_id", None)
         if token_id is None:
             have = [n for n in BASELINE_NAMES if getattr(tokenizer, f"{n}_token_id", None) is not None]
-            raise UnknownMaskError(f"the tokenizer has no {baseline} token; use one of {', '.join(have) or 'none'} "
-                                   "or a token id.")
+            raise UnknownMaskError(
+                f"the tokenizer has no {baseline} token; use one of {', '.join(have) or 'none'} "
+                "or a token id."
+            )
         return int(token_id)
-    raise UnknownMaskError(f"unknown baseline {baseline!r}; use a token id or one of {', '.join(BASELINE_NAMES)}.")
+    raise UnknownMaskError(
+        f"unknown baseline {baseline!r}; use a token id or one of {', '.join(BASELINE_NAMES)}."
+    )
 
 
 def delete_spans(text: str, spans: Sequence[tuple[int, int]]) -> str:
@@ -86,8 +96,14 @@ def delete_spans(text: str, spans: Sequence[tuple[int, int]]) -> str:
 class Masker:
     """Builds prompt variants with features removed by one strategy (see the module docstring)."""
 
-    def __init__(self, lm: LanguageModel, prompt: Prompt, features: Sequence[Feature],
-                 strategy: str = DEFAULT_MASK, baseline: int | str | None = None) -> None:
+    def __init__(
+        self,
+        lm: LanguageModel,
+        prompt: Prompt,
+        features: Sequence[Feature],
+        strategy: str = DEFAULT_MASK,
+        baseline: int | str | None = None,
+    ) -> None:
         if strategy not in MASKS:
             raise UnknownMaskError(f"unknown mask strategy {strategy!r}; choose one of {', '.join(MASKS)}.")
         self.lm, self.prompt, self.features, self.strategy = lm, prompt, list(features), strategy
@@ -128,13 +144,17 @@ class Masker:
         for row in keep.tolist():
             spans = [(f.start, f.end) for f, k in zip(self.features, row, strict=True) if not k]
             text = delete_spans(prompt.text, spans)
-            ids = tokenizer(text, add_special_tokens=prompt.add_special_tokens)["input_ids"] if text.strip() else []
+            ids = (
+                tokenizer(text, add_special_tokens=prompt.add_special_tokens)["input_ids"]
+                if text.strip()
+                else []
+            )
             rows.append(ids or [self.baseline_id])
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), self.baseline_id, dtype=torch.long)
         visible = torch.zeros(len(rows), width, dtype=torch.bool)
         for i, r in enumerate(rows):
-            ids[i, width - len(r):] = torch.tensor(r)
-            visible[i, width - len(r):] = True
+            ids[i, width - len(r) :] = torch.tensor(r)
+            visible[i, width - len(r) :] = True
         positions = (visible.long().cumsum(1) - 1).clamp(min=0)
         return Inputs(ids, visible, positions)

@@ -34,7 +34,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import ContextLengthError, EmptyTargetError, InvalidParameterError, ModelLoadError, NumericalError
+from .errors import (
+    ContextLengthError,
+    EmptyTargetError,
+    InvalidParameterError,
+    ModelLoadError,
+    NumericalError,
+)
 
 DEFAULT_MAX_BATCH_TOKENS = 8192
 """Default memory budget: the most tokens (rows x sequence length) one forward pass may hold."""
@@ -54,9 +60,11 @@ class Usage:
         return Usage(self.forward_passes, self.tokens_processed, self.seconds)
 
     def since(self, earlier: Usage) -> dict:
-        return {"forward_passes": self.forward_passes - earlier.forward_passes,
-                "tokens_processed": self.tokens_processed - earlier.tokens_processed,
-                "model_seconds": round(self.seconds - earlier.seconds, 6)}
+        return {
+            "forward_passes": self.forward_passes - earlier.forward_passes,
+            "tokens_processed": self.tokens_processed - earlier.tokens_processed,
+            "model_seconds": round(self.seconds - earlier.seconds, 6),
+        }
 
 
 @dataclass(frozen=True)
@@ -74,7 +82,9 @@ class Inputs:
     @classmethod
     def from_ids(cls, ids: Sequence[int], rows: int = 1) -> Inputs:
         t = torch.tensor(list(ids), dtype=torch.long).unsqueeze(0).expand(rows, -1).contiguous()
-        return cls(t, torch.ones_like(t, dtype=torch.bool), torch.arange(t.shape[1]).expand(rows, -1).contiguous())
+        return cls(
+            t, torch.ones_like(t, dtype=torch.bool), torch.arange(t.shape[1]).expand(rows, -1).contiguous()
+        )
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -88,8 +98,11 @@ class Inputs:
 
     def repeat_rows(self, n: int) -> Inputs:
         """Each row repeated ``n`` times in place (row 0 n times, then row 1, ...)."""
-        return Inputs(self.input_ids.repeat_interleave(n, 0), self.visible.repeat_interleave(n, 0),
-                      self.positions.repeat_interleave(n, 0))
+        return Inputs(
+            self.input_ids.repeat_interleave(n, 0),
+            self.visible.repeat_interleave(n, 0),
+            self.positions.repeat_interleave(n, 0),
+        )
 
 
 @dataclass
@@ -123,8 +136,14 @@ class BeamSearch:
 def _resolve_dtype(dtype) -> torch.dtype | None:
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
-    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    names = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+    }
     if dtype not in names:
         raise InvalidParameterError(f"unknown dtype {dtype!r}; use one of {', '.join(names)}.")
     return names[dtype]
@@ -144,8 +163,9 @@ class LanguageModel:
     tensor([[-2.31, -0.52, ...]])
     """
 
-    def __init__(self, model, tokenizer, *, max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
-                 name: str | None = None) -> None:
+    def __init__(
+        self, model, tokenizer, *, max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS, name: str | None = None
+    ) -> None:
         if max_batch_tokens < 1:
             raise InvalidParameterError(f"max_batch_tokens must be at least 1, got {max_batch_tokens}.")
         self.model = model.eval()
@@ -192,8 +212,12 @@ class LanguageModel:
 
     def _eos_ids(self) -> list[int]:
         ids = set()
-        for source in (self.tokenizer.eos_token_id, getattr(self.model.generation_config, "eos_token_id", None)
-                       if getattr(self.model, "generation_config", None) is not None else None):
+        for source in (
+            self.tokenizer.eos_token_id,
+            getattr(self.model.generation_config, "eos_token_id", None)
+            if getattr(self.model, "generation_config", None) is not None
+            else None,
+        ):
             if isinstance(source, int):
                 ids.add(source)
             elif isinstance(source, (list, tuple)):
@@ -207,7 +231,8 @@ class LanguageModel:
         if limit is not None and total > limit:
             raise ContextLengthError(
                 f"{what} is {total} tokens but the model's context window is {limit}; shorten the prompt or "
-                "the target (genattr never truncates silently).")
+                "the target (genattr never truncates silently)."
+            )
 
     def rows_per_chunk(self, row_tokens: int) -> int:
         """How many rows of ``row_tokens`` tokens one forward pass may hold under the budget."""
@@ -234,9 +259,18 @@ class LanguageModel:
         mask.masked_fill_(~allowed.to(self.device), torch.finfo(self.dtype).min)
         return mask[:, None]
 
-    def forward(self, *, input_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
-                visible: torch.Tensor, positions: torch.Tensor, past_key_values=None, use_cache: bool = False,
-                logits_to_keep: int = 0, output_attentions: bool = False):
+    def forward(
+        self,
+        *,
+        input_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        visible: torch.Tensor,
+        positions: torch.Tensor,
+        past_key_values=None,
+        use_cache: bool = False,
+        logits_to_keep: int = 0,
+        output_attentions: bool = False,
+    ):
         """One forward pass of the model (counted). ``visible`` covers every key so far (cache + new)."""
         q_len = (input_ids if input_ids is not None else inputs_embeds).shape[1]
         batch = visible.shape[0]
@@ -245,8 +279,12 @@ class LanguageModel:
         if not bool(visible.all()):
             query_index = torch.arange(total - q_len, total, device=visible.device)
             mask = self.attention_mask(visible, query_index)
-        kwargs = {"attention_mask": mask, "position_ids": positions.to(self.device), "use_cache": use_cache,
-                  "past_key_values": past_key_values}
+        kwargs = {
+            "attention_mask": mask,
+            "position_ids": positions.to(self.device),
+            "use_cache": use_cache,
+            "past_key_values": past_key_values,
+        }
         if output_attentions:
             kwargs["output_attentions"] = True
         if self._keeps_logits and logits_to_keep:
@@ -261,12 +299,16 @@ class LanguageModel:
         self.usage.forward_passes += 1
         self.usage.tokens_processed += batch * q_len
         if not torch.isfinite(out.logits).all():
-            raise NumericalError("the model produced NaN or infinite logits; check the model's weights and dtype "
-                                 "(float16 overflows easily on CPU: load with dtype='float32').")
+            raise NumericalError(
+                "the model produced NaN or infinite logits; check the model's weights and dtype "
+                "(float16 overflows easily on CPU: load with dtype='float32')."
+            )
         return out
 
     @staticmethod
-    def _append(inputs: Inputs, continuation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _append(
+        inputs: Inputs, continuation: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Append per-row continuation ids [B, m] (visible, positions continuing each row)."""
         m = continuation.shape[1]
         ids = torch.cat([inputs.input_ids, continuation], 1)
@@ -321,8 +363,9 @@ class LanguageModel:
         """Input embeddings of ``input_ids`` [B, L] -> [B, L, d] (part of the autograd graph)."""
         return self.model.get_input_embeddings()(input_ids.to(self.device))
 
-    def log_probs_from_embeddings(self, prompt_embeds: torch.Tensor, inputs: Inputs, target_ids,
-                                  output_attentions: bool = False):
+    def log_probs_from_embeddings(
+        self, prompt_embeds: torch.Tensor, inputs: Inputs, target_ids, output_attentions: bool = False
+    ):
         """Differentiable teacher-forced log-probs of the target given prompt embeddings [B, L, d].
 
         ``inputs`` gives the visibility and positions of the prompt rows (its ids are not read).
@@ -333,8 +376,13 @@ class LanguageModel:
         n = target.shape[1]
         _, visible, positions = self._append(inputs, target[:, :-1])
         embeds = torch.cat([prompt_embeds, self.embed(target[:, :-1])], 1)
-        out = self.forward(inputs_embeds=embeds, visible=visible, positions=positions, logits_to_keep=n,
-                           output_attentions=output_attentions)
+        out = self.forward(
+            inputs_embeds=embeds,
+            visible=visible,
+            positions=positions,
+            logits_to_keep=n,
+            output_attentions=output_attentions,
+        )
         logp = out.logits[:, -n:].float().log_softmax(-1)
         picked = logp.gather(-1, target[:, :, None].to(logp.device)).squeeze(-1)
         return (picked, out.attentions) if output_attentions else picked
@@ -366,8 +414,13 @@ class LanguageModel:
         maps = []
         with self.eager_attention():
             for sl in self.chunks(len(inputs), ids.shape[1]):
-                out = self.forward(input_ids=ids[sl], visible=visible[sl], positions=positions[sl],
-                                   logits_to_keep=1, output_attentions=True)
+                out = self.forward(
+                    input_ids=ids[sl],
+                    visible=visible[sl],
+                    positions=positions[sl],
+                    logits_to_keep=1,
+                    output_attentions=True,
+                )
                 maps.append(torch.stack([a.float().cpu() for a in out.attentions], 1))
         return torch.cat(maps, 0)
 
@@ -396,8 +449,13 @@ class LanguageModel:
         for sl in self.chunks(len(inputs), inputs.length + max_new_tokens):
             rows = inputs.rows(sl)
             r = len(rows)
-            out = self.forward(input_ids=rows.input_ids, visible=rows.visible, positions=rows.positions,
-                               use_cache=True, logits_to_keep=1)
+            out = self.forward(
+                input_ids=rows.input_ids,
+                visible=rows.visible,
+                positions=rows.positions,
+                use_cache=True,
+                logits_to_keep=1,
+            )
             past, visible, last_pos = out.past_key_values, rows.visible, rows.positions[:, -1]
             seqs, lps, done = [[] for _ in range(r)], [[] for _ in range(r)], [False] * r
             for step in range(max_new_tokens):
@@ -415,8 +473,14 @@ class LanguageModel:
                 if all(done) or step == max_new_tokens - 1:
                     break
                 visible = torch.cat([visible, torch.ones(r, 1, dtype=torch.bool)], 1)
-                out = self.forward(input_ids=best[:, None], visible=visible, positions=(last_pos + step + 1)[:, None],
-                                   past_key_values=past, use_cache=True, logits_to_keep=1)
+                out = self.forward(
+                    input_ids=best[:, None],
+                    visible=visible,
+                    positions=(last_pos + step + 1)[:, None],
+                    past_key_values=past,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
                 past = out.past_key_values
             tokens += seqs
             log_probs += lps
@@ -433,8 +497,9 @@ class LanguageModel:
         needed. An ended beam (last token EOS) stays at EOS: later positions put all its mass there.
         """
         if num_beams < 1 or max_new_tokens < 1:
-            raise InvalidParameterError(f"num_beams and max_new_tokens must be at least 1, got {num_beams} and "
-                                        f"{max_new_tokens}.")
+            raise InvalidParameterError(
+                f"num_beams and max_new_tokens must be at least 1, got {num_beams} and {max_new_tokens}."
+            )
         self.check_length(inputs.length + max_new_tokens, "prompt + output positions")
         b, J, V = num_beams, max_new_tokens, self.vocab_size
         n = len(inputs)
@@ -445,8 +510,13 @@ class LanguageModel:
         for sl in self.chunks(n, (inputs.length + J) * b):
             rows = inputs.rows(sl)
             r = len(rows)
-            out = self.forward(input_ids=rows.input_ids, visible=rows.visible, positions=rows.positions,
-                               use_cache=True, logits_to_keep=1)
+            out = self.forward(
+                input_ids=rows.input_ids,
+                visible=rows.visible,
+                positions=rows.positions,
+                use_cache=True,
+                logits_to_keep=1,
+            )
             logp0 = out.logits[:, -1].float().log_softmax(-1).cpu()
             marginals[sl, 0] = logp0.exp()
             k = min(b, V)
@@ -461,10 +531,18 @@ class LanguageModel:
             last_pos = rows.positions[:, -1].repeat_interleave(b, 0)
             for j in range(1, J):
                 visible = torch.cat([visible, torch.ones(r * b, 1, dtype=torch.bool)], 1)
-                out = self.forward(input_ids=tok.reshape(-1, 1), visible=visible, positions=(last_pos + j)[:, None],
-                                   past_key_values=past, use_cache=True, logits_to_keep=1)
+                out = self.forward(
+                    input_ids=tok.reshape(-1, 1),
+                    visible=visible,
+                    positions=(last_pos + j)[:, None],
+                    past_key_values=past,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
                 past = out.past_key_values
-                logp = self._absorb(out.logits[:, -1].float().log_softmax(-1).cpu(), tok.reshape(-1)).view(r, b, V)
+                logp = self._absorb(out.logits[:, -1].float().log_softmax(-1).cpu(), tok.reshape(-1)).view(
+                    r, b, V
+                )
                 weights = cum.softmax(-1)
                 marginals[sl, j] = torch.einsum("rb,rbv->rv", weights, logp.exp())
                 mass[sl, j] = cum.logsumexp(-1).exp()
@@ -478,9 +556,18 @@ class LanguageModel:
         return BeamSearch(marginals, mass, sequences, seq_logp)
 
 
-def load(path_or_id: str | os.PathLike | None = None, *, model=None, tokenizer=None, device=None, dtype=None,
-         trust_remote_code: bool = False, use_safetensors: bool = True,
-         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS, **from_pretrained_kwargs) -> LanguageModel:
+def load(
+    path_or_id: str | os.PathLike | None = None,
+    *,
+    model=None,
+    tokenizer=None,
+    device=None,
+    dtype=None,
+    trust_remote_code: bool = False,
+    use_safetensors: bool = True,
+    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+    **from_pretrained_kwargs,
+) -> LanguageModel:
     """Load a causal LM and its tokenizer, or wrap ones you already have.
 
     ``path_or_id`` is a local directory or a Hugging Face hub id (hub ids need network). Weights
@@ -498,21 +585,28 @@ def load(path_or_id: str | os.PathLike | None = None, *, model=None, tokenizer=N
         if model is None or tokenizer is None or path_or_id is not None:
             raise InvalidParameterError("pass either a path or hub id, or both model= and tokenizer=.")
         if torch_dtype is not None or device is not None:
-            model = model.to(device=_resolve_device(device) if device is not None else None, dtype=torch_dtype)
+            model = model.to(
+                device=_resolve_device(device) if device is not None else None, dtype=torch_dtype
+            )
         return LanguageModel(model, tokenizer, max_batch_tokens=max_batch_tokens)
     if path_or_id is None:
         raise InvalidParameterError("give a model path or hub id, or model= and tokenizer=.")
     source = os.path.expanduser(os.fspath(path_or_id))
     if not os.path.isdir(source) and (os.path.exists(source) or not _HUB_ID.fullmatch(source)):
-        raise ModelLoadError(f"model path {source!r} does not exist or is not a directory; check the path "
-                             "(a directory holding config.json, the weights and the tokenizer files).")
+        raise ModelLoadError(
+            f"model path {source!r} does not exist or is not a directory; check the path "
+            "(a directory holding config.json, the weights and the tokenizer files)."
+        )
     common = {"trust_remote_code": trust_remote_code, **from_pretrained_kwargs}
     try:
         tok = AutoTokenizer.from_pretrained(source, **common)
-        mdl = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype or torch.float32,
-                                                   use_safetensors=use_safetensors, **common)
+        mdl = AutoModelForCausalLM.from_pretrained(
+            source, dtype=torch_dtype or torch.float32, use_safetensors=use_safetensors, **common
+        )
     except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"could not load {source!r}: {exc}. For a hub id you need network access; "
-                             "otherwise pass a local directory.") from exc
+        raise ModelLoadError(
+            f"could not load {source!r}: {exc}. For a hub id you need network access; "
+            "otherwise pass a local directory."
+        ) from exc
     mdl.to(_resolve_device(device))
     return LanguageModel(mdl, tok, max_batch_tokens=max_batch_tokens, name=str(path_or_id))

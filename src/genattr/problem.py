@@ -42,7 +42,9 @@ class Problem:
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
-            raise InvalidParameterError(f"unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}.")
+            raise InvalidParameterError(
+                f"unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}."
+            )
 
     @property
     def n_features(self) -> int:

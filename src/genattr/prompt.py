@@ -22,11 +22,17 @@ from .segment import Feature, content_span, segment
 
 def _encode(tokenizer, text: str, add_special_tokens: bool):
     try:
-        enc = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True,
-                        return_special_tokens_mask=True)
+        enc = tokenizer(
+            text,
+            add_special_tokens=add_special_tokens,
+            return_offsets_mapping=True,
+            return_special_tokens_mask=True,
+        )
     except NotImplementedError as exc:
-        raise InputError("genattr needs a fast tokenizer (one that reports character offsets); "
-                         "load the tokenizer with use_fast=True.") from exc
+        raise InputError(
+            "genattr needs a fast tokenizer (one that reports character offsets); "
+            "load the tokenizer with use_fast=True."
+        ) from exc
     return enc
 
 
@@ -50,37 +56,54 @@ class Prompt:
     @classmethod
     def from_text(cls, tokenizer, text: str, *, add_special_tokens: bool = True) -> Prompt:
         if not isinstance(text, str):
-            raise InputError(f"prompt must be a string or a list of chat messages, not {type(text).__name__}.")
+            raise InputError(
+                f"prompt must be a string or a list of chat messages, not {type(text).__name__}."
+            )
         if not text.strip():
             raise EmptyPromptError("the prompt is empty or only whitespace; give some text to explain.")
         enc = _encode(tokenizer, text, add_special_tokens)
         special = set(tokenizer.all_special_ids)
         ids = list(enc["input_ids"])
         offsets = [tuple(o) for o in enc["offset_mapping"]]
-        maskable = [not sm and i not in special and o[1] > o[0]
-                    for i, sm, o in zip(ids, enc["special_tokens_mask"], offsets, strict=True)]
-        prompt = cls(text, tuple(ids), tuple(offsets), tuple(tokenizer.convert_ids_to_tokens(ids)),
-                     tuple(maskable), add_special_tokens, False)
+        maskable = [
+            not sm and i not in special and o[1] > o[0]
+            for i, sm, o in zip(ids, enc["special_tokens_mask"], offsets, strict=True)
+        ]
+        prompt = cls(
+            text,
+            tuple(ids),
+            tuple(offsets),
+            tuple(tokenizer.convert_ids_to_tokens(ids)),
+            tuple(maskable),
+            add_special_tokens,
+            False,
+        )
         prompt._require_maskable()
         return prompt
 
     @classmethod
-    def from_messages(cls, tokenizer, messages: Sequence[Mapping[str, str]], *,
-                      add_generation_prompt: bool = True) -> Prompt:
+    def from_messages(
+        cls, tokenizer, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = True
+    ) -> Prompt:
         """Render chat ``messages`` with the tokenizer's chat template.
 
         Only the characters of each message's ``content`` are maskable: the template's role
         markers, separators and special tokens stay in place whatever is removed.
         """
-        if not messages or not all(isinstance(m, Mapping) and "content" in m and "role" in m for m in messages):
+        if not messages or not all(
+            isinstance(m, Mapping) and "content" in m and "role" in m for m in messages
+        ):
             raise InputError("chat input must be a non-empty list of {'role': ..., 'content': ...} messages.")
         if not any(str(m["content"]).strip() for m in messages):
             raise EmptyPromptError("every chat message is empty; give some text to explain.")
         if getattr(tokenizer, "chat_template", None) is None:
-            raise InputError("this tokenizer has no chat template; pass the prompt as a string, "
-                             "or set tokenizer.chat_template.")
-        text = tokenizer.apply_chat_template([dict(m) for m in messages], tokenize=False,
-                                             add_generation_prompt=add_generation_prompt)
+            raise InputError(
+                "this tokenizer has no chat template; pass the prompt as a string, "
+                "or set tokenizer.chat_template."
+            )
+        text = tokenizer.apply_chat_template(
+            [dict(m) for m in messages], tokenize=False, add_generation_prompt=add_generation_prompt
+        )
         content_spans, cursor = [], 0
         for m in messages:
             content = str(m["content"])
@@ -92,8 +115,10 @@ class Prompt:
                     break
             else:
                 if content.strip():
-                    raise InputError(f"the chat template rewrites message content ({content[:40]!r}...), so its "
-                                     "characters cannot be located; pass the rendered prompt as a string.")
+                    raise InputError(
+                        f"the chat template rewrites message content ({content[:40]!r}...), so its "
+                        "characters cannot be located; pass the rendered prompt as a string."
+                    )
         enc = _encode(tokenizer, text, add_special_tokens=False)
         special = set(tokenizer.all_special_ids)
         ids = list(enc["input_ids"])
@@ -103,8 +128,15 @@ class Prompt:
             inner = content_span(text, s, e) or (s, e)
             inside = any(cs <= inner[0] and inner[1] <= ce for cs, ce in content_spans) and e > s
             maskable.append(bool(inside and not sm and i not in special))
-        prompt = cls(text, tuple(ids), tuple(offsets), tuple(tokenizer.convert_ids_to_tokens(ids)),
-                     tuple(maskable), False, True)
+        prompt = cls(
+            text,
+            tuple(ids),
+            tuple(offsets),
+            tuple(tokenizer.convert_ids_to_tokens(ids)),
+            tuple(maskable),
+            False,
+            True,
+        )
         prompt._require_maskable()
         return prompt
 
@@ -112,20 +144,32 @@ class Prompt:
         if not any(self.maskable):
             raise NoMaskableFeaturesError(
                 "the prompt has no maskable token: it holds only special tokens or template scaffolding; "
-                "give a prompt with ordinary text.")
+                "give a prompt with ordinary text."
+            )
 
     def __len__(self) -> int:
         return len(self.input_ids)
 
-    def features(self, level: str = "word", *, pattern: str | re.Pattern | None = None,
-                 spans: Sequence[tuple[int, int]] | None = None) -> list[Feature]:
+    def features(
+        self,
+        level: str = "word",
+        *,
+        pattern: str | re.Pattern | None = None,
+        spans: Sequence[tuple[int, int]] | None = None,
+    ) -> list[Feature]:
         """The prompt's features at ``level`` (see :mod:`genattr.segment`)."""
         return segment(self.text, self.offsets, self.maskable, level, pattern=pattern, spans=spans)
 
     def to_dict(self) -> dict:
-        return {"text": self.text, "input_ids": list(self.input_ids), "offsets": [list(o) for o in self.offsets],
-                "tokens": list(self.tokens), "maskable": list(self.maskable),
-                "add_special_tokens": self.add_special_tokens, "is_chat": self.is_chat}
+        return {
+            "text": self.text,
+            "input_ids": list(self.input_ids),
+            "offsets": [list(o) for o in self.offsets],
+            "tokens": list(self.tokens),
+            "maskable": list(self.maskable),
+            "add_special_tokens": self.add_special_tokens,
+            "is_chat": self.is_chat,
+        }
 
 
 __all__ = ["Feature", "Prompt"]

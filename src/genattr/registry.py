@@ -29,9 +29,17 @@ class MethodInfo:
     params: dict
 
     def line(self) -> str:
-        flags = [flag for flag, on in (("gradients", self.needs_gradients), ("stochastic", self.stochastic),
-                                       ("per-token", self.token_matrix), ("convergence", self.convergence_check),
-                                       ("no-target", not self.needs_target)) if on]
+        flags = [
+            flag
+            for flag, on in (
+                ("gradients", self.needs_gradients),
+                ("stochastic", self.stochastic),
+                ("per-token", self.token_matrix),
+                ("convergence", self.convergence_check),
+                ("no-target", not self.needs_target),
+            )
+            if on
+        ]
         return f"{self.name:<24} {self.family:<13} {', '.join(flags):<40} {self.summary}"
 
 
@@ -51,8 +59,9 @@ def get(name: str) -> type:
     """The method class registered as ``name``."""
     _ensure_loaded()
     if name not in _REGISTRY:
-        raise UnknownMethodError(f"unknown method {name!r}; choose one of: {', '.join(sorted(_REGISTRY))} "
-                                 "(see `genattr methods`).")
+        raise UnknownMethodError(
+            f"unknown method {name!r}; choose one of: {', '.join(sorted(_REGISTRY))} (see `genattr methods`)."
+        )
     return _REGISTRY[name]
 
 
@@ -65,3 +74,19 @@ def methods() -> list[MethodInfo]:
 
 def names() -> list[str]:
     return [info.name for info in methods()]
+
+
+def markdown_table() -> str:
+    """The README's table of methods, generated from the registry (a test keeps them in sync)."""
+    yes = {True: "yes", False: ""}
+    rows = [
+        "| method | family | what it computes | gradients | stochastic | per-token matrix | parameters |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for i in methods():
+        params = ", ".join(f"`{k}`={v['default']!r}" for k, v in i.params.items()) or "-"
+        rows.append(
+            f"| `{i.name}` | {i.family} | {i.summary} | {yes[i.needs_gradients]} | {yes[i.stochastic]} | "
+            f"{yes[i.token_matrix]} | {params} |"
+        )
+    return "\n".join(rows)

@@ -81,8 +81,21 @@ class Attribution:
 
     def __post_init__(self) -> None:
         self.scores = np.asarray(self.scores, dtype=np.float64)
+        if self.scores.shape != (len(self.features),):
+            raise InputError(
+                f"scores has shape {self.scores.shape}, expected one score per feature "
+                f"({len(self.features)})."
+            )
+        if any(f.index != i for i, f in enumerate(self.features)):
+            raise InputError("features must be numbered 0, 1, ... in order (features[i].index == i).")
         if self.token_scores is not None:
             self.token_scores = np.asarray(self.token_scores, dtype=np.float64)
+            expected = (len(self.target.ids), len(self.features))
+            if self.token_scores.shape != expected:
+                raise InputError(
+                    f"token_scores has shape {self.token_scores.shape}, expected (target tokens, "
+                    f"features) = {expected}."
+                )
 
     # ----------------------------------------------------------------- reading
     @property
@@ -112,30 +125,51 @@ class Attribution:
         for f in self.features:
             owners = {owner.get(t) for t in f.tokens}
             if len(owners) != 1 or None in owners:
-                raise InputError(f"feature {f.text!r} does not fall inside one {level}-level feature; "
-                                 "aggregate only to a coarser level.")
+                raise InputError(
+                    f"feature {f.text!r} does not fall inside one {level}-level feature; "
+                    "aggregate only to a coarser level."
+                )
             matrix[f.index, owners.pop()] = 1.0
         used = matrix.sum(0) > 0
         keep = [c for c in coarse if used[c.index]]
         matrix = matrix[:, used]
         features = [Feature(i, c.text, c.start, c.end, c.tokens) for i, c in enumerate(keep)]
         token_scores = None if self.token_scores is None else self.token_scores @ matrix
-        return Attribution(self.method, self.prompt, features, self.scores @ matrix, self.target, token_scores,
-                           level, dict(self.params), self.seed, dict(self.diagnostics), self.version,
-                           {**self.extras, "aggregated_from": self.level})
+        return Attribution(
+            self.method,
+            self.prompt,
+            features,
+            self.scores @ matrix,
+            self.target,
+            token_scores,
+            level,
+            dict(self.params),
+            self.seed,
+            dict(self.diagnostics),
+            self.version,
+            {**self.extras, "aggregated_from": self.level},
+        )
 
     # ----------------------------------------------------------------- JSON
     def to_dict(self) -> dict:
         return {
-            "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "version": self.version,
-            "method": self.method, "level": self.level,
+            "schema": SCHEMA,
+            "schema_version": SCHEMA_VERSION,
+            "version": self.version,
+            "method": self.method,
+            "level": self.level,
             "features": [f.to_dict() for f in self.features],
-            "scores": jsonable(self.scores), "token_scores": jsonable(self.token_scores),
-            "target_tokens": list(self.target.tokens), "target_ids": list(self.target.ids),
-            "target_text": self.target.text, "target_generated": self.target.generated,
+            "scores": jsonable(self.scores),
+            "token_scores": jsonable(self.token_scores),
+            "target_tokens": list(self.target.tokens),
+            "target_ids": list(self.target.ids),
+            "target_text": self.target.text,
+            "target_generated": self.target.generated,
             "prompt": self.prompt.to_dict(),
-            "params": jsonable(self.params), "seed": self.seed,
-            "diagnostics": jsonable(self.diagnostics), "extras": jsonable(self.extras),
+            "params": jsonable(self.params),
+            "seed": self.seed,
+            "diagnostics": jsonable(self.diagnostics),
+            "extras": jsonable(self.extras),
         }
 
     @classmethod
@@ -165,24 +199,27 @@ class Attribution:
     # ----------------------------------------------------------------- display
     def __repr__(self) -> str:
         best = ", ".join(f"{f.text!r}: {s:.3g}" for f, s in self.top(3))
-        return (f"Attribution(method={self.method!r}, features={len(self.features)}, "
-                f"target={self.target.text!r}, top=[{best}])")
+        return (
+            f"Attribution(method={self.method!r}, features={len(self.features)}, "
+            f"target={self.target.text!r}, top=[{best}])"
+        )
 
-    def to_html(self, **kwargs) -> str:
+    def to_html(self, *, title: str = "genattr report", mark=None) -> str:
+        """A self-contained HTML page; ``mark`` is a set of feature indices to outline (ground truth)."""
         from .render.html import render_html
 
-        return render_html([self], **kwargs)
+        return render_html([self], title=title, marks=None if mark is None else [mark])
 
     def _repr_html_(self) -> str:
         from .render.html import render_fragment
 
         return render_fragment(self)
 
-    def show(self, console=None) -> None:
-        """Print the result to the terminal (rich: coloured backgrounds and a legend)."""
+    def show(self, console=None, mark=None) -> None:
+        """Print the result to the terminal (rich: coloured backgrounds and a legend); ``mark`` as in :meth:`to_html`."""
         from .render.terminal import print_attribution
 
-        print_attribution(self, console=console)
+        print_attribution(self, console=console, mark=mark)
 
     def plot(self, kind: str = "auto", ax=None):
         """A matplotlib heatmap of ``token_scores`` (``kind="heatmap"``) or bar chart of ``scores``."""
@@ -208,7 +245,9 @@ def write_atomic(path: Path, text: str) -> None:
 
 # --------------------------------------------------------------------- validation
 def _fail(where: str, what: str) -> ResultFormatError:
-    return ResultFormatError(f"{where}: {what}; the file is not a valid genattr result (re-run, or restore it).")
+    return ResultFormatError(
+        f"{where}: {what}; the file is not a valid genattr result (re-run, or restore it)."
+    )
 
 
 def _numbers(value, where: str, name: str, length: int | None = None) -> list[float]:
@@ -242,8 +281,11 @@ def _parse(data, where: str = "attribution") -> Attribution:
     if data.get("schema") != SCHEMA:
         raise _fail(where, f"unknown schema {data.get('schema')!r} (expected {SCHEMA!r})")
     if data.get("schema_version") != SCHEMA_VERSION:
-        raise _fail(where, f"schema version {data.get('schema_version')!r} is not supported "
-                           f"(this is genattr {__version__}, schema {SCHEMA_VERSION})")
+        raise _fail(
+            where,
+            f"schema version {data.get('schema_version')!r} is not supported "
+            f"(this is genattr {__version__}, schema {SCHEMA_VERSION})",
+        )
     p = _typed(data, "prompt", dict, where)
     text = _typed(p, "text", str, where)
     ids = _typed(p, "input_ids", list, where)
@@ -253,15 +295,29 @@ def _parse(data, where: str = "attribution") -> Attribution:
     maskable = _typed(p, "maskable", list, where)
     if not (len(offsets) == len(tokens) == len(maskable) == n_tok):
         raise _fail(where, "prompt ids, offsets, tokens and maskable differ in length")
-    if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids) or \
-            not all(isinstance(t, str) for t in tokens) or not all(isinstance(m, bool) for m in maskable):
+    if (
+        not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
+        or not all(isinstance(t, str) for t in tokens)
+        or not all(isinstance(m, bool) for m in maskable)
+    ):
         raise _fail(where, "prompt ids, tokens or maskable hold values of the wrong type")
     for o in offsets:
-        if not (isinstance(o, list) and len(o) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in o)
-                and 0 <= o[0] <= o[1] <= len(text)):
+        if not (
+            isinstance(o, list)
+            and len(o) == 2
+            and all(isinstance(x, int) and not isinstance(x, bool) for x in o)
+            and 0 <= o[0] <= o[1] <= len(text)
+        ):
             raise _fail(where, f"prompt offset {o!r} is not a character span of the prompt")
-    prompt = Prompt(text, tuple(ids), tuple((o[0], o[1]) for o in offsets), tuple(tokens), tuple(maskable),
-                    bool(p.get("add_special_tokens", True)), bool(p.get("is_chat", False)))
+    prompt = Prompt(
+        text,
+        tuple(ids),
+        tuple((o[0], o[1]) for o in offsets),
+        tuple(tokens),
+        tuple(maskable),
+        bool(p.get("add_special_tokens", True)),
+        bool(p.get("is_chat", False)),
+    )
     features = []
     for i, f in enumerate(_typed(data, "features", list, where)):
         if not isinstance(f, dict):
@@ -270,14 +326,19 @@ def _parse(data, where: str = "attribution") -> Attribution:
         ftext, toks = _typed(f, "text", str, where), _typed(f, "tokens", list, where)
         if not (0 <= start <= end <= len(text)) or text[start:end] != ftext:
             raise _fail(where, f"feature {i} ({ftext!r}) does not match the prompt text at {start}..{end}")
-        if not toks or not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < n_tok for t in toks):
+        if not toks or not all(
+            isinstance(t, int) and not isinstance(t, bool) and 0 <= t < n_tok for t in toks
+        ):
             raise _fail(where, f"feature {i} has token positions outside the prompt")
         features.append(Feature(i, ftext, start, end, tuple(toks)))
     scores = _numbers(data.get("scores"), where, "scores", len(features))
     target_ids = _typed(data, "target_ids", list, where)
     target_tokens = _typed(data, "target_tokens", list, where)
-    if len(target_ids) != len(target_tokens) or not all(isinstance(t, str) for t in target_tokens) \
-            or not all(isinstance(t, int) and not isinstance(t, bool) for t in target_ids):
+    if (
+        len(target_ids) != len(target_tokens)
+        or not all(isinstance(t, str) for t in target_tokens)
+        or not all(isinstance(t, int) and not isinstance(t, bool) for t in target_ids)
+    ):
         raise _fail(where, "target_ids and target_tokens do not match")
     token_scores = data.get("token_scores")
     if token_scores is not None:
@@ -290,11 +351,25 @@ def _parse(data, where: str = "attribution") -> Attribution:
     for key in ("params", "diagnostics", "extras"):
         if not isinstance(data.get(key, {}), dict):
             raise _fail(where, f"'{key}' must be an object")
-    target = Target(tuple(target_ids), str(data.get("target_text", "")), tuple(target_tokens),
-                    bool(data.get("target_generated", False)))
+    target = Target(
+        tuple(target_ids),
+        str(data.get("target_text", "")),
+        tuple(target_tokens),
+        bool(data.get("target_generated", False)),
+    )
     return Attribution(
-        method=_typed(data, "method", str, where), prompt=prompt, features=features, scores=np.array(scores),
-        target=target, token_scores=None if token_scores is None else np.array(token_scores).reshape(
-            len(target_ids), len(features)),
-        level=str(data.get("level", "")), params=data.get("params", {}), seed=seed,
-        diagnostics=data.get("diagnostics", {}), version=str(data.get("version", "")), extras=data.get("extras", {}))
+        method=_typed(data, "method", str, where),
+        prompt=prompt,
+        features=features,
+        scores=np.array(scores),
+        target=target,
+        token_scores=None
+        if token_scores is None
+        else np.array(token_scores).reshape(len(target_ids), len(features)),
+        level=str(data.get("level", "")),
+        params=data.get("params", {}),
+        seed=seed,
+        diagnostics=data.get("diagnostics", {}),
+        version=str(data.get("version", "")),
+        extras=data.get("extras", {}),
+    )

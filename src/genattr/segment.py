@@ -50,8 +50,13 @@ class Feature:
     tokens: tuple[int, ...]
 
     def to_dict(self) -> dict:
-        return {"index": self.index, "text": self.text, "start": self.start, "end": self.end,
-                "tokens": list(self.tokens)}
+        return {
+            "index": self.index,
+            "text": self.text,
+            "start": self.start,
+            "end": self.end,
+            "tokens": list(self.tokens),
+        }
 
 
 def content_span(text: str, start: int, end: int) -> tuple[int, int] | None:
@@ -117,8 +122,13 @@ def _overlapping(spans: Sequence[tuple[int, int]], starts: Sequence[int], s: int
     return hits
 
 
-def _group(text: str, offsets: Sequence[tuple[int, int]], maskable: Sequence[bool],
-           spans: Sequence[tuple[int, int]], attach_blank: bool) -> list[Feature]:
+def _group(
+    text: str,
+    offsets: Sequence[tuple[int, int]],
+    maskable: Sequence[bool],
+    spans: Sequence[tuple[int, int]],
+    attach_blank: bool,
+) -> list[Feature]:
     """Group maskable tokens by the spans their characters overlap (see module docstring)."""
     spans = sorted(set(spans))
     # Overlapping user spans are merged first so that the bisect lookup sees disjoint spans.
@@ -171,35 +181,59 @@ def _group(text: str, offsets: Sequence[tuple[int, int]], maskable: Sequence[boo
     return [Feature(i, text[s:e], s, e, toks) for i, (s, e, toks) in enumerate(features)]
 
 
-def segment(text: str, offsets: Sequence[tuple[int, int]], maskable: Sequence[bool], level: str = "word",
-            *, pattern: str | re.Pattern | None = None,
-            spans: Sequence[tuple[int, int]] | None = None) -> list[Feature]:
+def _fence(text: str, offsets: Sequence[tuple[int, int]], maskable: Sequence[bool]) -> str:
+    """``text`` with the characters of non-maskable tokens (special tokens, chat scaffolding)
+    turned into line breaks, so that no word or sentence runs across them."""
+    chars = list(text)
+    for (s, e), m in zip(offsets, maskable, strict=True):
+        if not m:
+            chars[s:e] = "\n" * (e - s)
+    return "".join(chars)
+
+
+def segment(
+    text: str,
+    offsets: Sequence[tuple[int, int]],
+    maskable: Sequence[bool],
+    level: str = "word",
+    *,
+    pattern: str | re.Pattern | None = None,
+    spans: Sequence[tuple[int, int]] | None = None,
+) -> list[Feature]:
     """Split a tokenised prompt into features at ``level`` (see the module docstring)."""
     if level not in LEVELS:
         raise UnknownLevelError(f"unknown level {level!r}; choose one of {', '.join(LEVELS)}.")
+    fenced = _fence(text, offsets, maskable)
     if level == "token":
         features = []
         for t, (s, e) in enumerate(offsets):
             if maskable[t]:
                 features.append(Feature(len(features), text[s:e], s, e, (t,)))
     elif level == "word":
-        features = _group(text, offsets, maskable, word_spans(text), attach_blank=True)
+        features = _group(text, offsets, maskable, word_spans(fenced), attach_blank=True)
     elif level == "sentence":
-        features = _group(text, offsets, maskable, sentence_spans(text), attach_blank=True)
+        features = _group(text, offsets, maskable, sentence_spans(fenced), attach_blank=True)
     elif level == "regex":
         if pattern is None:
-            raise InputError("level='regex' needs pattern=...; pass a regular expression whose matches are the features.")
+            raise InputError(
+                "level='regex' needs pattern=...; pass a regular expression whose matches are the features."
+            )
         features = _group(text, offsets, maskable, regex_spans(text, pattern), attach_blank=False)
     else:
         if not spans:
-            raise InputError("level='spans' needs spans=[(start, end), ...] character offsets into the prompt.")
+            raise InputError(
+                "level='spans' needs spans=[(start, end), ...] character offsets into the prompt."
+            )
         for s, e in spans:
             if not (isinstance(s, int) and isinstance(e, int) and 0 <= s < e <= len(text)):
-                raise InputError(f"span ({s}, {e}) is not a non-empty character range inside the prompt "
-                                 f"(0..{len(text)}); fix the span.")
+                raise InputError(
+                    f"span ({s}, {e}) is not a non-empty character range inside the prompt "
+                    f"(0..{len(text)}); fix the span."
+                )
         features = _group(text, offsets, maskable, list(spans), attach_blank=False)
     if not features:
         raise NoMaskableFeaturesError(
             f"the prompt has no maskable feature at level {level!r} (only special tokens, template scaffolding, "
-            "or no match); give a prompt with ordinary text, or another level.")
+            "or no match); give a prompt with ordinary text, or another level."
+        )
     return features

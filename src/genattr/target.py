@@ -36,8 +36,12 @@ def _display(tokenizer, ids: Sequence[int]) -> tuple[str, ...]:
     return tuple(tokenizer.decode([i]) for i in ids)
 
 
-def resolve_target(lm: LanguageModel, prompt: Prompt, target: str | Sequence[int] | None,
-                   max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> Target:
+def resolve_target(
+    lm: LanguageModel,
+    prompt: Prompt,
+    target: str | Sequence[int] | None,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+) -> Target:
     """Turn the user's ``target`` into a :class:`Target` (see the module docstring)."""
     tokenizer = lm.tokenizer
     if target is None:
@@ -45,16 +49,22 @@ def resolve_target(lm: LanguageModel, prompt: Prompt, target: str | Sequence[int
         generation = lm.generate(Inputs.from_ids(prompt.input_ids), max_new_tokens)
         ids = generation.token_ids[0]
         if not ids:
-            raise EmptyTargetError("the model's greedy continuation is empty (its first token is end-of-sequence); "
-                                   "pass target=... to explain a continuation of your choice.")
+            raise EmptyTargetError(
+                "the model's greedy continuation is empty (its first token is end-of-sequence); "
+                "pass target=... to explain a continuation of your choice."
+            )
         return Target(tuple(ids), tokenizer.decode(ids), _display(tokenizer, ids), True)
     if isinstance(target, str):
         if not target:
-            raise EmptyTargetError("the target is an empty string; give a non-empty continuation, or target=None "
-                                   "to explain the model's own greedy output.")
+            raise EmptyTargetError(
+                "the target is an empty string; give a non-empty continuation, or target=None "
+                "to explain the model's own greedy output."
+            )
         ids = tokenizer(target, add_special_tokens=False)["input_ids"]
         if not ids:
-            raise EmptyTargetError(f"the target {target!r} tokenises to no token; give a non-empty continuation.")
+            raise EmptyTargetError(
+                f"the target {target!r} tokenises to no token; give a non-empty continuation."
+            )
         text = target
     else:
         ids = [int(i) for i in target]
@@ -62,7 +72,9 @@ def resolve_target(lm: LanguageModel, prompt: Prompt, target: str | Sequence[int
             raise EmptyTargetError("the target token list is empty; give at least one token id.")
         bad = [i for i in ids if not 0 <= i < lm.vocab_size]
         if bad:
-            raise InvalidParameterError(f"target token ids {bad[:5]} are outside the vocabulary (0..{lm.vocab_size - 1}).")
+            raise InvalidParameterError(
+                f"target token ids {bad[:5]} are outside the vocabulary (0..{lm.vocab_size - 1})."
+            )
         text = tokenizer.decode(ids)
     lm.check_length(len(prompt) + len(ids))
     return Target(tuple(ids), text, _display(tokenizer, ids), False)

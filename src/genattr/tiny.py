@@ -26,14 +26,139 @@ CHATML_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
-_SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "pe", "da", "gu", "fi", "ho", "be", "zu", "ya",
-              "wen", "tor", "mar", "lin", "ost", "ber", "cal", "dur", "eth", "fal", "gor", "hil"]
-_WORDS = ("the a an of to in on at for with and or but not is was are be have has had this that these those "
-          "cat dog bird fish tree house river city road king queen child man woman doctor nurse teacher "
-          "writer story book letter song music garden window door table chair morning night summer winter "
-          "red blue green small large old new happy sad quiet loud quick slow bright dark warm cold "
-          "runs walks sings reads writes sees finds gives takes makes keeps opens closes likes loves "
-          "yes no one two three four five six seven eight nine ten").split()
+_SYLLABLES = [
+    "ka",
+    "lo",
+    "mi",
+    "ne",
+    "ru",
+    "sa",
+    "ti",
+    "vo",
+    "pe",
+    "da",
+    "gu",
+    "fi",
+    "ho",
+    "be",
+    "zu",
+    "ya",
+    "wen",
+    "tor",
+    "mar",
+    "lin",
+    "ost",
+    "ber",
+    "cal",
+    "dur",
+    "eth",
+    "fal",
+    "gor",
+    "hil",
+]
+_WORDS = [
+    "the",
+    "a",
+    "an",
+    "of",
+    "to",
+    "in",
+    "on",
+    "at",
+    "for",
+    "with",
+    "and",
+    "or",
+    "but",
+    "not",
+    "is",
+    "was",
+    "are",
+    "be",
+    "have",
+    "has",
+    "had",
+    "this",
+    "that",
+    "these",
+    "those",
+    "cat",
+    "dog",
+    "bird",
+    "fish",
+    "tree",
+    "house",
+    "river",
+    "city",
+    "road",
+    "king",
+    "queen",
+    "child",
+    "man",
+    "woman",
+    "doctor",
+    "nurse",
+    "teacher",
+    "writer",
+    "story",
+    "book",
+    "letter",
+    "song",
+    "music",
+    "garden",
+    "window",
+    "door",
+    "table",
+    "chair",
+    "morning",
+    "night",
+    "summer",
+    "winter",
+    "red",
+    "blue",
+    "green",
+    "small",
+    "large",
+    "old",
+    "new",
+    "happy",
+    "sad",
+    "quiet",
+    "loud",
+    "quick",
+    "slow",
+    "bright",
+    "dark",
+    "warm",
+    "cold",
+    "runs",
+    "walks",
+    "sings",
+    "reads",
+    "writes",
+    "sees",
+    "finds",
+    "gives",
+    "takes",
+    "makes",
+    "keeps",
+    "opens",
+    "closes",
+    "likes",
+    "loves",
+    "yes",
+    "no",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+]
 
 
 def corpus(n_sentences: int = 400, n_pseudo: int = 0, seed: int = 0) -> list[str]:
@@ -59,12 +184,20 @@ def train_tokenizer(kind: str, lines: list[str], vocab_size: int = 400):
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
         specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=specials,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
         tok.train_from_iterator(lines, trainer)
         tok.post_processor = processors.ByteLevel(trim_offsets=True)
-        fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", unk_token="<|endoftext|>",
-                                       additional_special_tokens=["<|im_start|>", "<|im_end|>"])
+        fast = PreTrainedTokenizerFast(
+            tokenizer_object=tok,
+            eos_token="<|endoftext|>",
+            unk_token="<|endoftext|>",
+            additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+        )
         fast.chat_template = CHATML_TEMPLATE
         return fast
     if kind == "sentencepiece":
@@ -75,8 +208,11 @@ def train_tokenizer(kind: str, lines: list[str], vocab_size: int = 400):
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
         tok.train_from_iterator(lines, trainer)
         tok.post_processor = processors.TemplateProcessing(
-            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))])
-        return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))]
+        )
+        return PreTrainedTokenizerFast(
+            tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+        )
     if kind == "word":
         specials = ["<pad>", "<unk>", "<s>", "</s>", "<mask>"]
         vocab = {t: i for i, t in enumerate(specials)}
@@ -87,30 +223,65 @@ def train_tokenizer(kind: str, lines: list[str], vocab_size: int = 400):
         tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
         tok.decoder = decoders.WordPiece(prefix="##")
         tok.post_processor = processors.TemplateProcessing(
-            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", vocab["<s>"])])
-        return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token="<s>",
-                                       eos_token="</s>", mask_token="<mask>")
+            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", vocab["<s>"])]
+        )
+        return PreTrainedTokenizerFast(
+            tokenizer_object=tok,
+            pad_token="<pad>",
+            unk_token="<unk>",
+            bos_token="<s>",
+            eos_token="</s>",
+            mask_token="<mask>",
+        )
     raise ValueError(f"unknown tokenizer kind {kind!r}")
 
 
 ARCHITECTURES = {"gpt2": "byte_bpe", "llama": "sentencepiece", "qwen2": "byte_bpe"}
 
 
-def model_config(arch: str, vocab_size: int, *, hidden: int = 32, layers: int = 2, heads: int = 4,
-                 context: int = 256, tokenizer=None):
+def model_config(
+    arch: str,
+    vocab_size: int,
+    *,
+    hidden: int = 32,
+    layers: int = 2,
+    heads: int = 4,
+    context: int = 256,
+    tokenizer=None,
+):
     """A small config of architecture ``arch`` (``gpt2``, ``llama`` or ``qwen2``)."""
     from transformers import GPT2Config, LlamaConfig, Qwen2Config
 
     special = {}
     if tokenizer is not None:
-        special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
-                   "pad_token_id": tokenizer.pad_token_id}
+        special = {
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        }
     if arch == "gpt2":
-        return GPT2Config(vocab_size=vocab_size, n_embd=hidden, n_layer=layers, n_head=heads, n_positions=context,
-                          resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **special)
-    common = {"vocab_size": vocab_size, "hidden_size": hidden, "intermediate_size": 2 * hidden,
-              "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": max(1, heads // 2),
-              "max_position_embeddings": context, "tie_word_embeddings": False, **special}
+        return GPT2Config(
+            vocab_size=vocab_size,
+            n_embd=hidden,
+            n_layer=layers,
+            n_head=heads,
+            n_positions=context,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            **special,
+        )
+    common = {
+        "vocab_size": vocab_size,
+        "hidden_size": hidden,
+        "intermediate_size": 2 * hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": max(1, heads // 2),
+        "max_position_embeddings": context,
+        "tie_word_embeddings": False,
+        **special,
+    }
     if arch == "llama":
         return LlamaConfig(**common)
     if arch == "qwen2":
@@ -118,17 +289,29 @@ def model_config(arch: str, vocab_size: int, *, hidden: int = 32, layers: int = 
     raise ValueError(f"unknown architecture {arch!r}; choose gpt2, llama or qwen2")
 
 
-def build(arch: str, out: str | os.PathLike, *, seed: int = 0, vocab_size: int = 400, hidden: int = 32,
-          layers: int = 2, heads: int = 4, context: int = 256, n_pseudo: int = 0, n_sentences: int = 400,
-          tokenizer_kind: str | None = None) -> Path:
+def build(
+    arch: str,
+    out: str | os.PathLike,
+    *,
+    seed: int = 0,
+    vocab_size: int = 400,
+    hidden: int = 32,
+    layers: int = 2,
+    heads: int = 4,
+    context: int = 256,
+    n_pseudo: int = 0,
+    n_sentences: int = 400,
+    tokenizer_kind: str | None = None,
+) -> Path:
     """Build a random model of ``arch`` with a tokenizer trained here, save both to ``out``; return the path."""
     import torch
     from transformers import AutoModelForCausalLM
 
     kind = tokenizer_kind or ARCHITECTURES[arch]
     tokenizer = train_tokenizer(kind, corpus(n_sentences, n_pseudo, seed), vocab_size)
-    config = model_config(arch, len(tokenizer), hidden=hidden, layers=layers, heads=heads, context=context,
-                          tokenizer=tokenizer)
+    config = model_config(
+        arch, len(tokenizer), hidden=hidden, layers=layers, heads=heads, context=context, tokenizer=tokenizer
+    )
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config)

@@ -38,8 +38,9 @@ class Param:
             names = " or ".join(k.__name__ for k in kinds)
             raise InvalidParameterError(f"{method}: {name} must be {names}, got {value!r}.")
         if self.choices is not None and value not in self.choices:
-            raise InvalidParameterError(f"{method}: {name} must be one of {', '.join(map(str, self.choices))}, "
-                                        f"got {value!r}.")
+            raise InvalidParameterError(
+                f"{method}: {name} must be one of {', '.join(map(str, self.choices))}, got {value!r}."
+            )
         if self.minimum is not None and value < self.minimum:
             raise InvalidParameterError(f"{method}: {name} must be at least {self.minimum}, got {value!r}.")
         if self.maximum is not None and value > self.maximum:
@@ -81,7 +82,9 @@ class Method:
         unknown = sorted(set(kwargs) - set(self.params))
         if unknown:
             valid = ", ".join(sorted(self.params)) or "none"
-            raise InvalidParameterError(f"{self.name} does not take {', '.join(unknown)}; its parameters are: {valid}.")
+            raise InvalidParameterError(
+                f"{self.name} does not take {', '.join(unknown)}; its parameters are: {valid}."
+            )
         self.values = {k: p.validate(self.name, k, kwargs.get(k, p.default)) for k, p in self.params.items()}
 
     def __getattr__(self, key: str):
@@ -92,9 +95,17 @@ class Method:
 
     @classmethod
     def info(cls) -> MethodInfo:
-        return MethodInfo(cls.name, cls.family, cls.summary, cls.needs_gradients, cls.stochastic, cls.token_matrix,
-                          cls.convergence_check, cls.needs_target,
-                          {k: {"default": p.default, "doc": p.doc} for k, p in cls.params.items()})
+        return MethodInfo(
+            cls.name,
+            cls.family,
+            cls.summary,
+            cls.needs_gradients,
+            cls.stochastic,
+            cls.token_matrix,
+            cls.convergence_check,
+            cls.needs_target,
+            {k: {"default": p.default, "doc": p.doc} for k, p in cls.params.items()},
+        )
 
     def attribute(self, problem: Problem) -> Output:  # pragma: no cover - abstract
         raise NotImplementedError

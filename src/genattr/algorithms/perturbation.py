@@ -32,7 +32,7 @@ def _split(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 # --------------------------------------------------------------------- pure estimators
 def coalition_masks(n_features: int) -> torch.Tensor:
     """All 2^F coalitions as a bool matrix [2^F, F]; row ``s`` keeps feature ``i`` iff bit ``i`` of ``s`` is set."""
-    rows = torch.arange(2 ** n_features)[:, None]
+    rows = torch.arange(2**n_features)[:, None]
     return ((rows >> torch.arange(n_features)[None]) & 1).bool()
 
 
@@ -43,10 +43,15 @@ def shapley_from_table(values: torch.Tensor, n_features: int) -> torch.Tensor:
     """
     F = n_features
     sizes = coalition_masks(F).sum(1)
-    weights = torch.tensor([math.factorial(s) * math.factorial(F - s - 1) / math.factorial(F) if s < F else 0.0
-                            for s in range(F + 1)], dtype=values.dtype)
+    weights = torch.tensor(
+        [
+            math.factorial(s) * math.factorial(F - s - 1) / math.factorial(F) if s < F else 0.0
+            for s in range(F + 1)
+        ],
+        dtype=values.dtype,
+    )
     out = torch.zeros(F, values.shape[1], dtype=values.dtype)
-    all_rows = torch.arange(2 ** F)
+    all_rows = torch.arange(2**F)
     for i in range(F):
         without = all_rows[(all_rows >> i) & 1 == 0]
         w = weights[sizes[without]][:, None]
@@ -59,8 +64,13 @@ def shapley_kernel_weight(size: int, n_features: int) -> float:
     return (n_features - 1) / (math.comb(n_features, size) * size * (n_features - size))
 
 
-def kernel_shap_solve(keep: torch.Tensor, values: torch.Tensor, v_empty: torch.Tensor, v_full: torch.Tensor,
-                      weights: torch.Tensor) -> torch.Tensor:
+def kernel_shap_solve(
+    keep: torch.Tensor,
+    values: torch.Tensor,
+    v_empty: torch.Tensor,
+    v_full: torch.Tensor,
+    weights: torch.Tensor,
+) -> torch.Tensor:
     """Weighted least squares for KernelSHAP under the efficiency constraint sum_i phi_i = v(x) - v(empty).
 
     Minimises sum_z w(z) (v(z) - v(empty) - z . phi)^2 with the constraint substituted for the
@@ -78,8 +88,9 @@ def kernel_shap_solve(keep: torch.Tensor, values: torch.Tensor, v_empty: torch.T
     return torch.cat([head, (delta - head.sum(0))[None]], 0)
 
 
-def weighted_ridge(keep: torch.Tensor, values: torch.Tensor, weights: torch.Tensor,
-                   alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+def weighted_ridge(
+    keep: torch.Tensor, values: torch.Tensor, weights: torch.Tensor, alpha: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Weighted ridge regression with an unpenalised intercept: returns (coefficients [F, m], intercept [m]).
 
     Minimises sum_z w(z) (v(z) - b - z . c)^2 + alpha |c|^2, solved in closed form after centring
@@ -117,8 +128,15 @@ class LeaveOneOut(Method):
     name = "leave_one_out"
     family = "perturbation"
     summary = "v(x) - v(x without feature i), one feature (or group) removed at a time"
-    params = {"groups": Param(None, "lists of feature indices removed together (feature ablation)", kind=(list, tuple),
-                              optional=True, check=_check_groups)}
+    params = {
+        "groups": Param(
+            None,
+            "lists of feature indices removed together (feature ablation)",
+            kind=(list, tuple),
+            optional=True,
+            check=_check_groups,
+        )
+    }
 
     def attribute(self, problem: Problem) -> Output:
         F = problem.n_features
@@ -167,7 +185,9 @@ class ShapleySampling(Method):
         per_sample = torch.zeros(n, F, values.shape[2], dtype=torch.float64)
         per_sample.scatter_(1, perms[:, :, None].expand(-1, -1, values.shape[2]), credits)
         scores, tokens = _split(per_sample.mean(0))
-        stderr = per_sample[:, :, 0].std(0, unbiased=True) / math.sqrt(n) if n > 1 else torch.full((F,), math.nan)
+        stderr = (
+            per_sample[:, :, 0].std(0, unbiased=True) / math.sqrt(n) if n > 1 else torch.full((F,), math.nan)
+        )
         return Output(scores, tokens, diagnostics={"stderr": stderr.tolist()})
 
 
@@ -187,7 +207,8 @@ class ShapleyExact(Method):
         if F > MAX_EXACT_FEATURES:
             raise TooManyFeaturesError(
                 f"shapley_exact enumerates 2^F coalitions and allows at most {MAX_EXACT_FEATURES} features, but the "
-                f"prompt has {F}; use shapley_sampling or kernel_shap, or a coarser level (level='sentence').")
+                f"prompt has {F}; use shapley_sampling or kernel_shap, or a coarser level (level='sentence')."
+            )
         values = problem.evaluate(coalition_masks(F))
         scores, tokens = _split(shapley_from_table(values, F))
         return Output(scores, tokens)
@@ -216,9 +237,11 @@ class KernelShap(Method):
             values = problem.evaluate(ends)
             scores, tokens = _split((values[1] - values[0])[None])
             return Output(scores, tokens)
-        if F <= 30 and self.n_samples >= 2 ** F - 2:
+        if F <= 30 and self.n_samples >= 2**F - 2:
             keep = coalition_masks(F)[1:-1]
-            weights = torch.tensor([shapley_kernel_weight(int(s), F) for s in keep.sum(1)], dtype=torch.float64)
+            weights = torch.tensor(
+                [shapley_kernel_weight(int(s), F) for s in keep.sum(1)], dtype=torch.float64
+            )
         else:
             keep = self._sample(F, self.n_samples, problem.generator())
             weights = torch.ones(len(keep), dtype=torch.float64)
@@ -252,11 +275,15 @@ class Lime(Method):
 
     name = "lime"
     family = "perturbation"
-    summary = "weighted linear surrogate fitted on random coalitions (exponential kernel on the fraction kept)"
+    summary = (
+        "weighted linear surrogate fitted on random coalitions (exponential kernel on the fraction kept)"
+    )
     stochastic = True
-    params = {"n_samples": Param(128, "random coalitions", int, minimum=2),
-              "kernel_width": Param(0.25, "kernel width w on the cosine distance", float, minimum=1e-6),
-              "alpha": Param(1.0, "ridge penalty (0 = ordinary weighted least squares)", float, minimum=0.0)}
+    params = {
+        "n_samples": Param(128, "random coalitions", int, minimum=2),
+        "kernel_width": Param(0.25, "kernel width w on the cosine distance", float, minimum=1e-6),
+        "alpha": Param(1.0, "ridge penalty (0 = ordinary weighted least squares)", float, minimum=0.0),
+    }
 
     def attribute(self, problem: Problem) -> Output:
         F, n = problem.n_features, self.n_samples
@@ -266,7 +293,7 @@ class Lime(Method):
         keep = torch.cat([problem.all_kept(), order >= removed[:, None]])
         values = problem.evaluate(keep)
         distance = 1 - (keep.sum(1).double() / F).sqrt()
-        weights = torch.exp(-distance ** 2 / (2 * self.kernel_width ** 2))
+        weights = torch.exp(-(distance**2) / (2 * self.kernel_width**2))
         coef, intercept = weighted_ridge(keep, values, weights, self.alpha)
         scores, tokens = _split(coef)
         return Output(scores, tokens, diagnostics={"intercept": float(intercept[0])})

@@ -1,0 +1,217 @@
+"""The ``genattr`` command line: explain | methods | render | demo.
+
+Exit status 0 on success, 2 with a one-line message on bad input (never a traceback for the
+errors of :mod:`genattr.errors`).
+
+    genattr explain --model PATH --method leave_one_out --target " Paris" "The capital of France is"
+    genattr methods
+    genattr render out.json --html out.html
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from . import __version__, registry
+from .errors import GenattrError
+from .masking import BASELINE_NAMES, DEFAULT_MASK, MASKS
+from .segment import LEVELS
+from .target import DEFAULT_MAX_NEW_TOKENS
+
+
+def _quiet_transformers() -> None:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+def _param(text: str) -> tuple[str, object]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--param expects KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    try:
+        return key.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return key.strip(), value
+
+
+def _baseline(text: str) -> int | str:
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
+@contextmanager
+def progress_bar(lm, enabled: bool, label: str = "scoring"):
+    """A rich progress bar fed by the model's chunk callback (shown on stderr)."""
+    if not enabled:
+        yield
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as progress:
+        task = progress.add_task(label, total=None)
+
+        def update(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        lm.progress = update
+        try:
+            yield
+        finally:
+            lm.progress = None
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .api import explain
+    from .model import load
+
+    lm = load(args.model, device=args.device, dtype=args.dtype)
+    params = dict(args.param or [])
+    with progress_bar(lm, not args.quiet):
+        res = explain(
+            lm,
+            args.prompt,
+            target=args.target,
+            method=args.method,
+            level=args.level,
+            mask=args.mask,
+            baseline=args.baseline,
+            seed=args.seed,
+            max_new_tokens=args.max_new_tokens,
+            **params,
+        )
+    if not args.quiet:
+        res.show()
+    if args.json:
+        res.save(args.json)
+    if args.html:
+        from .result import write_atomic
+
+        write_atomic(Path(args.html), res.to_html(title=f"genattr: {res.method}"))
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    if args.markdown:
+        print(registry.markdown_table())
+        return 0
+    for info in registry.methods():
+        print(info.line())
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from .result import Attribution, write_atomic
+
+    res = Attribution.load(args.file)
+    if args.html:
+        write_atomic(Path(args.html), res.to_html(title=f"genattr: {res.method}"))
+    if args.terminal or not args.html:
+        res.show()
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(out=args.out, quick=args.quick)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="genattr", description="Explain what a language model wrote in terms of its prompt."
+    )
+    parser.add_argument("--version", action="version", version=f"genattr {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ex = sub.add_parser("explain", help="attribute a continuation to the prompt's features")
+    ex.add_argument("prompt", help="the prompt text")
+    ex.add_argument("--model", required=True, help="a local model directory or a hub id")
+    ex.add_argument(
+        "--method",
+        default="leave_one_out",
+        choices=registry.names(),
+        metavar="NAME",
+        help="attribution method (see `genattr methods`)",
+    )
+    group = ex.add_mutually_exclusive_group()
+    group.add_argument("--target", help="the continuation to explain (default: the model's greedy output)")
+    group.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=DEFAULT_MAX_NEW_TOKENS,
+        help="length of the greedy output explained when no --target is given",
+    )
+    ex.add_argument("--level", default="word", choices=[lv for lv in LEVELS if lv not in ("regex", "spans")])
+    ex.add_argument("--mask", default=DEFAULT_MASK, choices=MASKS)
+    ex.add_argument(
+        "--baseline",
+        type=_baseline,
+        default=None,
+        help=f"baseline token: an id or one of {', '.join(BASELINE_NAMES)}",
+    )
+    ex.add_argument("--seed", type=int, default=0)
+    ex.add_argument(
+        "--param",
+        "-p",
+        type=_param,
+        action="append",
+        metavar="KEY=VALUE",
+        help="a method parameter, e.g. -p n_samples=50 (repeatable)",
+    )
+    ex.add_argument("--device", default=None)
+    ex.add_argument("--dtype", default=None)
+    ex.add_argument("--json", help="write the result as JSON to this file")
+    ex.add_argument("--html", help="write a self-contained HTML page to this file")
+    ex.add_argument("--quiet", "-q", action="store_true", help="no terminal output or progress bar")
+    ex.set_defaults(func=cmd_explain)
+
+    me = sub.add_parser("methods", help="list the registered methods")
+    me.add_argument("--markdown", action="store_true", help="print the README's table of methods")
+    me.set_defaults(func=cmd_methods)
+
+    re_ = sub.add_parser("render", help="render a saved result")
+    re_.add_argument("file", help="a JSON file written by `genattr explain --json`")
+    re_.add_argument("--html", help="write a self-contained HTML page to this file")
+    re_.add_argument("--terminal", action="store_true", help="also print it in the terminal")
+    re_.set_defaults(func=cmd_render)
+
+    de = sub.add_parser("demo", help="run the demo on the embedded default model")
+    de.add_argument("--out", default="demo.html", help="the HTML report to write")
+    de.add_argument("--quick", action="store_true", help="fewer examples")
+    de.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _quiet_transformers()
+    try:
+        return args.func(args)
+    except GenattrError as exc:
+        print(f"genattr: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("genattr: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""HTML renderings: a self-contained report page (:func:`render_html`) and a notebook fragment
+(:func:`render_fragment`). Inline CSS only, no scripts, no external resources.
+
+Every piece of text from the result (prompt, features, tokens, target, method, parameters,
+diagnostics, captions, the title) goes through :func:`html.escape` with ``quote=True``, in text
+and in attribute values alike.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Collection, Sequence
+
+from ..errors import InputError
+from ..result import Attribution
+from . import LEGEND, RGB, colour, fmt, header, ink, max_abs, pieces, target_label, visible
+
+CSS = """
+.genattr{font-family:system-ui,sans-serif;line-height:1.6;margin:1em 0}
+.genattr .ga-head,.genattr .ga-params,.genattr .ga-legend{color:#444;font-size:.9em}
+.genattr .ga-label{font-weight:600;margin-right:.5em}
+.genattr .ga-text{white-space:pre-wrap;font-family:ui-monospace,monospace;border:1px solid #ddd;
+ padding:.4em;margin:.3em 0}
+.genattr .ga-f{border-radius:3px}
+.genattr .ga-mark{outline:2px solid #111;outline-offset:1px}
+.genattr .ga-sw{display:inline-block;padding:0 .5em;border:1px solid #ccc;margin-right:.2em}
+.genattr .ga-wrap{overflow-x:auto;margin:.5em 0}
+.genattr table{border-collapse:collapse;font-size:.8em;font-family:ui-monospace,monospace}
+.genattr th,.genattr td{border:1px solid #e5e5e5;padding:1px 4px;white-space:pre;text-align:right}
+"""
+
+
+def _e(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _rgb(rgb: RGB) -> str:
+    return "rgb({},{},{})".format(*rgb)
+
+
+def _style(value: float, scale: float) -> str:
+    background = colour(value, scale)
+    return f"background:{_rgb(background)};color:{_rgb(ink(background))}"
+
+
+def _head(res: Attribution) -> str:
+    facts = " · ".join(f"{_e(name)} <b>{_e(value)}</b>" for name, value in header(res))
+    out = f'<div class="ga-head">{facts}</div>'
+    params = [f"{k}={v}" for k, v in res.params.items()]
+    if res.seed is not None:
+        params.append(f"seed={res.seed}")
+    if params:
+        out += f'<div class="ga-params">parameters: {_e(", ".join(params))}</div>'
+    return out
+
+
+def _prompt(res: Attribution, scale: float, mark: Collection[int]) -> str:
+    parts = []
+    for text, i in pieces(res):
+        if i is None:
+            parts.append(_e(text))
+            continue
+        title = f"score {fmt(res.scores[i])}" + (" (ground truth)" if i in mark else "")
+        cls = "ga-f ga-mark" if i in mark else "ga-f"
+        parts.append(
+            f'<span class="{cls}" style="{_style(res.scores[i], scale)}" title="{_e(title)}">'
+            f"{_e(text)}</span>"
+        )
+    return f'<div class="ga-label">prompt</div><div class="ga-text ga-prompt">{"".join(parts)}</div>'
+
+
+def _target(res: Attribution) -> str:
+    return (
+        f'<div class="ga-label">{_e(target_label(res))}</div>'
+        f'<div class="ga-text ga-target">{_e(res.target.text)}</div>'
+    )
+
+
+def _matrix(res: Attribution) -> str:
+    scale = max_abs(res.token_scores)
+    head = "".join(f"<th>{_e(f.text)}</th>" for f in res.features)
+    rows = []
+    for token, row in zip(res.target.tokens, res.token_scores, strict=True):
+        cells = []
+        for f, v in zip(res.features, row, strict=True):
+            title = f"{token} / {f.text}: score {fmt(v)}"
+            cells.append(f'<td style="{_style(v, scale)}" title="{_e(title)}">{v:.2g}</td>')
+        rows.append(f"<tr><th>{_e(visible(token))}</th>{''.join(cells)}</tr>")
+    return (
+        f'<div class="ga-label">token scores (rows: target tokens, columns: features; '
+        f'max |score| {_e(fmt(scale))})</div><div class="ga-wrap"><table class="ga-matrix">'
+        f"<thead><tr><th></th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+    )
+
+
+def _legend(scale: float, marked: bool) -> str:
+    swatches = "".join(
+        f'<span class="ga-sw" style="{_style(v, scale)}">{_e(label)}</span>'
+        for v, label in ((-scale, f"-{fmt(scale)}"), (0.0, "0"), (scale, f"+{fmt(scale)}"))
+    )
+    mark = '; <span class="ga-sw ga-mark">outlined</span> = ground-truth feature' if marked else ""
+    return f'<div class="ga-legend"><span class="ga-label">legend</span>{swatches} {_e(LEGEND)}{mark}</div>'
+
+
+def _body(res: Attribution, mark: Collection[int]) -> str:
+    scale = max_abs(res.scores)
+    matrix = "" if res.token_scores is None else _matrix(res)
+    return _head(res) + _prompt(res, scale, mark) + _target(res) + matrix + _legend(scale, bool(mark))
+
+
+def render_fragment(res: Attribution, *, mark: Collection[int] | None = None) -> str:
+    """One result as a ``<div>`` with its own scoped ``<style>`` (for notebooks)."""
+    return f'<div class="genattr"><style>{CSS}</style>{_body(res, set(mark or ()))}</div>'
+
+
+def render_html(
+    results: Sequence[Attribution],
+    *,
+    title: str = "genattr report",
+    marks: Sequence[Collection[int]] | None = None,
+    captions: Sequence[str] | None = None,
+) -> str:
+    """A complete HTML page holding every result in order; ``marks[i]`` are the feature positions of
+    ``results[i]`` to outline as ground truth, ``captions[i]`` its heading."""
+    for name, extra in (("marks", marks), ("captions", captions)):
+        if extra is not None and len(extra) != len(results):
+            raise InputError(
+                f"{name} has {len(extra)} entries for {len(results)} results; give one per result."
+            )
+    sections = []
+    for i, res in enumerate(results):
+        caption = f"<h2>{_e(captions[i])}</h2>" if captions is not None and captions[i] else ""
+        mark = set(marks[i]) if marks is not None else set()
+        sections.append(f'<section class="genattr">{caption}{_body(res, mark)}</section>')
+    body = "\n".join(sections)
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
+        f"<style>{CSS}</style></head><body><h1>{_e(title)}</h1>\n{body}\n</body></html>\n"
+    )

@@ -1,0 +1,89 @@
+"""Terminal rendering with rich: the prompt with each feature on its score's background colour,
+the target, a legend, and the token-score matrix as tables of at most :data:`MAX_COLUMNS`
+feature columns each (all of them printed).
+
+User text always goes into :class:`rich.text.Text` objects, never through console markup, so
+brackets in prompts or tokens print as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from rich import box
+from rich.color import Color
+from rich.console import Console
+from rich.style import Style
+from rich.table import Table
+from rich.text import Text
+
+from ..result import Attribution
+from . import LEGEND, colour, fmt, header, ink, max_abs, pieces, target_label, visible
+
+MAX_COLUMNS = 12
+
+
+def _style(value: float, scale: float, marked: bool = False) -> Style:
+    background = colour(value, scale)
+    return Style(
+        color=Color.from_rgb(*ink(background)),
+        bgcolor=Color.from_rgb(*background),
+        bold=marked,
+        underline=marked,
+    )
+
+
+def _tables(res: Attribution, width: int) -> list[Table]:
+    """The token-score matrix split into tables narrow enough for ``width`` columns of terminal."""
+    scale = max_abs(res.token_scores)
+    n = len(res.features)
+    per = max(1, min(MAX_COLUMNS, (width - 12) // 10))
+    tables = []
+    for lo in range(0, n, per):
+        columns = range(lo, min(lo + per, n))
+        table = Table(
+            title=f"token scores, features {lo + 1}-{columns[-1] + 1} of {n} (max |score| {fmt(scale)})",
+            box=box.SIMPLE_HEAD,
+            padding=(0, 1),
+        )
+        table.add_column(Text("target token"), overflow="fold")
+        for i in columns:
+            table.add_column(Text(res.features[i].text), overflow="fold", justify="right")
+        for token, row in zip(res.target.tokens, res.token_scores, strict=True):
+            table.add_row(
+                Text(visible(token)), *(Text(f"{row[i]:.2g}", style=_style(row[i], scale)) for i in columns)
+            )
+        tables.append(table)
+    return tables
+
+
+def print_attribution(
+    res: Attribution, *, console: Console | None = None, mark: Collection[int] | None = None
+) -> None:
+    """Print ``res`` to ``console`` (a new stdout console by default); features whose positions
+    are in ``mark`` are underlined as ground truth."""
+    console = console or Console()
+    mark = set(mark or ())
+    scale = max_abs(res.scores)
+    head = Text(" · ").join(Text.assemble(f"{name} ", (value, "bold")) for name, value in header(res))
+    prompt = Text("prompt: ", style="bold")
+    for text, i in pieces(res):
+        prompt.append(text, style=None if i is None else _style(res.scores[i], scale, i in mark))
+    legend = Text.assemble(
+        ("legend: ", "bold"),
+        (f" -{fmt(scale)} ", _style(-scale, scale)),
+        (" 0 ", _style(0.0, scale)),
+        (f" +{fmt(scale)} ", _style(scale, scale)),
+        f" {LEGEND}",
+    )
+    if mark:
+        legend.append("; ")
+        legend.append("underlined", style="bold underline")
+        legend.append(" = ground-truth feature")
+    console.print(head)
+    console.print(prompt)
+    console.print(Text.assemble((f"{target_label(res)}: ", "bold"), res.target.text))
+    console.print(legend)
+    if res.token_scores is not None:
+        for table in _tables(res, console.width):
+            console.print(table)

@@ -1,0 +1,79 @@
+"""Hermetic fixtures: tiny random models built from configs, tokenizers trained here in a second,
+saved to a temporary directory and loaded back through ``genattr.load(path)``."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import genattr
+from genattr import tiny
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+ARCHS = ("gpt2", "llama", "qwen2")
+
+
+@pytest.fixture(scope="session")
+def model_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    return {arch: tiny.build(arch, root / arch, seed=0) for arch in ARCHS}
+
+
+@pytest.fixture(scope="session")
+def lms(model_dirs):
+    return {arch: genattr.load(path) for arch, path in model_dirs.items()}
+
+
+@pytest.fixture(params=ARCHS)
+def lm(request, lms):
+    return lms[request.param]
+
+
+@pytest.fixture(scope="session")
+def llama(lms):
+    return lms["llama"]
+
+
+@pytest.fixture(scope="session")
+def qwen(lms):
+    return lms["qwen2"]
+
+
+@pytest.fixture(scope="session")
+def word_lm(tmp_path_factory):
+    """A Llama model over a word-level vocabulary of 15 tokens (10 words + 5 specials), for
+    enumeration oracles."""
+    from transformers import AutoModelForCausalLM
+
+    words = ["red", "blue", "green", "cat", "dog", "sat", "ran", "up", "down", "yes"]
+    tokenizer = tiny.train_tokenizer("word", [" ".join(words)])
+    config = tiny.model_config(
+        "llama", len(tokenizer), hidden=16, layers=2, heads=2, context=64, tokenizer=tokenizer
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(3)
+        model = AutoModelForCausalLM.from_config(config)
+        # Sharpen the output distribution so that beams and greedy paths are far from ties.
+        model.lm_head.weight.data *= 6.0
+    path = tmp_path_factory.mktemp("word") / "model"
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return genattr.load(path)
+
+
+def naive_log_probs(lm, prompt_ids, target_ids) -> torch.Tensor:
+    """Oracle: log p(target | prompt) by calling the Hugging Face model directly, one step per
+    target token, no cache, no batching, no genattr code path."""
+    ids = list(prompt_ids)
+    out = []
+    with torch.no_grad():
+        for t in target_ids:
+            logits = lm.model(input_ids=torch.tensor([ids])).logits[0, -1].float()
+            out.append(float(logits.log_softmax(-1)[t]))
+            ids.append(int(t))
+    return torch.tensor(out)

@@ -1,0 +1,294 @@
+"""LanguageModel: loading, one-pass teacher forcing, batching and chunking, hidden positions,
+greedy generation, beam search against brute-force enumeration, gradients and attention hooks."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+import genattr
+from genattr.errors import ContextLengthError, ModelLoadError, NumericalError
+from genattr.masking import Masker
+from genattr.model import Inputs, LanguageModel
+from genattr.prompt import Prompt
+
+from .conftest import ARCHS, naive_log_probs
+
+PROMPT = "The cat sat on the mat. Then a dog runs!"
+TARGET = " and the bird sings"
+
+
+def _target(lm, text=TARGET):
+    return lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_load_each_architecture_from_a_saved_directory(lms, arch):
+    lm = lms[arch]
+    assert lm.model.config.model_type == arch
+    assert lm.vocab_size == len(lm.tokenizer)
+    assert lm.context_length == 256
+    assert lm.eos_ids == [lm.tokenizer.eos_token_id]
+
+
+def test_load_missing_path_raises(tmp_path):
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        genattr.load(tmp_path / "nope")
+    with pytest.raises(ModelLoadError):
+        genattr.load("./not/a/model/dir")
+
+
+def test_load_wraps_objects_and_bfloat16_scores_in_float32(model_dirs):
+    lm = genattr.load(model_dirs["llama"], dtype="bfloat16")
+    assert lm.dtype == torch.bfloat16
+    prompt = Prompt.from_text(lm.tokenizer, PROMPT)
+    lp = lm.target_log_probs(Inputs.from_ids(prompt.input_ids), _target(lm))
+    assert lp.dtype == torch.float32
+    wrapped = genattr.load(model=lm.model, tokenizer=lm.tokenizer)
+    assert isinstance(wrapped, LanguageModel) and wrapped.model is lm.model
+
+
+def test_teacher_forcing_in_one_pass_equals_step_by_step_oracle(lm):
+    prompt = Prompt.from_text(lm.tokenizer, PROMPT)
+    target = _target(lm)
+    before = lm.usage.forward_passes
+    lp = lm.target_log_probs(Inputs.from_ids(prompt.input_ids), target)
+    assert lm.usage.forward_passes == before + 1
+    torch.testing.assert_close(lp[0], naive_log_probs(lm, prompt.input_ids, target), atol=1e-5, rtol=0)
+
+
+def test_teacher_forcing_equals_greedy_generation_scores(lm):
+    prompt = Prompt.from_text(lm.tokenizer, PROMPT)
+    gen = lm.generate(Inputs.from_ids(prompt.input_ids), 6, stop_at_eos=False)
+    assert len(gen.token_ids[0]) == 6
+    lp = lm.target_log_probs(Inputs.from_ids(prompt.input_ids), gen.token_ids[0])
+    torch.testing.assert_close(lp[0], torch.tensor(gen.log_probs[0]), atol=1e-5, rtol=0)
+    # Greedy: every generated token is the argmax of the oracle's next-token distribution.
+    ids = list(prompt.input_ids)
+    with torch.no_grad():
+        for tok in gen.token_ids[0]:
+            assert int(lm.model(input_ids=torch.tensor([ids])).logits[0, -1].argmax()) == tok
+            ids.append(tok)
+
+
+@pytest.mark.parametrize("strategy", ["attention", "replace", "delete"])
+def test_batched_and_chunked_scoring_equals_unbatched(lm, strategy):
+    prompt = Prompt.from_text(lm.tokenizer, PROMPT)
+    features = prompt.features("word")
+    masker = Masker(lm, prompt, features, strategy)
+    gen = torch.Generator().manual_seed(0)
+    keep = torch.rand(9, len(features), generator=gen) > 0.4
+    keep[0] = True
+    keep[1] = False
+    inputs = masker.inputs(keep)
+    target = _target(lm)
+    batched = lm.target_log_probs(inputs, target)
+    budget = lm.max_batch_tokens
+    try:
+        lm.max_batch_tokens = 1  # one row per forward pass
+        before = lm.usage.forward_passes
+        chunked = lm.target_log_probs(inputs, target)
+        assert lm.usage.forward_passes - before == len(keep)
+    finally:
+        lm.max_batch_tokens = budget
+    torch.testing.assert_close(chunked, batched, atol=1e-5, rtol=0)
+    single = torch.cat([lm.target_log_probs(inputs.rows(slice(i, i + 1)), target) for i in range(len(keep))])
+    torch.testing.assert_close(single, batched, atol=1e-5, rtol=0)
+
+
+def test_replace_and_delete_variants_equal_the_oracle_on_the_edited_prompt(llama):
+    lm = llama
+    prompt = Prompt.from_text(lm.tokenizer, PROMPT)
+    features = prompt.features("word")
+    target = _target(lm)
+    keep = torch.ones(len(features), dtype=torch.bool)
+    keep[[1, 4]] = False  # "cat", "the"
+    replaced = Masker(lm, prompt, features, "replace", baseline="unk")
+    ids = list(prompt.input_ids)
+    for f in (features[1], features[4]):
+        for t in f.tokens:
+            ids[t] = lm.tokenizer.unk_token_id
+    torch.testing.assert_close(
+        lm.target_log_probs(replaced.inputs(keep), target)[0],
+        naive_log_probs(lm, ids, target),
+        atol=1e-5,
+        rtol=0,
+    )
+    deleted = Masker(lm, prompt, features, "delete")
+    edited = lm.tokenizer("The sat on mat. Then a dog runs!")["input_ids"]
+    # Left padding (a shorter row beside the full prompt) must not change the shorter row's scores.
+    both = deleted.inputs(torch.stack([torch.ones_like(keep), keep]))
+    assert both.input_ids.shape[1] == len(prompt.input_ids)
+    torch.testing.assert_close(
+        lm.target_log_probs(both, target)[1], naive_log_probs(lm, edited, target), atol=1e-5, rtol=0
+    )
+
+
+def test_hidden_positions_match_the_models_own_padding_mask(lm):
+    """Hiding a key through genattr's 4-D mask equals Hugging Face's 2-D attention mask path
+    for every position that is not hidden (an independent implementation of the same thing)."""
+    prompt = Prompt.from_text(lm.tokenizer, PROMPT)
+    ids = torch.tensor([prompt.input_ids])
+    visible = torch.ones_like(ids, dtype=torch.bool)
+    visible[0, [3, 5]] = False
+    positions = torch.arange(ids.shape[1])[None]
+    with torch.no_grad():
+        ours = lm.forward(input_ids=ids, visible=visible, positions=positions).logits
+        with lm.eager_attention():
+            theirs = lm.model(input_ids=ids, attention_mask=visible.long(), position_ids=positions).logits
+    keep = visible[0]
+    torch.testing.assert_close(ours[0, keep], theirs[0, keep], atol=1e-4, rtol=0)
+
+
+def test_target_distributions_agree_with_log_probs(llama):
+    prompt = Prompt.from_text(llama.tokenizer, PROMPT)
+    target = _target(llama)
+    inputs = Inputs.from_ids(prompt.input_ids, 2)
+    dist = llama.target_distributions(inputs, target)
+    assert dist.shape == (2, len(target), llama.vocab_size)
+    torch.testing.assert_close(dist.exp().sum(-1), torch.ones(2, len(target)), atol=1e-5, rtol=0)
+    picked = dist.gather(-1, torch.tensor(target)[None, :, None].expand(2, -1, 1)).squeeze(-1)
+    torch.testing.assert_close(picked, llama.target_log_probs(inputs, target), atol=1e-6, rtol=0)
+
+
+def test_per_row_targets(llama):
+    prompt = Prompt.from_text(llama.tokenizer, PROMPT)
+    t1, t2 = _target(llama, " and the bird"), _target(llama, " or a cat runs")
+    n = min(len(t1), len(t2))
+    rows = torch.tensor([t1[:n], t2[:n]])
+    both = llama.target_log_probs(Inputs.from_ids(prompt.input_ids, 2), rows)
+    torch.testing.assert_close(both[1], naive_log_probs(llama, prompt.input_ids, t2[:n]), atol=1e-5, rtol=0)
+
+
+def test_generation_stops_at_eos(model_dirs):
+    lm = genattr.load(model_dirs["llama"])
+    eos = lm.tokenizer.eos_token_id
+    prompt = Prompt.from_text(lm.tokenizer, PROMPT)
+
+    def favour_eos(module, args, output):
+        output[..., eos] += 100.0
+        return output
+
+    lm.model.lm_head.register_forward_hook(favour_eos)
+    gen = lm.generate(Inputs.from_ids(prompt.input_ids), 5)
+    assert gen.token_ids == [[]] and gen.stopped == [True]
+    with pytest.raises(genattr.errors.EmptyTargetError, match="greedy continuation is empty"):
+        genattr.explain(lm, PROMPT, target=None)
+
+
+def test_nan_logits_raise_a_numerical_error(model_dirs):
+    lm = genattr.load(model_dirs["gpt2"])
+    with torch.no_grad():
+        next(lm.model.parameters()).view(-1)[:50] = float("nan")
+    with pytest.raises(NumericalError, match="NaN or infinite"):
+        genattr.explain(lm, PROMPT, target=TARGET)
+
+
+def test_context_length_is_checked_with_both_numbers(llama):
+    prompt = Prompt.from_text(llama.tokenizer, PROMPT)
+    too_long = _target(llama, " cat" * 300)
+    with pytest.raises(
+        ContextLengthError, match=rf"{len(prompt) + len(too_long)} tokens .* context window is 256"
+    ):
+        llama.target_log_probs(Inputs.from_ids(prompt.input_ids), too_long)
+
+
+def _exact_marginals(lm, prompt_ids, J):
+    """Oracle: p(Y_j) for j = 1..J by enumerating every prefix (EOS absorbing), no beam search."""
+    V, eos = lm.vocab_size, set(lm.eos_ids)
+    out = torch.zeros(J, V, dtype=torch.float64)
+    with torch.no_grad():
+        for j in range(J):
+            for prefix in itertools.product(range(V), repeat=j):
+                p_prefix, ids, ended = 1.0, list(prompt_ids), None
+                for tok in prefix:
+                    if ended is not None:
+                        p_prefix *= float(tok == ended)
+                    else:
+                        p_prefix *= float(
+                            lm.model(input_ids=torch.tensor([ids])).logits[0, -1].double().softmax(-1)[tok]
+                        )
+                        ended = tok if tok in eos else None
+                    ids.append(tok)
+                    if p_prefix == 0:
+                        break
+                if p_prefix == 0:
+                    continue
+                if ended is not None:
+                    out[j, ended] += p_prefix
+                else:
+                    out[j] += p_prefix * lm.model(input_ids=torch.tensor([ids])).logits[
+                        0, -1
+                    ].double().softmax(-1)
+    return out
+
+
+def test_beam_marginals_equal_enumeration_when_beams_cover_every_prefix(word_lm):
+    lm, J = word_lm, 3
+    V = lm.vocab_size
+    prompt = Prompt.from_text(lm.tokenizer, "red cat sat")
+    exact = _exact_marginals(lm, prompt.input_ids, J)
+    full = lm.beam_search(Inputs.from_ids(prompt.input_ids), num_beams=V ** (J - 1), max_new_tokens=J)
+    torch.testing.assert_close(full.marginals[0].double(), exact, atol=1e-5, rtol=0)
+    torch.testing.assert_close(full.mass[0], torch.ones(J), atol=1e-5, rtol=0)
+    errors = []
+    for b in (1, 3, V, 4 * V, V * V):
+        est = lm.beam_search(Inputs.from_ids(prompt.input_ids), num_beams=b, max_new_tokens=J)
+        assert torch.all(est.mass[0, 1:] <= 1 + 1e-6)
+        errors.append(float((est.marginals[0, -1].double() - exact[-1]).abs().sum()))
+    assert errors[-1] < 1e-4
+    assert errors[0] > errors[2] > errors[-1]
+
+
+def test_beam_search_batches_prompts_and_matches_single_runs(llama):
+    prompt = Prompt.from_text(llama.tokenizer, PROMPT)
+    features = prompt.features("word")
+    masker = Masker(llama, prompt, features, "attention")
+    keep = torch.ones(3, len(features), dtype=torch.bool)
+    keep[1, 2] = False
+    keep[2, 5] = False
+    inputs = masker.inputs(keep)
+    batched = llama.beam_search(inputs, num_beams=4, max_new_tokens=4)
+    assert batched.marginals.shape == (3, 4, llama.vocab_size)
+    torch.testing.assert_close(batched.marginals.sum(-1), torch.ones(3, 4), atol=1e-5, rtol=0)
+    for i in range(3):
+        single = llama.beam_search(inputs.rows(slice(i, i + 1)), num_beams=4, max_new_tokens=4)
+        torch.testing.assert_close(single.marginals[0], batched.marginals[i], atol=1e-5, rtol=0)
+        assert torch.equal(single.sequences[0], batched.sequences[i])
+    # The best beam's log-probability is the teacher-forced score of its sequence.
+    best = batched.sequences[0, 0].tolist()
+    lp = llama.target_log_probs(inputs.rows(slice(0, 1)), best).sum()
+    assert abs(float(lp) - float(batched.sequence_log_probs[0, 0])) < 1e-4
+
+
+def test_forward_from_embeddings_matches_and_has_gradients(lm):
+    prompt = Prompt.from_text(lm.tokenizer, PROMPT)
+    target = _target(lm)
+    inputs = Inputs.from_ids(prompt.input_ids)
+    embeds = lm.embed(inputs.input_ids).detach().requires_grad_(True)
+    lp = lm.log_probs_from_embeddings(embeds, inputs, target)
+    torch.testing.assert_close(lp.detach(), lm.target_log_probs(inputs, target), atol=1e-5, rtol=0)
+    (grad,) = torch.autograd.grad(lp.sum(), embeds)
+    assert grad.shape == embeds.shape and grad.abs().sum() > 0
+
+
+def test_attention_maps_under_eager_and_restore(lm):
+    prompt = Prompt.from_text(lm.tokenizer, PROMPT)
+    target = _target(lm)
+    features = prompt.features("word")
+    keep = torch.ones(1, len(features), dtype=torch.bool)
+    keep[0, 1] = False
+    inputs = Masker(lm, prompt, features, "attention").inputs(keep)
+    before = lm.attn_implementation
+    maps = lm.attention_maps(inputs, target)
+    assert lm.attn_implementation == before
+    T = len(prompt) + len(target) - 1
+    layers, heads = lm.model.config.num_hidden_layers, lm.model.config.num_attention_heads
+    assert maps.shape == (1, layers, heads, T, T)
+    torch.testing.assert_close(maps.sum(-1), torch.ones(1, layers, heads, T), atol=1e-5, rtol=0)
+    hidden = list(features[1].tokens)
+    others = [q for q in range(T) if q not in hidden]
+    assert maps[0][:, :, others][:, :, :, hidden].abs().max() == 0
+    assert torch.triu(maps[0], diagonal=1).abs().max() == 0

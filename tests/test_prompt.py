@@ -1,0 +1,151 @@
+"""Prompts and segmentation: token, word, sentence, regex and span features for the three
+tokenizer kinds, chat templates with scaffolding excluded, and the errors of bad prompts."""
+
+from __future__ import annotations
+
+import pytest
+
+from genattr import tiny
+from genattr.errors import EmptyPromptError, InputError, NoMaskableFeaturesError, UnknownLevelError
+from genattr.prompt import Prompt
+
+TEXT = "The cat sat on the mat. Then a dog runs!\nIs it warm?"
+WORDS = [
+    "The",
+    "cat",
+    "sat",
+    "on",
+    "the",
+    "mat",
+    ".",
+    "Then",
+    "a",
+    "dog",
+    "runs",
+    "!",
+    "Is",
+    "it",
+    "warm",
+    "?",
+]
+SENTENCES = ["The cat sat on the mat.", "Then a dog runs!", "Is it warm?"]
+
+
+@pytest.fixture(scope="module")
+def tokenizers():
+    lines = tiny.corpus(300)
+    out = {kind: tiny.train_tokenizer(kind, lines) for kind in ("byte_bpe", "sentencepiece")}
+    # A word-level tokenizer sees punctuation attached to words, as the zoo's vocabulary has it.
+    out["word"] = tiny.train_tokenizer("word", lines + [TEXT])
+    return out
+
+
+def _check_partition(prompt, features):
+    covered = sorted(t for f in features for t in f.tokens)
+    assert covered == [i for i, m in enumerate(prompt.maskable) if m]
+    for i, f in enumerate(features):
+        assert f.index == i
+        assert prompt.text[f.start : f.end] == f.text
+
+
+@pytest.mark.parametrize("kind", ["byte_bpe", "sentencepiece", "word"])
+def test_word_and_sentence_features_for_each_tokenizer_kind(tokenizers, kind):
+    prompt = Prompt.from_text(tokenizers[kind], TEXT)
+    words = prompt.features("word")
+    sentences = prompt.features("sentence")
+    _check_partition(prompt, words)
+    _check_partition(prompt, sentences)
+    assert [f.text for f in sentences] == SENTENCES
+    if kind == "word":
+        # "mat." is one token, so the word "mat" and its "." are one feature.
+        assert [f.text for f in words] == [
+            "The",
+            "cat",
+            "sat",
+            "on",
+            "the",
+            "mat.",
+            "Then",
+            "a",
+            "dog",
+            "runs!",
+            "Is",
+            "it",
+            "warm?",
+        ]
+    else:
+        assert [f.text for f in words] == WORDS
+    tokens = prompt.features("token")
+    _check_partition(prompt, tokens)
+    assert len(tokens) == sum(prompt.maskable)
+
+
+def test_special_tokens_are_not_maskable(tokenizers):
+    prompt = Prompt.from_text(tokenizers["sentencepiece"], "cat sat")
+    assert prompt.tokens[0] == "<s>" and prompt.maskable[0] is False
+    assert all(prompt.maskable[1:])
+    assert all(0 not in f.tokens for f in prompt.features("token"))
+
+
+def test_regex_and_span_features_leave_the_rest_as_context(tokenizers):
+    prompt = Prompt.from_text(tokenizers["byte_bpe"], TEXT)
+    animals = prompt.features("regex", pattern=r"cat|dog")
+    assert [f.text for f in animals] == ["cat", "dog"]
+    spans = prompt.features("spans", spans=[(0, 7), (24, 40)])
+    assert [f.text for f in spans] == ["The cat", "Then a dog runs!"]
+    with pytest.raises(InputError, match="pattern"):
+        prompt.features("regex")
+    with pytest.raises(InputError, match="invalid regular expression"):
+        prompt.features("regex", pattern="(")
+    with pytest.raises(InputError, match="span"):
+        prompt.features("spans", spans=[(5, 500)])
+    with pytest.raises(NoMaskableFeaturesError):
+        prompt.features("regex", pattern="zebra")
+    with pytest.raises(UnknownLevelError, match="paragraph"):
+        prompt.features("paragraph")
+
+
+def test_chat_template_scaffolding_is_not_maskable(tokenizers):
+    tok = tokenizers["byte_bpe"]
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Is the cat warm?"}]
+    prompt = Prompt.from_messages(tok, messages)
+    assert prompt.text.startswith("<|im_start|>system\nBe brief.<|im_end|>")
+    assert prompt.text.endswith("<|im_start|>assistant\n")
+    words = prompt.features("word")
+    assert [f.text for f in words] == ["Be", "brief", ".", "Is", "the", "cat", "warm", "?"]
+    maskable_text = "".join(
+        prompt.text[s:e] for (s, e), m in zip(prompt.offsets, prompt.maskable, strict=True) if m
+    )
+    assert (
+        "im_start" not in maskable_text and "user" not in maskable_text and "assistant" not in maskable_text
+    )
+    assert [f.text for f in prompt.features("sentence")] == ["Be brief.", "Is the cat warm?"]
+
+
+def test_chat_errors(tokenizers):
+    with pytest.raises(InputError, match="no chat template"):
+        Prompt.from_messages(tokenizers["sentencepiece"], [{"role": "user", "content": "hi"}])
+    with pytest.raises(InputError, match="role"):
+        Prompt.from_messages(tokenizers["byte_bpe"], [{"content": "hi"}])
+    with pytest.raises(EmptyPromptError):
+        Prompt.from_messages(tokenizers["byte_bpe"], [{"role": "user", "content": "  "}])
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\n\t"])
+def test_empty_prompts_are_rejected(tokenizers, text):
+    with pytest.raises(EmptyPromptError, match="empty"):
+        Prompt.from_text(tokenizers["byte_bpe"], text)
+
+
+def test_prompt_of_only_special_tokens_is_rejected(tokenizers):
+    with pytest.raises(NoMaskableFeaturesError, match="only special tokens"):
+        Prompt.from_text(tokenizers["byte_bpe"], "<|endoftext|><|im_start|>")
+    with pytest.raises(NoMaskableFeaturesError):
+        Prompt.from_text(tokenizers["sentencepiece"], "<s></s>")
+
+
+def test_whitespace_only_tokens_join_the_next_word(tokenizers):
+    prompt = Prompt.from_text(tokenizers["byte_bpe"], "cat  \n\n  dog")
+    words = prompt.features("word")
+    assert [f.text for f in words] == ["cat", "dog"]
+    _check_partition(prompt, words)

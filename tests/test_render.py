@@ -1,0 +1,281 @@
+"""Renderings (HTML, terminal, matplotlib) of hand-built results: no model needed."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import re
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+from rich.console import Console
+
+from genattr import Attribution, Feature, Prompt, Target
+from genattr.errors import InputError
+from genattr.render import NEGATIVE, NEUTRAL, POSITIVE, fmt
+from genattr.render.html import render_fragment, render_html
+from genattr.render.plots import plot_attribution
+from genattr.render.terminal import print_attribution
+
+EVIL = ["<script>alert(1)</script>", '"quoted"', "'single'", "a & b", "<!-- c -->"]
+TAGS = {
+    "html",
+    "head",
+    "meta",
+    "title",
+    "style",
+    "body",
+    "h1",
+    "h2",
+    "section",
+    "div",
+    "span",
+    "b",
+    "table",
+    "thead",
+    "tbody",
+    "tr",
+    "th",
+    "td",
+}
+
+
+def make(
+    prompt: str,
+    scores=None,
+    *,
+    tokens=(" it", " ran"),
+    token_scores=None,
+    method: str = "demo",
+    generated: bool = False,
+    **kwargs,
+) -> Attribution:
+    """A result whose features are the whitespace-separated words of ``prompt``."""
+    spans = [m.span() for m in re.finditer(r"\S+", prompt)]
+    p = Prompt(
+        prompt,
+        tuple(range(len(spans))),
+        tuple(spans),
+        tuple(prompt[s:e] for s, e in spans),
+        (True,) * len(spans),
+    )
+    features = [Feature(i, prompt[s:e], s, e, (i,)) for i, (s, e) in enumerate(spans)]
+    scores = np.linspace(-1.0, 1.0, len(features)) if scores is None else scores
+    target = Target(tuple(range(len(tokens))), "".join(tokens), tuple(tokens), generated)
+    return Attribution(method, p, features, scores, target, token_scores, **kwargs)
+
+
+class Page(HTMLParser):
+    """Every element with its attributes and full (unescaped) text; checks that tags nest."""
+
+    VOID = {"meta"}
+
+    def __init__(self, text: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.elements: list[dict] = []
+        self.stack: list[dict] = []
+        self.comments: list[str] = []
+        self.feed(text)
+        self.close()
+        assert not self.stack, [e["tag"] for e in self.stack]
+
+    def handle_starttag(self, tag, attrs):
+        element = {"tag": tag, "attrs": dict(attrs), "text": ""}
+        self.elements.append(element)
+        if tag not in self.VOID:
+            self.stack.append(element)
+
+    def handle_endtag(self, tag):
+        assert self.stack and self.stack[-1]["tag"] == tag, f"</{tag}> closes {self.stack[-1:]}"
+        self.stack.pop()
+
+    def handle_data(self, data):
+        for element in self.stack:
+            element["text"] += data
+
+    def handle_comment(self, data):
+        self.comments.append(data)
+
+    def find(self, tag: str | None = None, cls: str | None = None) -> list[dict]:
+        return [
+            e
+            for e in self.elements
+            if (tag is None or e["tag"] == tag)
+            and (cls is None or cls in e["attrs"].get("class", "").split())
+        ]
+
+
+def rgb(style: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.search(r"background:rgb\((\d+),(\d+),(\d+)\)", style).groups())
+
+
+@pytest.fixture
+def evil() -> Attribution:
+    prompt = "say " + " ".join(EVIL)
+    tokens = tuple(" " + t for t in EVIL)
+    n = len(prompt.split())
+    return make(
+        prompt,
+        tokens=tokens,
+        token_scores=np.arange(len(tokens) * n, dtype=float).reshape(len(tokens), n),
+        method='<script>alert(1)</script>"m',
+        params={"p": "<script>x</script>"},
+        diagnostics={"model": "<!--m-->", "forward_passes": 3, "seconds": 0.5},
+        seed=7,
+    )
+
+
+# --------------------------------------------------------------------------- HTML: escaping
+def test_html_escapes_every_user_string(evil):
+    page = render_html([evil], title='<script>t</script>"', captions=["<!-- cap -->&"], marks=[{1}])
+    assert "<script" not in page.lower() and "<!--" not in page and "alert(1)</script>" not in page
+    for escaped in (
+        "&lt;script&gt;alert(1)&lt;/script&gt;",
+        "&quot;quoted&quot;",
+        "&#x27;single&#x27;",
+        "a &amp; b",
+        "&lt;!-- c --&gt;",
+    ):
+        assert escaped in page
+    doc = Page(page)
+    assert not doc.comments and {e["tag"] for e in doc.elements} <= TAGS
+    assert doc.find("title")[0]["text"] == doc.find("h1")[0]["text"] == '<script>t</script>"'
+    assert doc.find("h2")[0]["text"] == "<!-- cap -->&"
+    assert doc.find(cls="ga-prompt")[0]["text"] == evil.prompt.text
+    assert doc.find(cls="ga-target")[0]["text"] == evil.target.text
+    assert [e["text"] for e in doc.find("span", "ga-f")] == [f.text for f in evil.features]
+    assert [e["attrs"]["title"] for e in doc.find("span", "ga-f")] == [
+        f"score {fmt(s)}" + (" (ground truth)" if i == 1 else "") for i, s in enumerate(evil.scores)
+    ]
+    head = doc.find(cls="ga-head")[0]["text"]
+    assert evil.method in head and "<!--m-->" in head and "forward_passes 3" in head and "seconds 0.5" in head
+    assert "p=<script>x</script>" in doc.find(cls="ga-params")[0]["text"]
+    cells = doc.find("td")
+    assert [c["attrs"]["title"] for c in cells] == [
+        f"{t} / {f.text}: score {fmt(v)}"
+        for t, row in zip(evil.target.tokens, evil.token_scores, strict=True)
+        for f, v in zip(evil.features, row, strict=True)
+    ]
+
+
+def test_fragment_is_a_scoped_div(evil):
+    fragment = render_fragment(evil)
+    assert fragment.startswith('<div class="genattr"><style>') and "<html" not in fragment
+    assert "<script" not in fragment.lower() and "<!--" not in fragment
+    doc = Page(fragment)
+    assert doc.elements[0]["tag"] == "div" and doc.find(cls="ga-target")[0]["text"] == evil.target.text
+    assert evil._repr_html_() == fragment and evil.to_html().startswith("<!DOCTYPE html>")
+
+
+# --------------------------------------------------------------------------- HTML: content
+def test_colours_follow_the_diverging_scale():
+    res = make("top zero neg half", [2.0, 0.0, -2.0, 1.0])
+    styles = [e["attrs"]["style"] for e in Page(render_fragment(res)).find("span", "ga-f")]
+    assert rgb(styles[0]) == POSITIVE and rgb(styles[1]) == NEUTRAL and rgb(styles[2]) == NEGATIVE
+    half = rgb(styles[3])
+    assert half[0] > half[1] and half[0] > half[2] and half[1] > POSITIVE[1]  # red, lighter than the top
+    blank = make("all zero nan", [0.0, 0.0, float("nan")])
+    spans = Page(render_fragment(blank)).find("span", "ga-f")
+    assert (
+        all(rgb(e["attrs"]["style"]) == NEUTRAL for e in spans) and spans[2]["attrs"]["title"] == "score nan"
+    )
+
+
+def test_context_between_features_is_kept_uncoloured():
+    res = make("<|user|> hello there <|end|>", [0.0, 1.0, -1.0, 0.0])
+    features = [dataclasses.replace(f, index=i) for i, f in enumerate(res.features[1:3])]
+    res = dataclasses.replace(res, features=features, scores=res.scores[1:3])
+    doc = Page(render_fragment(res))
+    assert doc.find(cls="ga-prompt")[0]["text"] == res.prompt.text
+    assert [e["text"] for e in doc.find("span", "ga-f")] == ["hello", "there"]
+
+
+def test_matrix_only_with_token_scores():
+    res = make("one two three", tokens=(" a", " b", " c", " d"), token_scores=np.ones((4, 3)), generated=True)
+    doc = Page(render_html([res]))
+    (table,) = doc.find("table", "ga-matrix")
+    assert len(doc.find("tr")) == 1 + 4 and len(doc.find("td")) == 4 * 3 and len(doc.find("th")) == 1 + 3 + 4
+    assert [e["text"] for e in doc.find("th")[1:4]] == ["one", "two", "three"]
+    assert "generated" in doc.find(cls="ga-label")[1]["text"]
+    assert "<table" not in render_html([make("one two three")])
+
+
+def test_marks_outline_ground_truth_and_extend_the_legend():
+    a, b = make("one two three"), make("four five")
+    doc = Page(render_html([a, b], marks=[{0, 2}, set()], captions=["first", "second"]))
+    assert [e["text"] for e in doc.find("h2")] == ["first", "second"]
+    assert [e["text"] for e in doc.find("span", "ga-mark") if "ga-f" in e["attrs"]["class"]] == [
+        "one",
+        "three",
+    ]
+    legends = [e["text"] for e in doc.find(cls="ga-legend")]
+    assert "ground-truth" in legends[0] and "ground-truth" not in legends[1]
+    marked = Page(render_fragment(a, mark={1}))
+    assert [e["text"] for e in marked.find("span", "ga-mark")] == ["two", "outlined"]
+    assert not Page(render_fragment(a)).find(cls="ga-mark")
+    with pytest.raises(InputError, match="one per result"):
+        render_html([a, b], marks=[{0}])
+
+
+# --------------------------------------------------------------------------- terminal
+def test_terminal_shows_prompt_target_and_legend():
+    res = make(
+        "[bold]x[/bold] cat sat", tokens=(" on", " mats"), token_scores=np.zeros((2, 3)), generated=True
+    )
+    console = Console(record=True, width=100)
+    print_attribution(res, console=console, mark={1})
+    text = console.export_text()
+    for expected in (
+        "[bold]x[/bold]",
+        "cat",
+        "sat",
+        "on mats",
+        "legend",
+        "ground-truth",
+        "generated",
+        "method demo",
+    ):
+        assert expected in text
+
+
+def test_terminal_prints_a_wide_matrix_completely(capsys):
+    words = [f"w{i:02d}" for i in range(30)]
+    res = make(
+        " ".join(words), tokens=(" t1", " t2"), token_scores=np.random.default_rng(0).normal(size=(2, 30))
+    )
+    console = Console(record=True, width=100)
+    res.show(console=console)
+    matrix = console.export_text().split("legend", 1)[1]
+    assert all(w in matrix for w in words) and matrix.count("t1") >= 3
+    print_attribution(res)
+    assert "w29" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- plots
+def test_heatmap_shape_and_labels():
+    res = make("a $x$ $ c", tokens=(" p", "\n"), token_scores=np.arange(8.0).reshape(2, 4))
+    fig = plot_attribution(res, kind="heatmap")
+    ax = fig.axes[0]
+    assert isinstance(fig, Figure) and ax.images[0].get_array().shape == (2, 4)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "$x$", "$", "c"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == [" p", "\\n"]
+    fig.savefig(io.BytesIO(), format="png")
+    assert res.plot().axes[0].images
+
+
+def test_bar_has_one_bar_per_feature():
+    res = make("one two three", [1.0, -0.5, 0.0])
+    fig = res.plot()
+    assert [p.get_height() for p in fig.axes[0].patches] == [1.0, -0.5, 0.0]
+    ax = Figure().add_subplot()
+    assert plot_attribution(res, kind="bar", ax=ax) is ax.figure and len(ax.patches) == 3
+
+
+def test_bad_plot_kind_raises():
+    res = make("one two")
+    with pytest.raises(InputError, match="auto, heatmap, bar"):
+        plot_attribution(res, kind="pie")
+    with pytest.raises(InputError, match="kind='bar'"):
+        plot_attribution(res, kind="heatmap")
