@@ -134,9 +134,10 @@ def test_console_script_runs_without_traceback(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
 
 
-def test_demo_runs_end_to_end(tmp_path, monkeypatch):
-    monkeypatch.setenv("GENATTR_CACHE", str(tmp_path / "cache"))
+def test_demo_runs_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo.html"
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     page = out.read_text()
     assert all(name in page for name in registry.names())
+    shown = capsys.readouterr().out
+    assert "recall@|G|" in shown and "leave_one_out" in shown

@@ -1,50 +1,92 @@
-"""``genattr demo``: explain one prompt with every registered method and write an HTML report.
+"""``genattr demo``: every registered method on the shipped zoo model, checked against ground truth.
 
-Until the model zoo ships a trained model, the demo runs on a tiny random Llama model built
-here (:mod:`genattr.tiny`) and cached under ``$GENATTR_CACHE`` (default ``~/.cache/genattr``).
+For one example of each zoo task it prints the attributions of every method as terminal
+heatmaps with the ground-truth words underlined, writes them all into one self-contained HTML
+report (``demo.html``), then prints a table of ground-truth agreement (recall@|G|, AUROC,
+pointing game, joint success) per method and task over a small example set. New methods appear
+by themselves, since the demo reads the registry. Methods with a set size ``k`` (XPrompt) are
+given k = |G|.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.table import Table
 
 from . import registry
 from .api import explain
+from .errors import TooManyFeaturesError
+from .evaluate import ground_truth
 from .model import load
 from .result import write_atomic
+from .zoo import TASKS, examples
 
-PROMPT = "The old king reads a letter in the quiet garden."
-
-
-def _cache_dir() -> Path:
-    return Path(os.environ.get("GENATTR_CACHE", Path.home() / ".cache" / "genattr"))
+DEMO_SEED = 7
 
 
-def demo_model_path() -> Path:
-    path = _cache_dir() / "tiny-llama"
-    if not (path / "config.json").exists():
-        from .tiny import build
-
-        build("llama", path, hidden=64, layers=2, heads=4)
-    return path
+def _explain(lm, method, ex):
+    params = {"k": len(ex.ground_truth)} if "k" in registry.get(method).params else {}
+    target = ex.answer if registry.get(method).needs_target else None
+    return explain(lm, ex.prompt, target=target, method=method, seed=0, **params)
 
 
-def run_demo(out: str | os.PathLike = "demo.html", quick: bool = False) -> list:
+def run_demo(out: str | os.PathLike = "demo.html", quick: bool = False, console: Console | None = None) -> list:
+    """Run the demo; returns the ground-truth records (one per method and example)."""
     from .render.html import render_html
 
-    console = Console()
-    lm = load(demo_model_path())
-    console.rule(f"genattr demo on {lm.name}")
-    results = []
-    for info in registry.methods():
-        params = {"n_samples": 8} if quick and "n_samples" in info.params else {}
-        res = explain(lm, PROMPT, target=None, method=info.name, max_new_tokens=6, **params)
-        console.print(f"[bold]{info.name}[/bold] - {info.summary}")
-        res.show(console=console)
-        results.append(res)
-    write_atomic(Path(out), render_html(results, title="genattr demo", captions=[r.method for r in results]))
-    console.print(f"wrote {out}")
-    return results
+    console = console or Console()
+    started = time.perf_counter()
+    lm = load("zoo")
+    names = registry.names()
+    console.rule(f"genattr demo: {len(names)} methods on the zoo model")
+    shown, marks, captions, skipped = [], [], [], []
+    for task in TASKS:
+        ex = examples(task, 1, seed=DEMO_SEED)[0]
+        console.rule(f"[bold]{task}[/bold]: {ex.prompt} ->{ex.answer}   (ground truth underlined)")
+        for name in names:
+            try:
+                res = _explain(lm, name, ex)
+            except TooManyFeaturesError:
+                skipped.append(f"{name} on {task} (too many features)")
+                continue
+            console.print(f"[bold]{name}[/bold]")
+            res.show(console=console, mark=set(ex.ground_truth))
+            shown.append(res)
+            marks.append(set(ex.ground_truth))
+            captions.append(f"{task}: {name}")
+    write_atomic(Path(out), render_html(shown, title="genattr demo on the zoo model", marks=marks, captions=captions))
+    records = []
+    n = 1 if quick else 4
+    for task in TASKS:
+        for ex in examples(task, n, seed=DEMO_SEED + 1):
+            for name in names:
+                try:
+                    res = _explain(lm, name, ex)
+                except TooManyFeaturesError:
+                    continue
+                records.append({"method": name, "task": task, **ground_truth.metrics(res, ex.ground_truth)})
+    _print_table(console, records, n)
+    for note in skipped:
+        console.print(f"skipped: {note}")
+    console.print(f"wrote {out} in {time.perf_counter() - started:.0f} s")
+    return records
+
+
+def _print_table(console: Console, records: list[dict], n: int) -> None:
+    summary = ground_truth.summarize(records)
+    tasks = [t for t in TASKS if any(k[1] == t for k in summary)]
+    table = Table(title=f"recall@|G| / AUROC against the ground truth, {n} examples per task", box=None)
+    table.add_column("method", no_wrap=True)
+    for t in tasks:
+        table.add_column(t, justify="right", no_wrap=True)
+    for method in sorted({m for m, _ in summary}):
+        cells = []
+        for t in tasks:
+            s = summary.get((method, t))
+            cells.append("-" if s is None else f"{s['recall_at_k']:.2f}/{s['auroc']:.2f}")
+        table.add_row(method, *cells)
+    console.print(table)

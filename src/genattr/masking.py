@@ -150,11 +150,4 @@ class Masker:
                 else []
             )
             rows.append(ids or [self.baseline_id])
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.baseline_id, dtype=torch.long)
-        visible = torch.zeros(len(rows), width, dtype=torch.bool)
-        for i, r in enumerate(rows):
-            ids[i, width - len(r) :] = torch.tensor(r)
-            visible[i, width - len(r) :] = True
-        positions = (visible.long().cumsum(1) - 1).clamp(min=0)
-        return Inputs(ids, visible, positions)
+        return Inputs.left_padded(rows, self.baseline_id)

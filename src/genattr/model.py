@@ -86,6 +86,19 @@ class Inputs:
             t, torch.ones_like(t, dtype=torch.bool), torch.arange(t.shape[1]).expand(rows, -1).contiguous()
         )
 
+    @classmethod
+    def left_padded(cls, rows: Sequence[Sequence[int]], pad_id: int = 0) -> Inputs:
+        """Prompts of different lengths in one batch: left padding, hidden, positions from 0 per row."""
+        if not rows or any(len(r) == 0 for r in rows):
+            raise InvalidParameterError("every prompt row needs at least one token.")
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), int(pad_id), dtype=torch.long)
+        visible = torch.zeros(len(rows), width, dtype=torch.bool)
+        for i, r in enumerate(rows):
+            ids[i, width - len(r) :] = torch.tensor(list(r), dtype=torch.long)
+            visible[i, width - len(r) :] = True
+        return cls(ids, visible, (visible.long().cumsum(1) - 1).clamp(min=0))
+
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
@@ -270,13 +283,18 @@ class LanguageModel:
         use_cache: bool = False,
         logits_to_keep: int = 0,
         output_attentions: bool = False,
+        attention_mask: torch.Tensor | None = None,
     ):
-        """One forward pass of the model (counted). ``visible`` covers every key so far (cache + new)."""
+        """One forward pass of the model (counted). ``visible`` covers every key so far (cache + new).
+
+        ``attention_mask``, an additive 4-D mask [B, 1, Q, K], replaces the one built from ``visible``
+        (for attention patterns that are not causal over one sequence, such as a tree of beams).
+        """
         q_len = (input_ids if input_ids is not None else inputs_embeds).shape[1]
         batch = visible.shape[0]
         total = visible.shape[1]
-        mask = None
-        if not bool(visible.all()):
+        mask = attention_mask
+        if mask is None and not bool(visible.all()):
             query_index = torch.arange(total - q_len, total, device=visible.device)
             mask = self.attention_mask(visible, query_index)
         kwargs = {
@@ -364,13 +382,19 @@ class LanguageModel:
         return self.model.get_input_embeddings()(input_ids.to(self.device))
 
     def log_probs_from_embeddings(
-        self, prompt_embeds: torch.Tensor, inputs: Inputs, target_ids, output_attentions: bool = False
+        self,
+        prompt_embeds: torch.Tensor,
+        inputs: Inputs,
+        target_ids,
+        output_attentions: bool = False,
+        return_logits: bool = False,
     ):
         """Differentiable teacher-forced log-probs of the target given prompt embeddings [B, L, d].
 
         ``inputs`` gives the visibility and positions of the prompt rows (its ids are not read).
-        Returns log-probs [B, n] (and the attention maps when asked). The caller chunks rows with
-        :meth:`chunks`, since it also runs the backward pass.
+        Returns log-probs [B, n] (the target tokens' raw logits instead with ``return_logits``, and
+        the attention maps when asked). The caller chunks rows with :meth:`chunks`, since it also
+        runs the backward pass.
         """
         target = self._targets(inputs, target_ids)
         n = target.shape[1]
@@ -383,7 +407,8 @@ class LanguageModel:
             logits_to_keep=n,
             output_attentions=output_attentions,
         )
-        logp = out.logits[:, -n:].float().log_softmax(-1)
+        logits = out.logits[:, -n:].float()
+        logp = logits if return_logits else logits.log_softmax(-1)
         picked = logp.gather(-1, target[:, :, None].to(logp.device)).squeeze(-1)
         return (picked, out.attentions) if output_attentions else picked
 
@@ -488,13 +513,20 @@ class LanguageModel:
         return Generation(tokens, log_probs, stopped)
 
     @torch.no_grad()
-    def beam_search(self, inputs: Inputs, num_beams: int, max_new_tokens: int) -> BeamSearch:
+    def beam_search(
+        self, inputs: Inputs, num_beams: int, max_new_tokens: int, *, share_prefix: bool = False
+    ) -> BeamSearch:
         """Beam search over every row at once, returning each output position's beam-marginalised
         distribution (GiLOT, Eq. 5); see :class:`BeamSearch`.
 
         All rows x beams advance in one forward pass per step (per chunk of rows); the
         distribution p(Y_j | beam) is the one computed during the search, so no second pass is
         needed. An ended beam (last token EOS) stays at EOS: later positions put all its mass there.
+        With ``share_prefix``, the leading positions a row shares with row 0 are computed once
+        (see :meth:`prefill`). ``extras`` holds the beams of every depth d = 1..J as a tree:
+        ``beam_tokens`` [B, J, b], ``beam_parents`` [B, J, b] (index of the parent beam at depth
+        d - 1, -1 at depth 1) and ``beam_log_probs`` [B, J, b] (-inf for a slot left empty when
+        fewer than b prefixes exist); :meth:`score_beam_tree` scores such a tree under other prompts.
         """
         if num_beams < 1 or max_new_tokens < 1:
             raise InvalidParameterError(
@@ -507,17 +539,15 @@ class LanguageModel:
         mass = torch.ones(n, J, dtype=torch.float32)
         sequences = torch.empty(n, b, J, dtype=torch.long)
         seq_logp = torch.empty(n, b, dtype=torch.float32)
+        tree_tokens = torch.empty(n, J, b, dtype=torch.long)
+        tree_parents = torch.full((n, J, b), -1, dtype=torch.long)
+        tree_logp = torch.empty(n, J, b, dtype=torch.float32)
+        shared = self._sharing(inputs) if share_prefix else None
         for sl in self.chunks(n, (inputs.length + J) * b):
             rows = inputs.rows(sl)
             r = len(rows)
-            out = self.forward(
-                input_ids=rows.input_ids,
-                visible=rows.visible,
-                positions=rows.positions,
-                use_cache=True,
-                logits_to_keep=1,
-            )
-            logp0 = out.logits[:, -1].float().log_softmax(-1).cpu()
+            logits0, past = self.prefill(rows, shared, sl)
+            logp0 = logits0.float().log_softmax(-1).cpu()
             marginals[sl, 0] = logp0.exp()
             k = min(b, V)
             cum, tok = logp0.topk(k, -1)
@@ -525,7 +555,7 @@ class LanguageModel:
                 cum = torch.cat([cum, torch.full((r, b - k), float("-inf"))], 1)
                 tok = torch.cat([tok, tok[:, :1].expand(-1, b - k)], 1)
             seqs = tok[:, :, None]
-            past = out.past_key_values
+            tree_tokens[sl, 0], tree_logp[sl, 0] = tok, cum
             past.reorder_cache(torch.arange(r).repeat_interleave(b).to(self.device))
             visible = rows.visible.repeat_interleave(b, 0)
             last_pos = rows.positions[:, -1].repeat_interleave(b, 0)
@@ -549,11 +579,230 @@ class LanguageModel:
                 cum, idx = (cum[:, :, None] + logp).reshape(r, b * V).topk(b, -1)
                 beam, tok = idx // V, idx % V
                 seqs = torch.cat([seqs.gather(1, beam[:, :, None].expand(-1, -1, j)), tok[:, :, None]], 2)
+                tree_tokens[sl, j], tree_parents[sl, j], tree_logp[sl, j] = tok, beam, cum
                 if j < J - 1:
                     past.reorder_cache((torch.arange(r)[:, None] * b + beam).reshape(-1).to(self.device))
             sequences[sl] = seqs
             seq_logp[sl] = cum
-        return BeamSearch(marginals, mass, sequences, seq_logp)
+        extras = {"beam_tokens": tree_tokens, "beam_parents": tree_parents, "beam_log_probs": tree_logp}
+        return BeamSearch(marginals, mass, sequences, seq_logp, extras)
+
+    @torch.no_grad()
+    def score_beam_tree(
+        self,
+        inputs: Inputs,
+        tokens: torch.Tensor,
+        parents: torch.Tensor,
+        valid: torch.Tensor | None = None,
+        *,
+        share_prefix: bool = False,
+    ) -> BeamSearch:
+        """GiLOT's beam marginals of every row over a *given* tree of prefixes (another prompt's beams)
+        instead of the row's own beams: the ``follow`` mode of GiLOT's authors' reproduction code.
+
+        ``tokens[d, i]`` is the last token of node i at depth d + 1 and ``parents[d, i]`` the index
+        of its parent at depth d (ignored at depth 1); ``valid`` marks the nodes to use (default
+        all). For each row p and position j = 1..D + 1, with P_p(node) the node's probability
+        given the row's prompt,
+
+            marginals[p, 0] = p(Y_1 | x_p),
+            marginals[p, j] = sum_i P_p(node_ji) p(Y_{j+1} | x_p, node_ji) / sum_i P_p(node_ji),
+
+        the sums over the valid nodes at depth j, and ``mass[p, j]`` = sum_i P_p(node_ji). The
+        whole tree is scored in one forward pass per chunk of rows (after the prompt's prefill)
+        under a tree attention mask: each node sees the prompt and its own ancestors, at position
+        last prompt position + depth. EOS is absorbing, as in :meth:`beam_search`, which this
+        reproduces exactly when given a row's own tree from ``beam_search(...).extras``.
+        ``sequences`` are the paths to the deepest nodes, ``sequence_log_probs`` their log P_p.
+        """
+        tokens, parents = (
+            torch.as_tensor(tokens, dtype=torch.long),
+            torch.as_tensor(parents, dtype=torch.long),
+        )
+        valid = torch.ones(tokens.shape, dtype=torch.bool) if valid is None else torch.as_tensor(valid).bool()
+        if tokens.ndim != 2 or parents.shape != tokens.shape or valid.shape != tokens.shape:
+            raise InvalidParameterError(
+                f"tokens, parents and valid must all be [depth, width]; got {tuple(tokens.shape)}, "
+                f"{tuple(parents.shape)} and {tuple(valid.shape)}."
+            )
+        D, w = tokens.shape
+        V = self.vocab_size
+        if bool(((tokens < 0) | (tokens >= V)).any()) or (
+            D > 1 and bool(((parents[1:] < 0) | (parents[1:] >= w)).any())
+        ):
+            raise InvalidParameterError(f"tree tokens must lie in 0..{V - 1} and parents in 0..{w - 1}.")
+        if D and not bool(valid.any(1).all()):
+            raise InvalidParameterError("every depth of the tree needs at least one valid node.")
+        self.check_length(inputs.length + D + 1, "prompt + output positions")
+        N = D * w
+        depth = torch.arange(D).repeat_interleave(w)
+        parent_node = torch.where(depth > 0, (depth - 1) * w + parents.reshape(-1), -1)
+        ancestor = torch.eye(N, dtype=torch.bool)  # ancestor[q, k]: node k is q itself or an ancestor of q
+        for d in range(1, D):
+            rows_d = slice(d * w, (d + 1) * w)
+            ancestor[rows_d] |= ancestor[parent_node[rows_d]]
+        n = len(inputs)
+        marginals = torch.empty(n, D + 1, V, dtype=torch.float32)
+        mass = torch.ones(n, D + 1, dtype=torch.float32)
+        node_logp = torch.empty(n, D, w, dtype=torch.float32)
+        shared = self._sharing(inputs) if share_prefix else None
+        for sl in self.chunks(n, inputs.length + N):
+            rows = inputs.rows(sl)
+            r = len(rows)
+            logits0, past = self.prefill(rows, shared, sl)
+            logp0 = logits0.float().log_softmax(-1).cpu()
+            marginals[sl, 0] = logp0.exp()
+            if D == 0:
+                continue
+            keys = torch.cat(
+                [rows.visible[:, None, :].expand(-1, N, -1), ancestor[None].expand(r, -1, -1)], 2
+            )
+            mask = torch.zeros(keys.shape, dtype=self.dtype, device=self.device)
+            mask.masked_fill_(~keys.to(self.device), torch.finfo(self.dtype).min)
+            out = self.forward(
+                input_ids=tokens.reshape(1, -1).expand(r, -1),
+                visible=torch.cat([rows.visible, torch.ones(r, N, dtype=torch.bool)], 1),
+                positions=rows.positions[:, -1:] + 1 + depth[None],
+                past_key_values=past,
+                use_cache=True,
+                logits_to_keep=N,
+                attention_mask=mask[:, None],
+            )
+            logp = out.logits[:, -N:].float().log_softmax(-1).cpu()
+            logp = self._absorb(logp.reshape(r * N, V), tokens.reshape(-1).repeat(r)).view(r, D, w, V)
+            cum = logp0[:, tokens[0]]
+            for d in range(D):
+                if d > 0:
+                    cum = cum[:, parents[d]] + logp[:, d - 1, parents[d], tokens[d]]
+                cum = cum.masked_fill(~valid[d][None], float("-inf"))
+                node_logp[sl, d] = cum
+                marginals[sl, d + 1] = torch.einsum("ri,riv->rv", cum.softmax(-1), logp[:, d].exp())
+                mass[sl, d + 1] = cum.logsumexp(-1).exp()
+        paths = torch.empty(w, D, dtype=torch.long)
+        node = torch.arange(w)
+        for d in range(D - 1, -1, -1):
+            paths[:, d] = tokens[d, node]
+            node = parents[d, node] if d > 0 else node
+        sequences = paths[None].expand(n, -1, -1).clone()
+        last = node_logp[:, -1] if D else torch.zeros(n, w)
+        return BeamSearch(marginals, mass, sequences, last, {"node_log_probs": node_logp})
+
+    def _sharing(self, inputs: Inputs) -> tuple | None:
+        """What :meth:`prefill` needs to share prompt prefixes with row 0: each row's shared length,
+        row 0's keys and values, and row 0's last logits (row 0's own prefill, so nothing is run
+        twice); None where fewer than 2 positions would be shared or the model's cache is not a
+        plain :class:`~transformers.DynamicCache` (sliding windows, static or quantised caches)."""
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
+        if len(inputs) < 2:
+            return None
+        first = inputs.rows(slice(0, 1))
+        same = (
+            (inputs.input_ids == first.input_ids)
+            & (inputs.visible == first.visible)
+            & (inputs.positions == first.positions)
+        )
+        lengths = same.long().cumprod(1).sum(1)
+        if int(lengths[1:].max()) < 2:
+            return None
+        out = self.forward(
+            input_ids=first.input_ids,
+            visible=first.visible,
+            positions=first.positions,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        cache = out.past_key_values
+        if type(cache) is not DynamicCache or any(type(layer) is not DynamicLayer for layer in cache.layers):
+            return None
+        return lengths, [(layer.keys, layer.values) for layer in cache.layers], out.logits[:, -1]
+
+    def prefill(self, rows: Inputs, shared: tuple | None = None, index: slice | None = None):
+        """Forward pass over prompt rows with a KV cache: (last-position logits [r, V], cache).
+
+        With ``shared`` (from :meth:`_sharing` over the whole batch, ``index`` the rows' slice of
+        it), the keys and values of the leading positions a row shares with row 0 (same ids,
+        visibility and positions) are taken from row 0 instead of recomputed: in a causal LM they
+        depend only on those positions. This is exact, and saves most of the prompt work of
+        leave-one-out variants, whose prefix before the removed feature is the full prompt's.
+        Rows are split into contiguous groups, each running from the shortest shared length in it
+        (the split minimises tokens run plus :data:`PREFILL_CALL_TOKENS` per extra call), and
+        the groups' caches are joined into one, so that decoding stays one batch.
+        """
+        if shared is None:
+            out = self.forward(
+                input_ids=rows.input_ids,
+                visible=rows.visible,
+                positions=rows.positions,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            return out.logits[:, -1], out.past_key_values
+        from transformers import DynamicCache
+
+        lengths, layers, reference_logits = shared
+        lengths = lengths[index] if index is not None else lengths
+        logits, caches = [], []
+        for start, stop, s in _prefix_groups(lengths.tolist(), rows.length, PREFILL_CALL_TOKENS):
+            part, m = rows.rows(slice(start, stop)), stop - start
+            past = None
+            if s > 0:
+                kv = [
+                    (k[:, :, :s].expand(m, -1, -1, -1), v[:, :, :s].expand(m, -1, -1, -1)) for k, v in layers
+                ]
+                past = DynamicCache(ddp_cache_data=[(k.contiguous(), v.contiguous()) for k, v in kv])
+            if s == rows.length:  # copies of row 0: nothing to run
+                logits.append(reference_logits.expand(m, -1))
+                caches.append(past)
+                continue
+            out = self.forward(
+                input_ids=part.input_ids[:, s:],
+                visible=part.visible,
+                positions=part.positions[:, s:],
+                past_key_values=past,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            logits.append(out.logits[:, -1])
+            caches.append(out.past_key_values)
+        if len(caches) == 1:
+            return logits[0], caches[0]
+        joined = [
+            (torch.cat([c.layers[i].keys for c in caches]), torch.cat([c.layers[i].values for c in caches]))
+            for i in range(len(layers))
+        ]
+        return torch.cat(logits), DynamicCache(ddp_cache_data=joined)
+
+
+PREFILL_CALL_TOKENS = 128
+"""The cost of one more forward call, in prompt tokens, when :meth:`LanguageModel.prefill` groups rows."""
+
+
+def _prefix_groups(lengths: list[int], length: int, call_tokens: int) -> list[tuple[int, int, int]]:
+    """Split rows into contiguous groups (start, stop, shared length): each group runs positions
+    from its shortest shared length on (a group sharing all ``length`` positions runs nothing);
+    the split minimises the tokens run plus ``call_tokens`` per call (dynamic programming).
+
+    >>> _prefix_groups([8, 1, 2, 6, 7], 8, 4)
+    [(0, 1, 8), (1, 3, 1), (3, 5, 6)]
+    """
+    r = len(lengths)
+    best = [0.0] + [float("inf")] * r
+    cut = [0] * (r + 1)
+    for stop in range(1, r + 1):
+        low = length
+        for start in range(stop - 1, -1, -1):
+            low = min(low, lengths[start])
+            cost = best[start] + (stop - start) * (length - low) + (call_tokens if low < length else 0)
+            if cost < best[stop]:
+                best[stop], cut[stop] = cost, start
+    groups, stop = [], r
+    while stop > 0:
+        start = cut[stop]
+        groups.append((start, stop, min(lengths[start:stop])))
+        stop = start
+    return groups[::-1]
 
 
 def load(
@@ -570,7 +819,8 @@ def load(
 ) -> LanguageModel:
     """Load a causal LM and its tokenizer, or wrap ones you already have.
 
-    ``path_or_id`` is a local directory or a Hugging Face hub id (hub ids need network). Weights
+    ``path_or_id`` is a local directory, a Hugging Face hub id (hub ids need network), or
+    ``"zoo"`` for the model shipped with genattr (:mod:`genattr.zoo`). Weights
     load from safetensors only unless ``use_safetensors=False``; ``trust_remote_code`` stays off
     unless you turn it on. ``device`` defaults to CUDA when present, else CPU; ``dtype`` is a
     torch dtype or one of ``"float32"``, ``"bfloat16"``, ``"float16"``.
@@ -592,6 +842,10 @@ def load(
     if path_or_id is None:
         raise InvalidParameterError("give a model path or hub id, or model= and tokenizer=.")
     source = os.path.expanduser(os.fspath(path_or_id))
+    if source == "zoo":
+        from .zoo import model_path
+
+        source = str(model_path())
     if not os.path.isdir(source) and (os.path.exists(source) or not _HUB_ID.fullmatch(source)):
         raise ModelLoadError(
             f"model path {source!r} does not exist or is not a directory; check the path "
