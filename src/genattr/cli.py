@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from . import __version__, registry
-from .errors import GenattrError
+from .errors import GenattrError, InputError
 from .masking import BASELINE_NAMES, DEFAULT_MASK, MASKS
 from .segment import LEVELS
 from .target import DEFAULT_MAX_NEW_TOKENS
@@ -126,6 +126,27 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from .evaluate.benchmark import load_items, run_benchmark
+    from .model import load
+
+    methods = registry.names() if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
+    items, problems = load_items([d.strip() for d in args.data.split(",") if d.strip()], args.n, args.seed)
+    for problem in problems:
+        print(f"genattr: {problem}", file=sys.stderr)
+    if not items:
+        raise InputError("no usable example in --data; see the messages above.")
+    lm = load(args.model, device=args.device, dtype=args.dtype)
+    result = run_benchmark(lm, methods, items, args.out, metrics=[m.strip() for m in args.metrics.split(",")],
+                           seed=args.seed, progress=not args.quiet, level=args.level, mask=args.mask,
+                           max_new_tokens=args.max_new_tokens, k=args.k)
+    if not args.quiet:
+        print(result["table"])
+        print(result["cost"])
+    print(f"wrote {args.out}/table.md, table.csv, cost.md, curves.png and rows.jsonl", file=sys.stderr)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -142,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ex = sub.add_parser("explain", help="attribute a continuation to the prompt's features")
     ex.add_argument("prompt", help="the prompt text")
-    ex.add_argument("--model", required=True, help="a local model directory or a hub id")
+    ex.add_argument("--model", default="zoo", help="a local model directory, a hub id, or zoo (default)")
     ex.add_argument(
         "--method",
         default="leave_one_out",
@@ -191,6 +212,23 @@ def build_parser() -> argparse.ArgumentParser:
     re_.add_argument("--html", help="write a self-contained HTML page to this file")
     re_.add_argument("--terminal", action="store_true", help="also print it in the terminal")
     re_.set_defaults(func=cmd_render)
+
+    be = sub.add_parser("benchmark", help="faithfulness and ground-truth benchmark of methods")
+    be.add_argument("--model", default="zoo", help="a model directory, a hub id, or zoo (default)")
+    be.add_argument("--methods", default="all", help="comma-separated method names, or all")
+    be.add_argument("--data", required=True, help="comma-separated zoo:TASK specs and/or JSONL files")
+    be.add_argument("--metrics", default="curves,erasure,similarity,ground_truth")
+    be.add_argument("--out", required=True, help="output directory (resumable)")
+    be.add_argument("--n", type=int, default=None, help="examples per dataset (zoo: default 10)")
+    be.add_argument("--seed", type=int, default=0)
+    be.add_argument("--level", default="word", choices=[lv for lv in LEVELS if lv not in ("regex", "spans")])
+    be.add_argument("--mask", default=None, choices=MASKS, help="masking strategy (default: the library default)")
+    be.add_argument("--max-new-tokens", type=int, default=20)
+    be.add_argument("--k", type=int, default=3, help="features removed in the similarity protocol")
+    be.add_argument("--device", default=None)
+    be.add_argument("--dtype", default=None)
+    be.add_argument("--quiet", "-q", action="store_true")
+    be.set_defaults(func=cmd_benchmark)
 
     de = sub.add_parser("demo", help="run the demo on the embedded default model")
     de.add_argument("--out", default="demo.html", help="the HTML report to write")

@@ -3,7 +3,7 @@
 (The package is not called `methods` because `genattr.methods()` is the public registry listing.)
 """
 
-from . import perturbation, xprompt  # noqa: F401
+from . import aieg, attention, baseline, gradient, perturbation, xprompt  # noqa: F401
 from .base import Method, Output, Param
 
 __all__ = ["Method", "Output", "Param"]

@@ -1,0 +1,238 @@
+"""Embedding and gradient plumbing shared by the gradient, attention and AIEG methods.
+
+Every gradient method here works on the input embeddings of the prompt with the target
+teacher-forced: the embeddings of the feature tokens are moved (towards a baseline, with noise,
+...), the rest of the prompt (special tokens, chat scaffolding) and the target tokens keep their
+own embeddings. A token-level attribution ``a[t, i]`` (target token t, prompt position i) becomes
+a feature score by summing over the feature's tokens (the word-level sum of sub-tokens of
+"Enhancing Integrated Gradients using Emphasis Factors and Attention", 2025).
+
+The one expensive step, :func:`gradient_sums`, runs one batched forward pass per chunk of rows
+(interpolation steps, noisy samples, ...) shared by every target token, then one backward pass
+per chunk that is batched over the target tokens (``torch.autograd.grad`` with
+``is_grads_batched``): the gradient of each token's log-probability with respect to each row's
+embeddings, without a forward pass per target token (and with the output head differentiated
+once, not once per token; see :func:`_batched_gradients`). Chunks hold at most
+``lm.max_batch_tokens`` tokens counting that batching (rows x tokens x outputs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import InvalidParameterError
+from ..model import Inputs, LanguageModel
+from ..problem import Problem
+
+BASELINES = ("zero", "token")
+QUADRATURES = ("gausslegendre", "riemann_trapezoid")
+
+
+@dataclass
+class EmbeddedPrompt:
+    """A prompt as the gradient methods see it: embeddings, feature positions and the target.
+
+    ``embeds`` [L, d] float32 on the model's device; ``covered`` [L] marks the positions of feature
+    tokens (the only ones a baseline or noise replaces); ``membership`` [L, F] maps positions to
+    features (1 where position i belongs to feature f).
+    """
+
+    lm: LanguageModel
+    ids: torch.Tensor
+    embeds: torch.Tensor
+    covered: torch.Tensor
+    membership: torch.Tensor
+    target: torch.Tensor
+    baseline_id: int
+    objective: str
+
+    @property
+    def length(self) -> int:
+        return self.ids.shape[0]
+
+    @property
+    def n_target(self) -> int:
+        return self.target.shape[0]
+
+    @property
+    def predicting(self) -> torch.Tensor:
+        """The positions (in prompt + target[:-1]) whose outputs predict the target tokens."""
+        return torch.arange(self.n_target) + self.length - 1
+
+    def template(self, rows: int) -> Inputs:
+        """``rows`` copies of the prompt, every position visible."""
+        return Inputs.from_ids(self.ids.tolist(), rows)
+
+    def baseline(self, kind: str) -> torch.Tensor:
+        """The baseline x' [L, d]: the zero vector or the baseline token's embedding at feature positions."""
+        if kind == "zero":
+            fill = torch.zeros_like(self.embeds[0])
+        else:
+            fill = self.lm.embed(torch.tensor([[self.baseline_id]]))[0, 0].detach().float()
+        return torch.where(self.covered[:, None], fill, self.embeds)
+
+    def random_token_baselines(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``n`` baselines [n, L, d]: an embedding of a uniformly drawn vocabulary token at each feature position."""
+        ids = torch.randint(self.lm.vocab_size, (n, self.length), generator=generator)
+        random = self.lm.embed(ids).detach().float()
+        return torch.where(self.covered[None, :, None], random, self.embeds[None])
+
+    def features(self, token_level: torch.Tensor) -> torch.Tensor:
+        """Token-level attributions [..., L] -> feature scores [..., F] (sum over each feature's tokens), float64 CPU."""
+        return token_level.double().cpu() @ self.membership
+
+    @torch.no_grad()
+    def values(self, rows: torch.Tensor, logits: bool = False) -> torch.Tensor:
+        """Target log-probs (or logits) [R, n] given prompt embeddings ``rows`` [R, L, d], chunked."""
+        out = []
+        for sl in self.lm.chunks(rows.shape[0], self.length + self.n_target):
+            x = rows[sl].to(self.lm.dtype)
+            out.append(
+                self.lm.log_probs_from_embeddings(
+                    x, self.template(x.shape[0]), self.target, return_logits=logits
+                )
+            )
+        return torch.cat(out).double().cpu()
+
+
+def embedded(problem: Problem) -> EmbeddedPrompt:
+    """The :class:`EmbeddedPrompt` of a problem (prompt, features, target, baseline token, objective)."""
+    lm = problem.lm
+    ids = torch.tensor(problem.prompt.input_ids, dtype=torch.long)
+    membership = torch.zeros(len(ids), problem.n_features, dtype=torch.float64)
+    for f in problem.features:
+        membership[list(f.tokens), f.index] = 1.0
+    embeds = lm.embed(ids[None])[0].detach().float()
+    covered = (membership.sum(1) > 0).to(embeds.device)
+    target = torch.tensor(problem.target.ids, dtype=torch.long)
+    return EmbeddedPrompt(
+        lm, ids, embeds, covered, membership, target, problem.masker.baseline_id, problem.objective
+    )
+
+
+def quadrature(n_steps: int, method: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Points alpha_k in [0, 1] and weights w_k with sum_k w_k g(alpha_k) ~ int_0^1 g(alpha) d alpha.
+
+    ``riemann_trapezoid``: the composite trapezoid rule, alpha_k = k / (K - 1), weights 1 / (K - 1)
+    halved at both ends (needs K >= 2; exact for linear integrands). Captum's rule of that name
+    uses the same points with step 1 / K, so its weights sum to 1 - 1/K and its integrals are
+    (K - 1) / K times these. ``gausslegendre``: the K-point Gauss-Legendre rule mapped from
+    [-1, 1] to [0, 1] (numpy's ``leggauss``, as Captum does), exact for polynomials of degree
+    2K - 1.
+    """
+    if method == "riemann_trapezoid":
+        if n_steps < 2:
+            raise InvalidParameterError(
+                f"the riemann_trapezoid rule needs n_steps >= 2, got {n_steps}; raise n_steps or use "
+                "quadrature='gausslegendre'."
+            )
+        weights = torch.full((n_steps,), 1.0 / (n_steps - 1), dtype=torch.float64)
+        weights[0] /= 2
+        weights[-1] /= 2
+        return torch.linspace(0, 1, n_steps, dtype=torch.float64), weights
+    points, weights = np.polynomial.legendre.leggauss(n_steps)
+    return torch.from_numpy(0.5 * (points + 1)), torch.from_numpy(0.5 * weights)
+
+
+def objective_factor(objective: str, values: torch.Tensor, sequence: bool) -> torch.Tensor:
+    """dF/d(log p) for each output row and sample row: [n (+1), r].
+
+    The backward pass gives gradients of the log-probabilities ``values`` [r, n]; for the
+    ``log_prob`` objective F_t = log p_t (factor 1, and the sequence F = sum_t log p_t); for
+    ``prob``, F_t = p_t (factor p_t) and the sequence F = p(y) = exp(sum_t log p_t).
+    """
+    r, n = values.shape
+    if objective == "log_prob":
+        return torch.ones(n + int(sequence), r, dtype=values.dtype, device=values.device)
+    tokens = values.exp().T
+    if not sequence:
+        return tokens
+    return torch.cat([tokens, values.sum(1).exp()[None]])
+
+
+@contextmanager
+def _head_input(model: torch.nn.Module):
+    """Collects, while open, the inputs of every call of the model's output embedding (the head)."""
+    calls: list[torch.Tensor] = []
+    handle = model.get_output_embeddings().register_forward_hook(
+        lambda _m, inputs, _o: calls.append(inputs[0])
+    )
+    try:
+        yield calls
+    finally:
+        handle.remove()
+
+
+def _batched_gradients(
+    out: torch.Tensor, x: torch.Tensor, head: list[torch.Tensor], sequence: bool
+) -> torch.Tensor:
+    """d out_j / dx for every target token j (and their sum with ``sequence``): [m, r, L, d].
+
+    When the head ran once, in two stages: one plain backward pass of sum_j out_j to the head's
+    input h (out_j depends on h only at the position predicting token j, so this gives every
+    d out_j / dh at once), then one backward pass from h to x batched over the tokens, each
+    token's cotangent being its own position's slice. The head, the log-softmax and the gather
+    are then differentiated once instead of once per token. Otherwise (a model that computes its
+    logits without calling its output embedding once), one backward pass from ``out`` batched over
+    one-hot cotangents.
+    """
+    r, n = out.shape
+    if len(head) != 1:
+        selector = torch.cat([torch.eye(n), torch.ones(1, n)])[: n + int(sequence)].to(out)
+        return torch.autograd.grad(
+            out, x, grad_outputs=selector[:, None, :].expand(-1, r, n), is_grads_batched=True
+        )[0]
+    hidden = head[0]
+    (per_position,) = torch.autograd.grad(out.sum(), hidden, retain_graph=True)
+    rows = torch.arange(n, device=hidden.device) + hidden.shape[1] - n
+    cotangents = torch.zeros(n + int(sequence), *hidden.shape, dtype=hidden.dtype, device=hidden.device)
+    cotangents[torch.arange(n), :, rows] = per_position[:, rows].transpose(0, 1)
+    if sequence:
+        cotangents[n] = per_position
+    return torch.autograd.grad(hidden, x, grad_outputs=cotangents, is_grads_batched=True)[0]
+
+
+def gradient_sums(
+    ep: EmbeddedPrompt,
+    rows: torch.Tensor,
+    factor: Callable[[torch.Tensor, slice], torch.Tensor],
+    weights: torch.Tensor,
+    *,
+    sequence: bool = False,
+    multipliers: torch.Tensor | None = None,
+    clip: float | None = None,
+    logits: bool = False,
+) -> torch.Tensor:
+    """Weighted sums over rows of per-output gradients with respect to the prompt embeddings.
+
+    With g_{j,r} = d(out_j)/d(rows_r) where out_j is target token j's log-probability (its
+    logit with ``logits``) and, with ``sequence``, out_n = sum_j out_j, this returns
+
+        S[j] = sum_r weights[r] * multipliers[r] * clip(factor(values)[j, r] * g_{j,r})   [m, L, d]
+
+    ``factor`` maps a chunk's outputs out_j [r, n] and its row slice to [m, r]: it is where the
+    chain rule of the objective (see :func:`objective_factor`) or AIEG's emphasis factor enters.
+    ``clip`` clamps each gradient entry to [-clip, clip].
+    """
+    lm = ep.lm
+    R, L, _ = rows.shape
+    n = ep.n_target
+    m = n + int(sequence)
+    sums = torch.zeros(m, *rows.shape[1:], dtype=torch.float32, device=rows.device)
+    for sl in lm.chunks(R, (L + n) * m):
+        x = rows[sl].to(lm.dtype).requires_grad_(True)
+        with torch.enable_grad(), _head_input(lm.model) as head:
+            out = lm.log_probs_from_embeddings(x, ep.template(x.shape[0]), ep.target, return_logits=logits)
+            grads = _batched_gradients(out, x, head, sequence)
+        grads = grads.float() * factor(out.detach(), sl).float()[:, :, None, None]
+        if clip is not None:
+            grads = grads.clamp(-clip, clip)
+        if multipliers is not None:
+            grads = grads * (multipliers if multipliers.ndim == 2 else multipliers[sl])
+        sums += torch.einsum("r,mrld->mld", weights[sl].to(grads), grads)
+    return sums

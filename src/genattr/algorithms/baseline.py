@@ -1,0 +1,29 @@
+"""The random baseline: scores drawn at random, the floor every faithfulness metric is read against
+(the "Random" baseline of "XPrompt: Explaining Large Language Model's Generation via Joint Prompt
+Attribution", 2024)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..problem import Problem
+from ..registry import register
+from .base import Method, Output
+
+
+@register
+class RandomBaseline(Method):
+    """Independent standard normal scores per feature, seeded; no model call.
+
+    >>> genattr.explain(lm, "The cat sat", target=" down", method="random", seed=3)   # doctest: +SKIP
+    """
+
+    name = "random"
+    family = "baseline"
+    summary = "random scores (standard normal, seeded): the floor of every faithfulness metric"
+    stochastic = True
+    token_matrix = False
+
+    def attribute(self, problem: Problem) -> Output:
+        scores = torch.randn(problem.n_features, generator=problem.generator(), dtype=torch.float64)
+        return Output(scores)

@@ -1,0 +1,365 @@
+"""Gradient methods against oracles: IG completeness on real tiny transformers (the right-hand side
+from a naive Hugging Face loop), IG in closed form on a model quadratic in the embeddings, finite
+differences, DeepLIFT's exact summation-to-delta where the Rescale rule is exact, the model left
+as found, and Captum's LayerIntegratedGradients and DeepLift as peer implementations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import genattr
+from genattr.algorithms.gradient import _RescaleRule
+from genattr.errors import InvalidParameterError
+from genattr.model import Inputs, LanguageModel
+from genattr.registry import methods
+
+from .conftest import naive_log_probs
+
+PROMPT = "The cat sat on the mat."
+TARGET = " and the bird sings"
+GRADIENT_METHODS = [i.name for i in methods() if i.family == "gradient"]
+
+
+def _explain(lm, method, **kw):
+    return genattr.explain(lm, PROMPT, target=TARGET, method=method, **kw)
+
+
+def _replaced(res, baseline_id: int) -> list[int]:
+    """The prompt ids with every feature token replaced by the baseline token."""
+    covered = {t for f in res.features for t in f.tokens}
+    return [baseline_id if i in covered else tok for i, tok in enumerate(res.prompt.input_ids)]
+
+
+# --------------------------------------------------------------------- integrated gradients
+@pytest.mark.parametrize("rule", ["gausslegendre", "riemann_trapezoid"])
+def test_ig_completeness_on_tiny_transformers(lm, rule):
+    kw = {"baselines": "token", "baseline": "eos", "quadrature": rule}
+    res = _explain(lm, "integrated_gradients", n_steps=128, **kw)
+    target = list(res.target.ids)
+    full = naive_log_probs(lm, res.prompt.input_ids, target).double()
+    empty = naive_log_probs(lm, _replaced(res, lm.tokenizer.eos_token_id), target).double()
+    gap = (full - empty).numpy()
+    assert abs(res.scores.sum() - gap.sum()) < 1e-2 * abs(gap.sum())
+    np.testing.assert_allclose(res.token_scores.sum(1), gap, rtol=1e-2, atol=1e-2 * np.abs(gap).max())
+    assert res.diagnostics["relative_convergence_delta"] < 1e-2
+    np.testing.assert_allclose(res.token_scores.sum(0), res.scores, atol=1e-9)
+    coarse = _explain(lm, "integrated_gradients", n_steps=2, **kw)
+    assert coarse.diagnostics["relative_convergence_delta"] > res.diagnostics["relative_convergence_delta"]
+
+
+def test_ig_completeness_for_the_probability_objective(qwen):
+    res = _explain(qwen, "integrated_gradients", n_steps=128, objective="prob")
+    before, after = (
+        np.array(res.diagnostics["objective_input"]),
+        np.array(res.diagnostics["objective_baseline"]),
+    )
+    gap = before - after
+    assert abs(res.scores.sum() - gap[-1]) < 1e-2 * abs(gap[-1])
+    np.testing.assert_allclose(res.token_scores.sum(1), gap[:-1], rtol=1e-2, atol=1e-2 * np.abs(gap).max())
+    p = naive_log_probs(qwen, res.prompt.input_ids, list(res.target.ids)).double().exp()
+    np.testing.assert_allclose(before[:-1], p.numpy(), rtol=1e-5)
+    assert before[-1] == pytest.approx(float(p.prod()), rel=1e-5)
+
+
+class QuadraticLM(LanguageModel):
+    """A model whose target "log-probs" are quadratic in the prompt embeddings (linear with
+    ``curvature=0``): F_t(x) = sum_{i,d} B[t,i,d] x_{i,d} + C[t,i,d] x_{i,d}^2 / 2. Integrated
+    gradients then have the closed form IG_{t,i} = sum_d (x - x')_{i,d} (B + C (x + x') / 2)_{t,i,d},
+    on any path rule exact for linear integrands."""
+
+    def __init__(self, lm: LanguageModel, n_target: int, length: int, curvature: float = 50.0, **kw) -> None:
+        super().__init__(lm.model, lm.tokenizer, **kw)
+        gen = torch.Generator().manual_seed(0)
+        d = lm.embedding_matrix.shape[1]
+        self.B = torch.randn(n_target, length, d, generator=gen)
+        self.C = torch.randn(n_target, length, d, generator=gen) * curvature
+
+    def log_probs_from_embeddings(
+        self, prompt_embeds, inputs, target_ids, output_attentions=False, return_logits=False
+    ):
+        x = prompt_embeds.float()
+        return torch.einsum("bld,tld->bt", x, self.B) + 0.5 * torch.einsum("bld,tld->bt", x**2, self.C)
+
+
+@pytest.mark.parametrize(
+    ("rule", "n_steps", "curvature"),
+    [
+        ("gausslegendre", 1, 50.0),
+        ("gausslegendre", 7, 50.0),
+        ("riemann_trapezoid", 2, 50.0),
+        ("gausslegendre", 3, 0.0),
+    ],
+)
+def test_ig_is_exact_on_a_quadratic_model(llama, rule, n_steps, curvature):
+    res0 = _explain(llama, "input_x_gradient", level="token")
+    L, n = len(res0.prompt.input_ids), len(res0.target.ids)
+    quad = QuadraticLM(llama, n, L, curvature, max_batch_tokens=3 * (L + n) * n)  # forces several chunks
+    res = _explain(
+        quad, "integrated_gradients", level="token", n_steps=n_steps, quadrature=rule, baselines="token"
+    )
+    x = llama.embed(torch.tensor([res.prompt.input_ids]))[0].detach().float()
+    base = llama.embed(torch.tensor([_replaced(res, res.params["baseline"])]))[0].detach().float()
+    closed = ((x - base)[None] * (quad.B + quad.C * (x + base)[None] / 2)).sum(-1)  # [n, L]
+    positions = [f.tokens[0] for f in res.features]
+    np.testing.assert_allclose(res.token_scores, closed[:, positions].double().numpy(), rtol=1e-4, atol=1e-6)
+    assert abs(res.diagnostics["convergence_delta"]) < 1e-4 * np.abs(res.scores).sum()
+    avg = _explain(
+        quad, "integrated_gradients_avg", level="token", n_steps=n_steps, quadrature=rule, baselines="token"
+    )
+    np.testing.assert_allclose(avg.token_scores, res.token_scores, atol=1e-9)
+    np.testing.assert_allclose(avg.scores, res.scores / n, atol=1e-9)
+
+
+def test_clipped_ig_clamps_every_gradient_entry(llama):
+    res0 = _explain(llama, "input_x_gradient", level="token")
+    L, n = len(res0.prompt.input_ids), len(res0.target.ids)
+    quad = QuadraticLM(llama, n, L)
+    kw = {"level": "token", "n_steps": 5, "quadrature": "riemann_trapezoid"}
+    theta = 0.5
+    res = _explain(quad, "ig_clipped", threshold=theta, **kw)
+    x = llama.embed(torch.tensor([res.prompt.input_ids]))[0].detach().float()
+    covered = torch.zeros(L, 1)
+    covered[[f.tokens[0] for f in res.features]] = 1
+    base = x * (1 - covered)  # the zero baseline at feature positions
+    alphas, weights = torch.linspace(0, 1, 5), torch.tensor([0.125, 0.25, 0.25, 0.25, 0.125])
+    expected = torch.zeros(n, L)
+    for a, w in zip(alphas, weights, strict=True):
+        grad = (quad.B + quad.C * (base + a * (x - base))[None]).clamp(-theta, theta)
+        expected += w * (grad * (x - base)[None]).sum(-1)
+    positions = [f.tokens[0] for f in res.features]
+    np.testing.assert_allclose(
+        res.token_scores, expected[:, positions].double().numpy(), rtol=1e-4, atol=1e-6
+    )
+    plain = _explain(quad, "integrated_gradients", **kw)
+    assert not np.allclose(plain.token_scores, res.token_scores)
+    unclipped = _explain(quad, "ig_clipped", threshold=1e6, **kw)
+    np.testing.assert_allclose(unclipped.token_scores, plain.token_scores, atol=1e-9)
+
+
+# --------------------------------------------------------------------- plain gradients
+def test_input_x_gradient_equals_finite_differences(lm):
+    """d/dh F_t(x with token i's embedding scaled by 1 + h) at h = 0 is sum_d x_{i,d} dF_t/dx_{i,d}."""
+    res = _explain(lm, "input_x_gradient", level="token")
+    ids, target = list(res.prompt.input_ids), list(res.target.ids)
+    e = lm.embed(torch.tensor([ids]))[0].detach()
+    h = 0.03
+    columns = []
+    for f in res.features:
+        rows = e[None].repeat(2, 1, 1)
+        rows[0, f.tokens[0]] *= 1 + h
+        rows[1, f.tokens[0]] *= 1 - h
+        with torch.no_grad():
+            lp = lm.log_probs_from_embeddings(rows, Inputs.from_ids(ids, 2), target).double()
+        columns.append((lp[0] - lp[1]) / (2 * h))
+    fd = torch.stack(columns, 1).numpy()
+    np.testing.assert_allclose(res.token_scores, fd, rtol=0, atol=max(1e-4, 5e-3 * np.abs(fd).max()))
+    np.testing.assert_allclose(res.scores, res.token_scores.sum(0), atol=1e-9)
+
+
+def test_saliency_is_the_gradient_norm_and_smoothgrad_without_noise_equals_it(qwen):
+    res = _explain(qwen, "saliency", level="token")
+    ids, target = list(res.prompt.input_ids), list(res.target.ids)
+    x = qwen.embed(torch.tensor([ids])).detach().requires_grad_(True)
+    lp = qwen.log_probs_from_embeddings(x, Inputs.from_ids(ids), target)[0]
+    positions = [f.tokens[0] for f in res.features]
+    for t in range(len(target)):
+        (g,) = torch.autograd.grad(lp[t], x, retain_graph=True)
+        np.testing.assert_allclose(
+            res.token_scores[t], g[0, positions].norm(dim=-1).numpy(), rtol=1e-4, atol=1e-7
+        )
+    (g,) = torch.autograd.grad(lp.sum(), x)
+    np.testing.assert_allclose(res.scores, g[0, positions].norm(dim=-1).numpy(), rtol=1e-4, atol=1e-7)
+    smooth = _explain(qwen, "smoothgrad", level="token", n_samples=3, stdevs=0.0)
+    np.testing.assert_allclose(smooth.token_scores, res.token_scores, rtol=1e-5, atol=1e-8)
+    noisy = _explain(qwen, "smoothgrad", level="token", n_samples=3)
+    assert noisy.params["stdevs"] is None and noisy.diagnostics["stdevs"] > 0
+    assert not np.allclose(noisy.token_scores, res.token_scores)
+
+
+def test_gradient_shap_estimates_integrated_gradients_and_is_seeded(llama):
+    """With one fixed baseline and no noise, GradientSHAP is a Monte Carlo estimate of IG."""
+    ig = _explain(llama, "integrated_gradients", n_steps=64)
+
+    def error(n_samples: int) -> float:
+        runs = [
+            _explain(llama, "gradient_shap", n_samples=n_samples, baselines="zero", seed=s) for s in (1, 2)
+        ]
+        return float(np.mean([np.abs(r.scores - ig.scores).sum() / np.abs(ig.scores).sum() for r in runs]))
+
+    many = error(1024)
+    assert many < 0.1
+    assert many < 0.3 * error(16)  # the Monte Carlo error shrinks like 1 / sqrt(n_samples)
+    a = _explain(llama, "gradient_shap", n_samples=4, stdevs=0.01, seed=3)
+    b = _explain(llama, "gradient_shap", n_samples=4, stdevs=0.01, seed=3)
+    c = _explain(llama, "gradient_shap", n_samples=4, stdevs=0.01, seed=4)
+    np.testing.assert_array_equal(a.scores, b.scores)
+    assert not np.array_equal(a.scores, c.scores)
+    assert "convergence_delta" in a.diagnostics
+
+
+# --------------------------------------------------------------------- DeepLIFT
+def test_rescale_rule_gives_exact_summation_to_delta_on_an_mlp():
+    """On linear layers around elementwise activations the Rescale rule is exact:
+    sum_i (x - x')_i m_i = f(x) - f(x'), where the plain gradient is not."""
+    torch.manual_seed(0)
+    from transformers.activations import NewGELUActivation
+
+    mlp = torch.nn.Sequential(
+        torch.nn.Linear(6, 8),
+        NewGELUActivation(),
+        torch.nn.Linear(8, 8),
+        torch.nn.SiLU(),
+        torch.nn.Linear(8, 1),
+    )
+    x, ref = torch.randn(1, 6) * 3, torch.randn(1, 6)
+    with _RescaleRule(mlp) as rule:
+        f_ref = mlp(ref).detach()
+        rule.recording = False
+        xg = x.clone().requires_grad_(True)
+        f_x = mlp(xg)
+        (m,) = torch.autograd.grad(f_x.sum(), xg)
+    assert len(rule.modules) == 2
+    assert float(((x - ref) * m).sum()) == pytest.approx(float(f_x.detach() - f_ref), rel=1e-5)
+    xg = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(mlp(xg).sum(), xg)
+    assert float(((x - ref) * g).sum()) != pytest.approx(float(f_x.detach() - f_ref), rel=1e-2)
+    assert torch.allclose(f_x, mlp(x))  # the hooks leave forward values unchanged
+
+
+def test_deeplift_rescales_every_activation_of_real_models(lm):
+    res = _explain(lm, "deeplift")
+    layers = lm.model.config.num_hidden_layers
+    assert res.diagnostics["rescaled_activations"] == layers
+    np.testing.assert_allclose(res.token_scores.sum(0), res.scores, atol=1e-9)
+    assert np.isfinite(res.diagnostics["convergence_delta"])
+    same = _explain(lm, "deeplift", baselines="token")
+    assert not np.allclose(same.scores, res.scores)
+
+
+# --------------------------------------------------------------------- hygiene
+@pytest.mark.parametrize("method", GRADIENT_METHODS + ["bta", "bta_avg"])
+def test_gradient_methods_leave_the_model_as_found(llama, method):
+    model = llama.model
+    frozen = model.model.layers[0].mlp.down_proj.weight
+    frozen.requires_grad_(False)
+    try:
+        flags = {name: p.requires_grad for name, p in model.named_parameters()}
+        kw = {"n_steps": 3} if "n_steps" in genattr.registry.get(method).params else {}
+        if "n_samples" in genattr.registry.get(method).params:
+            kw["n_samples"] = 3
+        first = _explain(llama, method, **kw)
+        second = _explain(llama, method, **kw)
+        np.testing.assert_array_equal(first.token_scores, second.token_scores)  # nothing accumulates
+        assert {name: p.requires_grad for name, p in model.named_parameters()} == flags
+        assert all(p.grad is None for p in model.parameters())
+        hooks = [h.__qualname__ for m in model.modules() for h in m._forward_hooks.values()]
+        assert not [h for h in hooks if "RescaleRule" in h or "ValueTap" in h]  # our hooks are removed
+        assert not model.training
+        assert llama.attn_implementation == "sdpa"
+    finally:
+        frozen.requires_grad_(True)
+
+
+def test_every_gradient_method_gives_a_token_matrix_on_every_architecture(lm):
+    for method in GRADIENT_METHODS:
+        kw = {k: 4 for k in ("n_steps", "n_samples") if k in genattr.registry.get(method).params}
+        res = _explain(lm, method, **kw)
+        assert res.token_scores.shape == (len(res.target.ids), len(res.features))
+        assert np.isfinite(res.token_scores).all()
+
+
+def test_bad_parameters_raise_typed_errors(llama):
+    with pytest.raises(InvalidParameterError, match="n_steps"):
+        _explain(llama, "integrated_gradients", n_steps=0)
+    with pytest.raises(InvalidParameterError, match="quadrature"):
+        _explain(llama, "integrated_gradients", quadrature="riemann_left")
+    with pytest.raises(InvalidParameterError, match="n_steps >= 2"):
+        _explain(llama, "integrated_gradients", n_steps=1, quadrature="riemann_trapezoid")
+    with pytest.raises(InvalidParameterError, match="baselines"):
+        _explain(llama, "gradient_shap", baselines="uniform")
+    with pytest.raises(InvalidParameterError, match="stdevs"):
+        _explain(llama, "smoothgrad", stdevs=-1.0)
+    with pytest.raises(InvalidParameterError, match="threshold"):
+        _explain(llama, "ig_clipped", threshold=-1.0)
+
+
+# --------------------------------------------------------------------- peers
+@pytest.mark.bench
+@pytest.mark.parametrize("rule", ["gausslegendre", "riemann_trapezoid"])
+def test_ig_rows_match_captum_layer_integrated_gradients(lms, rule):
+    captum = pytest.importorskip("captum.attr")
+    for arch in ("llama", "gpt2"):
+        lm = lms[arch]
+        res = _explain(
+            lm,
+            "integrated_gradients",
+            level="token",
+            n_steps=16,
+            quadrature=rule,
+            baselines="token",
+            baseline="eos",
+        )
+        eos = lm.tokenizer.eos_token_id
+        llm = captum.LLMGradientAttribution(
+            captum.LayerIntegratedGradients(lm.model, lm.model.get_input_embeddings()), lm.tokenizer
+        )
+        inp = captum.TextTokenInput(PROMPT, lm.tokenizer, baselines=eos)
+        assert inp.inp_tensor[0].tolist() == list(res.prompt.input_ids)
+        # Captum's baselines live in its interpretable space: 1 keeps a token, 0 puts the baseline token.
+        kept = torch.tensor(
+            [[int(t == tok) for t, tok in zip(_replaced(res, eos), res.prompt.input_ids, strict=True)]]
+        )
+        out = llm.attribute(inp, target=torch.tensor(res.target.ids), n_steps=16, method=rule, baselines=kept)
+        positions = [f.tokens[0] for f in res.features]
+        theirs = out.token_attr[:, positions].double().numpy()
+        if rule == "riemann_trapezoid":  # Captum's steps are 1/K where the trapezoid rule's are 1/(K-1)
+            theirs = theirs * 16 / 15
+        np.testing.assert_allclose(res.token_scores, theirs, rtol=1e-3, atol=1e-5 * np.abs(theirs).max())
+
+
+@pytest.mark.bench
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Captum's notices about hooks and requires_grad
+def test_deeplift_matches_captum_deeplift_with_the_rescale_rule_on_hf_activations(lm):
+    """Captum's DeepLift, told that the Hugging Face activation classes are elementwise
+    nonlinearities (its ``nonlinear`` Rescale rule), as a peer implementation."""
+    pytest.importorskip("captum")
+    from captum.attr import DeepLift
+    from captum.attr._core import deep_lift
+
+    res = _explain(lm, "deeplift", level="token")
+    ids, target = list(res.prompt.input_ids), list(res.target.ids)
+    n = len(target)
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = lm.model
+
+        def forward(self, embeds):
+            return lm.log_probs_from_embeddings(embeds, Inputs.from_ids(ids, embeds.shape[0]), target)
+
+    x = lm.embed(torch.tensor([ids]))[0].detach()
+    covered = torch.zeros(len(ids), 1)
+    covered[[f.tokens[0] for f in res.features]] = 1
+    base = x * (1 - covered)
+    kinds = {type(m) for m in lm.model.modules() if _RescaleRule(lm.model).modules.count(m)}
+    added = [k for k in kinds if k not in deep_lift.SUPPORTED_NON_LINEAR]
+    for k in added:
+        deep_lift.SUPPORTED_NON_LINEAR[k] = deep_lift.nonlinear
+    try:
+        attr = DeepLift(Wrapper()).attribute(
+            x[None].expand(n, -1, -1).contiguous(),
+            baselines=base[None].expand(n, -1, -1).contiguous(),
+            target=list(range(n)),
+        )
+    finally:
+        for k in added:
+            del deep_lift.SUPPORTED_NON_LINEAR[k]
+    positions = [f.tokens[0] for f in res.features]
+    theirs = attr.sum(-1)[:, positions].double().detach().numpy()
+    tolerance = {"rtol": 1e-3, "atol": 1e-5 * np.abs(theirs).max()}
+    np.testing.assert_allclose(res.token_scores, theirs, **tolerance)
+    plain = _explain(lm, "input_x_gradient", level="token").token_scores  # (x - 0) times the plain gradient
+    assert not np.allclose(plain, theirs, **tolerance)  # the Rescale rule makes a visible difference
