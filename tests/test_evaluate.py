@@ -29,7 +29,9 @@ def zoo():
 def recall_results(zoo):
     exs = examples("recall", 8, seed=4)
     loo = [genattr.explain(zoo, ex.prompt, target=ex.answer) for ex in exs]
-    rnd = [genattr.explain(zoo, ex.prompt, target=ex.answer, method="random", seed=i) for i, ex in enumerate(exs)]
+    rnd = [
+        genattr.explain(zoo, ex.prompt, target=ex.answer, method="random", seed=i) for i, ex in enumerate(exs)
+    ]
     return exs, loo, rnd
 
 
@@ -53,8 +55,19 @@ def test_reversing_the_ranking_swaps_morf_and_lerf(zoo, recall_results):
 
 
 def _with_scores(res, scores):
-    return genattr.Attribution(res.method, res.prompt, res.features, scores, res.target, None, res.level,
-                               res.params, res.seed, res.diagnostics, res.version)
+    return genattr.Attribution(
+        res.method,
+        res.prompt,
+        res.features,
+        scores,
+        res.target,
+        None,
+        res.level,
+        res.params,
+        res.seed,
+        res.diagnostics,
+        res.version,
+    )
 
 
 def test_erasure_values_and_signs_equal_direct_scoring(zoo, recall_results):
@@ -105,7 +118,9 @@ def test_sentence_encoder_loads_with_no_network(monkeypatch):
 
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setattr(socket.socket, "connect", refuse)
-    vectors = SentenceEncoder()([[1], [2], [3], []], ["a cat sleeps", "a cat is sleeping", "stock prices fell", ""])
+    vectors = SentenceEncoder()(
+        [[1], [2], [3], []], ["a cat sleeps", "a cat is sleeping", "stock prices fell", ""]
+    )
     assert vectors.shape == (4, 384)
     assert cosine(vectors[0], vectors[1]) > cosine(vectors[0], vectors[2]) + 0.2
     assert cosine(vectors[0], vectors[0]) == pytest.approx(1.0) and not vectors[3].any()
@@ -165,13 +180,24 @@ def test_interrupted_benchmark_resumes_to_the_same_tables(zoo, tmp_path):
 
 def test_jsonl_data_reports_malformed_lines_and_maps_spans(tmp_path):
     data = tmp_path / "data.jsonl"
-    data.write_text("\n".join([
-        json.dumps({"prompt": "recall ant one bee two query bee", "target": " two", "ground_truth": [[12, 15]]}),
-        "{not json",
-        json.dumps({"target": " x"}),
-        json.dumps({"prompt": "copy a b again a", "ground_truth": [[50, 60]]}),
-        json.dumps({"prompt": "either fire door", "target": ""}),
-    ]) + "\n")
+    data.write_text(
+        "\n".join(
+            [
+                json.dumps(
+                    {
+                        "prompt": "recall ant one bee two query bee",
+                        "target": " two",
+                        "ground_truth": [[12, 15]],
+                    }
+                ),
+                "{not json",
+                json.dumps({"target": " x"}),
+                json.dumps({"prompt": "copy a b again a", "ground_truth": [[50, 60]]}),
+                json.dumps({"prompt": "either fire door", "target": ""}),
+            ]
+        )
+        + "\n"
+    )
     items, problems = load_items([str(data)])
     assert [i.prompt for i in items] == ["recall ant one bee two query bee"]
     assert [p.split(": skipped")[0] for p in problems] == [f"{data}:{n}" for n in (2, 3, 4, 5)]
@@ -180,11 +206,32 @@ def test_jsonl_data_reports_malformed_lines_and_maps_spans(tmp_path):
 
 def test_benchmark_command(tmp_path, capsys):
     data = tmp_path / "data.jsonl"
-    data.write_text(json.dumps({"prompt": "recall ant one bee two query bee", "target": " two",
-                                "ground_truth": [[15, 18], [19, 22], [29, 32]]}) + "\n" + "oops\n")
+    data.write_text(
+        json.dumps(
+            {
+                "prompt": "recall ant one bee two query bee",
+                "target": " two",
+                "ground_truth": [[15, 18], [19, 22], [29, 32]],
+            }
+        )
+        + "\n"
+        + "oops\n"
+    )
     out = tmp_path / "out"
-    code = main(["benchmark", "--data", str(data), "--methods", "leave_one_out,random", "--out", str(out),
-                 "--metrics", "erasure,ground_truth", "--quiet"])
+    code = main(
+        [
+            "benchmark",
+            "--data",
+            str(data),
+            "--methods",
+            "leave_one_out,random",
+            "--out",
+            str(out),
+            "--metrics",
+            "erasure,ground_truth",
+            "--quiet",
+        ]
+    )
     assert code == 0
     assert "data.jsonl:2: skipped" in capsys.readouterr().err
     table = (out / "table.md").read_text()

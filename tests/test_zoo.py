@@ -69,7 +69,12 @@ def test_tokenizer_is_one_token_per_word_with_a_chat_template():
     ids = tok(" ".join(words), add_special_tokens=False)["input_ids"]
     assert len(ids) == len(words) and tok.unk_token_id not in ids
     assert {tok.pad_token, tok.unk_token, tok.bos_token, tok.eos_token, tok.mask_token} == {
-        "<pad>", "<unk>", "<s>", "</s>", "<mask>"}
+        "<pad>",
+        "<unk>",
+        "<s>",
+        "</s>",
+        "<mask>",
+    }
     ex = examples("either", 1, seed=0)[0]
     chat = Prompt.from_messages(tok, [{"role": "user", "content": ex.prompt}])
     plain = Prompt.from_text(tok, ex.prompt)
@@ -79,7 +84,7 @@ def test_tokenizer_is_one_token_per_word_with_a_chat_template():
 # --------------------------------------------------------------------- the shipped model
 def test_shipped_model_is_small_and_loads_without_network(zoo):
     weights = model_path() / "model.safetensors"
-    assert weights.stat().st_size < 8 * 2 ** 20
+    assert weights.stat().st_size < 8 * 2**20
     assert zoo.model.config.model_type == "llama"
 
 
@@ -156,14 +161,18 @@ def test_ground_truth_metrics_on_hand_computed_cases():
     assert math.isnan(ground_truth.auroc([1.0, 2.0], {0, 1}))
     with pytest.raises(genattr.errors.InputError):
         ground_truth.metrics(s, set())
-    records = [{"method": "m", "task": "t", **ground_truth.metrics(s, {0, 4})},
-               {"method": "m", "task": "t", **ground_truth.metrics(s, {0, 2})}]
+    records = [
+        {"method": "m", "task": "t", **ground_truth.metrics(s, {0, 4})},
+        {"method": "m", "task": "t", **ground_truth.metrics(s, {0, 2})},
+    ]
     summary = ground_truth.summarize(records)
     assert summary[("m", "t")]["joint_success"] == 0.5 and summary[("m", "t")]["n"] == 2
     assert "| `m` | 0.75 |" in ground_truth.markdown_table(records)
 
 
 def test_leave_one_out_recovers_the_recall_ground_truth(zoo):
-    hits = [ground_truth.recall_at_k(genattr.explain(zoo, ex.prompt, target=ex.answer), ex.ground_truth)
-            for ex in examples("recall", 30, seed=11)]
+    hits = [
+        ground_truth.recall_at_k(genattr.explain(zoo, ex.prompt, target=ex.answer), ex.ground_truth)
+        for ex in examples("recall", 30, seed=11)
+    ]
     assert np.mean(hits) >= 0.9

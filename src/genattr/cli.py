@@ -130,16 +130,30 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     from .evaluate.benchmark import load_items, run_benchmark
     from .model import load
 
-    methods = registry.names() if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = (
+        registry.names()
+        if args.methods == "all"
+        else [m.strip() for m in args.methods.split(",") if m.strip()]
+    )
     items, problems = load_items([d.strip() for d in args.data.split(",") if d.strip()], args.n, args.seed)
     for problem in problems:
         print(f"genattr: {problem}", file=sys.stderr)
     if not items:
         raise InputError("no usable example in --data; see the messages above.")
     lm = load(args.model, device=args.device, dtype=args.dtype)
-    result = run_benchmark(lm, methods, items, args.out, metrics=[m.strip() for m in args.metrics.split(",")],
-                           seed=args.seed, progress=not args.quiet, level=args.level, mask=args.mask,
-                           max_new_tokens=args.max_new_tokens, k=args.k)
+    result = run_benchmark(
+        lm,
+        methods,
+        items,
+        args.out,
+        metrics=[m.strip() for m in args.metrics.split(",")],
+        seed=args.seed,
+        progress=not args.quiet,
+        level=args.level,
+        mask=args.mask,
+        max_new_tokens=args.max_new_tokens,
+        k=args.k,
+    )
     if not args.quiet:
         print(result["table"])
         print(result["cost"])
@@ -222,7 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--n", type=int, default=None, help="examples per dataset (zoo: default 10)")
     be.add_argument("--seed", type=int, default=0)
     be.add_argument("--level", default="word", choices=[lv for lv in LEVELS if lv not in ("regex", "spans")])
-    be.add_argument("--mask", default=None, choices=MASKS, help="masking strategy (default: the library default)")
+    be.add_argument(
+        "--mask", default=None, choices=MASKS, help="masking strategy (default: the library default)"
+    )
     be.add_argument("--max-new-tokens", type=int, default=20)
     be.add_argument("--k", type=int, default=3, help="features removed in the similarity protocol")
     be.add_argument("--device", default=None)

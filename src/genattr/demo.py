@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from pathlib import Path
 
 from rich.console import Console
@@ -28,13 +29,20 @@ from .zoo import TASKS, examples
 DEMO_SEED = 7
 
 
-def _explain(lm, method, ex):
+def _explain(lm, method, ex, notes: set[str]):
+    """Explain ``ex`` with ``method``; the method's warnings are collected into ``notes``."""
     params = {"k": len(ex.ground_truth)} if "k" in registry.get(method).params else {}
     target = ex.answer if registry.get(method).needs_target else None
-    return explain(lm, ex.prompt, target=target, method=method, seed=0, **params)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = explain(lm, ex.prompt, target=target, method=method, seed=0, **params)
+    notes.update(f"{method} on {ex.task}: {str(w.message).split(';')[0]}" for w in caught)
+    return res
 
 
-def run_demo(out: str | os.PathLike = "demo.html", quick: bool = False, console: Console | None = None) -> list:
+def run_demo(
+    out: str | os.PathLike = "demo.html", quick: bool = False, console: Console | None = None
+) -> list:
     """Run the demo; returns the ground-truth records (one per method and example)."""
     from .render.html import render_html
 
@@ -43,13 +51,13 @@ def run_demo(out: str | os.PathLike = "demo.html", quick: bool = False, console:
     lm = load("zoo")
     names = registry.names()
     console.rule(f"genattr demo: {len(names)} methods on the zoo model")
-    shown, marks, captions, skipped = [], [], [], []
+    shown, marks, captions, skipped, notes = [], [], [], [], set()
     for task in TASKS:
         ex = examples(task, 1, seed=DEMO_SEED)[0]
         console.rule(f"[bold]{task}[/bold]: {ex.prompt} ->{ex.answer}   (ground truth underlined)")
         for name in names:
             try:
-                res = _explain(lm, name, ex)
+                res = _explain(lm, name, ex, notes)
             except TooManyFeaturesError:
                 skipped.append(f"{name} on {task} (too many features)")
                 continue
@@ -58,20 +66,24 @@ def run_demo(out: str | os.PathLike = "demo.html", quick: bool = False, console:
             shown.append(res)
             marks.append(set(ex.ground_truth))
             captions.append(f"{task}: {name}")
-    write_atomic(Path(out), render_html(shown, title="genattr demo on the zoo model", marks=marks, captions=captions))
+    write_atomic(
+        Path(out), render_html(shown, title="genattr demo on the zoo model", marks=marks, captions=captions)
+    )
     records = []
     n = 1 if quick else 4
     for task in TASKS:
         for ex in examples(task, n, seed=DEMO_SEED + 1):
             for name in names:
                 try:
-                    res = _explain(lm, name, ex)
+                    res = _explain(lm, name, ex, notes)
                 except TooManyFeaturesError:
                     continue
                 records.append({"method": name, "task": task, **ground_truth.metrics(res, ex.ground_truth)})
     _print_table(console, records, n)
     for note in skipped:
         console.print(f"skipped: {note}")
+    for note in sorted(notes):
+        console.print(f"note: {note}", markup=False, highlight=False)
     console.print(f"wrote {out} in {time.perf_counter() - started:.0f} s")
     return records
 

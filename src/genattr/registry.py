@@ -40,7 +40,7 @@ class MethodInfo:
             )
             if on
         ]
-        return f"{self.name:<24} {self.family:<13} {', '.join(flags):<40} {self.summary}"
+        return f"{self.name:<24} {self.family:<13} {', '.join(flags):<50} {self.summary}"
 
 
 def register(cls):

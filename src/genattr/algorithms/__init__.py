@@ -3,7 +3,15 @@
 (The package is not called `methods` because `genattr.methods()` is the public registry listing.)
 """
 
-from . import aieg, attention, baseline, gradient, perturbation, xprompt  # noqa: F401
+from . import (  # noqa: F401  # noqa: F401
+    aieg,
+    attention,
+    baseline,
+    gilot,  # noqa: F401
+    gradient,
+    perturbation,
+    xprompt,  # noqa: F401
+)
 from .base import Method, Output, Param
 
 __all__ = ["Method", "Output", "Param"]

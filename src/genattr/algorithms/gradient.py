@@ -17,6 +17,7 @@ samples shared by all target tokens (see :mod:`genattr.algorithms._embedding`).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -125,6 +126,10 @@ class InputXGradient(Method):
 
 
 # --------------------------------------------------------------------- integrated gradients
+CONVERGENCE_TOLERANCE = 0.05
+"""Relative completeness gap |sum IG - (F(x) - F(x'))| / |F(x) - F(x')| above which IG warns."""
+
+
 class _IntegratedGradients(Method):
     """Shared by ``integrated_gradients``, ``integrated_gradients_avg`` and ``ig_clipped``."""
 
@@ -158,13 +163,22 @@ class _IntegratedGradients(Method):
         if self.average:
             gap[-1] = gap[:-1].mean()
         deltas = totals - gap
+        relative = float(deltas[-1].abs() / gap[-1].abs().clamp(min=1e-12))
         diagnostics = {
             "convergence_delta": float(deltas[-1]),
-            "relative_convergence_delta": float(deltas[-1].abs() / gap[-1].abs().clamp(min=1e-12)),
+            "relative_convergence_delta": relative,
+            "converged": relative <= CONVERGENCE_TOLERANCE,
             "convergence_delta_tokens": deltas[:-1].tolist(),
             "objective_input": ends[0].tolist(),
             "objective_baseline": ends[1].tolist(),
         }
+        if relative > CONVERGENCE_TOLERANCE and self._clip() is None:
+            warnings.warn(
+                f"{self.name}: the attributions miss F(x) - F(x') by {relative:.0%} (convergence delta "
+                f"{float(deltas[-1]):.4g}) with n_steps={self.n_steps}; raise n_steps, or use baselines='token' "
+                "(a zero embedding is a hard path for models that normalise their inputs).",
+                stacklevel=2,
+            )
         return Output(scores, tokens, diagnostics=diagnostics)
 
     def _clip(self) -> float | None:

@@ -46,18 +46,33 @@ METRIC_GROUPS = ("curves", "erasure", "similarity", "ground_truth")
 # (row key, label, higher is better)
 TABLE_ROWS = {
     "curves": [("auc_morf", "MoRF", True), ("auc_lerf", "LeRF", False), ("abpc", "ABPC", True)],
-    "erasure": [("aopc_log_odds", "log-odds (AOPC)", False), ("aopc_comprehensiveness", "comprehensiveness (AOPC)", True),
-                ("aopc_sufficiency", "sufficiency (AOPC)", False),
-                ("aopc_comprehensiveness_clipped", "comprehensiveness+ (AOPC)", True),
-                ("aopc_sufficiency_clipped", "sufficiency+ (AOPC)", True)],
-    "similarity": [("bleu", "BLEU", False), ("rouge_l_f1", "ROUGE-L F1", False),
-                   ("sentence_cosine", "SentenceBERT cosine", False), ("probability_ratio", "probability ratio", False),
-                   ("kl", "KL", True)],
-    "ground_truth": [("recall_at_k", "recall@|G|", True), ("auroc", "AUROC", True),
-                     ("pointing_game", "pointing game", True), ("joint_success", "joint success", True)],
+    "erasure": [
+        ("aopc_log_odds", "log-odds (AOPC)", False),
+        ("aopc_comprehensiveness", "comprehensiveness (AOPC)", True),
+        ("aopc_sufficiency", "sufficiency (AOPC)", False),
+        ("aopc_comprehensiveness_clipped", "comprehensiveness+ (AOPC)", True),
+        ("aopc_sufficiency_clipped", "sufficiency+ (AOPC)", True),
+    ],
+    "similarity": [
+        ("bleu", "BLEU", False),
+        ("rouge_l_f1", "ROUGE-L F1", False),
+        ("sentence_cosine", "SentenceBERT cosine", False),
+        ("probability_ratio", "probability ratio", False),
+        ("kl", "KL", True),
+    ],
+    "ground_truth": [
+        ("recall_at_k", "recall@|G|", True),
+        ("auroc", "AUROC", True),
+        ("pointing_game", "pointing game", True),
+        ("joint_success", "joint success", True),
+    ],
 }
-COST_ROWS = [("seconds", "time per example (s)", False), ("forward_passes", "forward passes", False),
-             ("tokens_processed", "tokens processed", False), ("peak_rss_mb", "peak memory (MB, process)", False)]
+COST_ROWS = [
+    ("seconds", "time per example (s)", False),
+    ("forward_passes", "forward passes", False),
+    ("tokens_processed", "tokens processed", False),
+    ("peak_rss_mb", "peak memory (MB, process)", False),
+]
 
 
 @dataclass(frozen=True)
@@ -83,17 +98,31 @@ def _jsonl_items(path: Path, n: int | None) -> tuple[list[Item], list[str]]:
             continue
         try:
             record = json.loads(line)
-            if not isinstance(record, dict) or not isinstance(record.get("prompt"), str) or not record["prompt"].strip():
+            if (
+                not isinstance(record, dict)
+                or not isinstance(record.get("prompt"), str)
+                or not record["prompt"].strip()
+            ):
                 raise ValueError("needs a non-empty string field 'prompt'")
             target = record.get("target")
             if target is not None and (not isinstance(target, str) or not target):
                 raise ValueError("'target' must be a non-empty string when given")
             spans = record.get("ground_truth")
             if spans is not None:
-                if not (isinstance(spans, list) and spans and all(
-                        isinstance(s, list) and len(s) == 2 and all(isinstance(x, int) for x in s)
-                        and 0 <= s[0] < s[1] <= len(record["prompt"]) for s in spans)):
-                    raise ValueError("'ground_truth' must be a list of [start, end] character spans of the prompt")
+                if not (
+                    isinstance(spans, list)
+                    and spans
+                    and all(
+                        isinstance(s, list)
+                        and len(s) == 2
+                        and all(isinstance(x, int) for x in s)
+                        and 0 <= s[0] < s[1] <= len(record["prompt"])
+                        for s in spans
+                    )
+                ):
+                    raise ValueError(
+                        "'ground_truth' must be a list of [start, end] character spans of the prompt"
+                    )
                 spans = tuple((s[0], s[1]) for s in spans)
         except (json.JSONDecodeError, ValueError) as exc:
             problems.append(f"{path}:{number}: skipped, {exc}")
@@ -115,7 +144,9 @@ def load_items(specs: Sequence[str], n: int | None = None, seed: int = 0) -> tup
             if task not in TASKS:
                 raise InputError(f"unknown zoo task {task!r} in --data; choose from {', '.join(TASKS)}.")
             for i, ex in enumerate(examples(task, 10 if n is None else n, seed=seed)):
-                items.append(Item(f"zoo:{task}:{i}", f"zoo:{task}", ex.prompt, ex.answer, tuple(ex.ground_truth)))
+                items.append(
+                    Item(f"zoo:{task}:{i}", f"zoo:{task}", ex.prompt, ex.answer, tuple(ex.ground_truth))
+                )
         else:
             found, trouble = _jsonl_items(Path(spec), n)
             items += found
@@ -128,11 +159,23 @@ def _truth(item: Item, res) -> tuple[int, ...] | None:
         return item.ground_truth
     if item.spans is None:
         return None
-    return tuple(f.index for f in res.features if any(f.start < e and s < f.end for s, e in item.spans)) or None
+    return (
+        tuple(f.index for f in res.features if any(f.start < e and s < f.end for s, e in item.spans)) or None
+    )
 
 
-def evaluate_one(lm: LanguageModel, method: str, item: Item, metrics: Sequence[str], *, seed: int = 0,
-                 level: str = "word", mask: str | None = None, max_new_tokens: int = 20, k: int = 3) -> dict:
+def evaluate_one(
+    lm: LanguageModel,
+    method: str,
+    item: Item,
+    metrics: Sequence[str],
+    *,
+    seed: int = 0,
+    level: str = "word",
+    mask: str | None = None,
+    max_new_tokens: int = 20,
+    k: int = 3,
+) -> dict:
     """Explain one item with one method and measure it: one benchmark row."""
     row = {"method": method, "example": item.id, "dataset": item.dataset}
     params = {}
@@ -143,22 +186,45 @@ def evaluate_one(lm: LanguageModel, method: str, item: Item, metrics: Sequence[s
         n_features = len(Prompt.from_text(lm.tokenizer, item.prompt).features(level))
         if "k" in params:
             params["k"] = min(params["k"], n_features)
-        res = explain(lm, item.prompt, target=item.target, method=method, level=level, seed=seed,
-                      max_new_tokens=max_new_tokens, **({"mask": mask} if mask else {}), **params)
+        res = explain(
+            lm,
+            item.prompt,
+            target=item.target,
+            method=method,
+            level=level,
+            seed=seed,
+            max_new_tokens=max_new_tokens,
+            **({"mask": mask} if mask else {}),
+            **params,
+        )
     except GenattrError as exc:
         return {**row, "error": str(exc)}
-    row.update({"seconds": time.perf_counter() - started, **{key: value for key, value in lm.usage.since(usage).items()
-                                                           if key != "model_seconds"}})
+    row.update(
+        {
+            "seconds": time.perf_counter() - started,
+            **{key: value for key, value in lm.usage.since(usage).items() if key != "model_seconds"},
+        }
+    )
     if "curves" in metrics:
         curves = perturbation_curves(lm, res, max_new_tokens=max_new_tokens)
-        row.update({"fractions": curves.fractions, "morf": curves.morf, "lerf": curves.lerf,
-                    "auc_morf": curves.auc_morf, "auc_lerf": curves.auc_lerf, "abpc": curves.abpc})
+        row.update(
+            {
+                "fractions": curves.fractions,
+                "morf": curves.morf,
+                "lerf": curves.lerf,
+                "auc_morf": curves.auc_morf,
+                "auc_lerf": curves.auc_lerf,
+                "abpc": curves.abpc,
+            }
+        )
     if "erasure" in metrics:
         row.update({key: value for key, value in erasure(lm, res).items() if key.startswith("aopc_")})
     if "similarity" in metrics:
         try:
             sim = similarity(lm, res, k=min(k, len(res.features)), max_new_tokens=max_new_tokens, seed=seed)
-            row.update({key: value for key, value in sim.items() if not isinstance(value, str) and key != "k"})
+            row.update(
+                {key: value for key, value in sim.items() if not isinstance(value, str) and key != "k"}
+            )
         except InputError as exc:
             row["similarity_error"] = str(exc)
     truth = _truth(item, res) if "ground_truth" in metrics else None
@@ -183,8 +249,10 @@ class RowStore:
                 try:
                     self.rows.append(json.loads(line))
                 except json.JSONDecodeError as exc:
-                    raise ResultFormatError(f"{path}:{number} is not a benchmark row ({exc}); remove the line or "
-                                            "the file to recompute it.") from exc
+                    raise ResultFormatError(
+                        f"{path}:{number} is not a benchmark row ({exc}); remove the line or "
+                        "the file to recompute it."
+                    ) from exc
             if lines[-1].strip():
                 write_atomic(path, "".join(json.dumps(r) + "\n" for r in self.rows))
         self.done = {(r["method"], r["example"]) for r in self.rows}
@@ -199,9 +267,18 @@ class RowStore:
         self.done.add((row["method"], row["example"]))
 
 
-def run_benchmark(lm: LanguageModel, methods: Sequence[str], items: Sequence[Item], out: str | os.PathLike, *,
-                  metrics: Sequence[str] = METRIC_GROUPS, seed: int = 0, progress: bool = True,
-                  on_row: Callable[[dict], None] | None = None, **settings) -> dict:
+def run_benchmark(
+    lm: LanguageModel,
+    methods: Sequence[str],
+    items: Sequence[Item],
+    out: str | os.PathLike,
+    *,
+    metrics: Sequence[str] = METRIC_GROUPS,
+    seed: int = 0,
+    progress: bool = True,
+    on_row: Callable[[dict], None] | None = None,
+    **settings,
+) -> dict:
     """Run (or resume) a benchmark into ``out``; returns {"rows", "table", "cost"}."""
     unknown = [m for m in metrics if m not in METRIC_GROUPS]
     if unknown:
@@ -238,12 +315,25 @@ class _progress:
         if not self.enabled:
             return lambda description: None
         from rich.console import Console
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
-        self.bar = Progress(TextColumn("[bold]benchmark"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                            TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.description}"),
-                            console=Console(stderr=True))
+        self.bar = Progress(
+            TextColumn("[bold]benchmark"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            TextColumn("{task.description}"),
+            console=Console(stderr=True),
+        )
         self.bar.__enter__()
         task = self.bar.add_task("", total=self.total)
         return lambda description: self.bar.update(task, advance=1, description=description)
@@ -257,8 +347,11 @@ class _progress:
 def _means(rows: list[dict], methods: Sequence[str], key: str) -> dict[str, float]:
     out = {}
     for m in methods:
-        values = [r[key] for r in rows if r["method"] == m and isinstance(r.get(key), (int, float))
-                  and math.isfinite(r[key])]
+        values = [
+            r[key]
+            for r in rows
+            if r["method"] == m and isinstance(r.get(key), (int, float)) and math.isfinite(r[key])
+        ]
         out[m] = float(np.mean(values)) if values else math.nan
     return out
 
@@ -275,8 +368,9 @@ def _random_masks(rows: list[dict], key: str) -> float:
     return float(np.mean(values)) if values else math.nan
 
 
-def _section(rows: list[dict], methods: Sequence[str], specs: list[tuple[str, str, bool]],
-             random_column: bool = False) -> tuple[list, list]:
+def _section(
+    rows: list[dict], methods: Sequence[str], specs: list[tuple[str, str, bool]], random_column: bool = False
+) -> tuple[list, list]:
     md, csv_rows = [], []
     for key, label, higher in specs:
         means = _means(rows, methods, key)
@@ -330,8 +424,10 @@ def plot_curves(rows: list[dict], methods: Sequence[str], path: Path) -> None:
 
     fig = Figure(figsize=(11, 4.2))
     axes = fig.subplots(1, 2, sharey=True)
-    for ax, key, title in ((axes[0], "morf", "MoRF (most relevant first) ↑"),
-                           (axes[1], "lerf", "LeRF (least relevant first) ↓")):
+    for ax, key, title in (
+        (axes[0], "morf", "MoRF (most relevant first) ↑"),
+        (axes[1], "lerf", "LeRF (least relevant first) ↓"),
+    ):
         for m in methods:
             curves = [r for r in rows if r["method"] == m and key in r]
             if curves:

@@ -60,8 +60,13 @@ ERASURE_PERCENTS = (1, 5, 10, 20, 50)
 
 def masker_for(lm: LanguageModel, res: Attribution, mask: str | None = None, baseline=None) -> Masker:
     """A masker that removes ``res``'s features the way the attribution was made (or as asked)."""
-    return Masker(lm, res.prompt, res.features, mask or res.params.get("mask") or DEFAULT_MASK,
-                  baseline if baseline is not None else res.params.get("baseline"))
+    return Masker(
+        lm,
+        res.prompt,
+        res.features,
+        mask or res.params.get("mask") or DEFAULT_MASK,
+        baseline if baseline is not None else res.params.get("baseline"),
+    )
 
 
 def _without(n_features: int, removed: Sequence[int]) -> torch.Tensor:
@@ -98,8 +103,15 @@ class Curves:
         return self.auc_morf - self.auc_lerf
 
 
-def perturbation_curves(lm: LanguageModel, res: Attribution, *, step: float = 0.1, max_new_tokens: int = 20,
-                        embedder: str = "model", mask: str | None = None) -> Curves:
+def perturbation_curves(
+    lm: LanguageModel,
+    res: Attribution,
+    *,
+    step: float = 0.1,
+    max_new_tokens: int = 20,
+    embedder: str = "model",
+    mask: str | None = None,
+) -> Curves:
     """MoRF and LeRF curves of ``res`` (see the module docstring)."""
     if not 0 < step <= 1 or abs(round(1 / step) * step - 1) > 1e-9:
         raise InputError(f"step must divide 1 into equal parts (0.1, 0.2, 0.25, ...), got {step}.")
@@ -108,8 +120,11 @@ def perturbation_curves(lm: LanguageModel, res: Attribution, *, step: float = 0.
     counts = [int(math.floor(f * F + 0.5)) for f in fractions]
     best_first = ranking(res.scores)
     worst_first = best_first[::-1]
-    rows = [_without(F, [])] + [_without(F, best_first[:c]) for c in counts] + \
-        [_without(F, worst_first[:c]) for c in counts]
+    rows = (
+        [_without(F, [])]
+        + [_without(F, best_first[:c]) for c in counts]
+        + [_without(F, worst_first[:c]) for c in counts]
+    )
     unique, index = _unique_rows(rows)
     generation = lm.generate(masker_for(lm, res, mask).inputs(unique), max_new_tokens)
     texts = [lm.tokenizer.decode(ids) for ids in generation.token_ids]
@@ -121,8 +136,13 @@ def perturbation_curves(lm: LanguageModel, res: Attribution, *, step: float = 0.
 
 
 # --------------------------------------------------------------------- erasure
-def erasure(lm: LanguageModel, res: Attribution, *, percents: Sequence[float] = ERASURE_PERCENTS,
-            mask: str | None = None) -> dict:
+def erasure(
+    lm: LanguageModel,
+    res: Attribution,
+    *,
+    percents: Sequence[float] = ERASURE_PERCENTS,
+    mask: str | None = None,
+) -> dict:
     """ERASER-style log-odds, comprehensiveness and sufficiency at each top-k% and their AOPC."""
     if res.target is None or not res.target.ids:
         raise InputError("erasure needs the attribution's explained output (its target tokens).")
@@ -145,7 +165,13 @@ def erasure(lm: LanguageModel, res: Attribution, *, percents: Sequence[float] = 
         "comprehensiveness_clipped": (p_full - p_without).clamp(min=0).tolist(),
         "sufficiency_clipped": (1 - (p_full - p_only).clamp(min=0)).tolist(),
     }
-    for key in ("log_odds", "comprehensiveness", "sufficiency", "comprehensiveness_clipped", "sufficiency_clipped"):
+    for key in (
+        "log_odds",
+        "comprehensiveness",
+        "sufficiency",
+        "comprehensiveness_clipped",
+        "sufficiency_clipped",
+    ):
         out[f"aopc_{key}"] = float(np.mean(out[key]))
     return out
 
@@ -158,8 +184,17 @@ def _mean_kl(p_log: torch.Tensor, q_log: torch.Tensor) -> float:
     return float(terms.sum(-1).mean())
 
 
-def similarity(lm: LanguageModel, res: Attribution, *, k: int = 3, max_new_tokens: int = 20, n_random: int = 5,
-               seed: int = 0, encoder: str = "sentence", mask: str | None = None) -> dict:
+def similarity(
+    lm: LanguageModel,
+    res: Attribution,
+    *,
+    k: int = 3,
+    max_new_tokens: int = 20,
+    n_random: int = 5,
+    seed: int = 0,
+    encoder: str = "sentence",
+    mask: str | None = None,
+) -> dict:
     """XPrompt's generation-similarity metrics at ``k`` for the top-k features and, averaged, for
     ``n_random`` random k-subsets (keys prefixed ``random_``)."""
     F = len(res.features)
@@ -173,18 +208,30 @@ def similarity(lm: LanguageModel, res: Attribution, *, k: int = 3, max_new_token
     generation = lm.generate(masker.inputs(rows), max_new_tokens)
     y = generation.token_ids[0]
     if not y:
-        raise InputError("the model's original generation is empty (it wrote EOS first); similarity "
-                         "needs a non-empty generation to compare with.")
+        raise InputError(
+            "the model's original generation is empty (it wrote EOS first); similarity "
+            "needs a non-empty generation to compare with."
+        )
     texts = [lm.tokenizer.decode(ids) for ids in generation.token_ids]
     lp = lm.target_distributions(masker.inputs(rows), y)
     vectors = make_embedder(encoder, lm)(generation.token_ids, texts)
     per_row = []
     for i in range(1, len(rows)):
-        seq = float((lp[i].gather(-1, torch.tensor(y)[:, None]).sum() - lp[0].gather(-1, torch.tensor(y)[:, None])
-                     .sum()).exp())
-        per_row.append({"bleu": bleu(texts[i], texts[0]), **rouge_l(texts[i], texts[0]),
-                        f"{encoder}_cosine": cosine(vectors[i], vectors[0]), "probability_ratio": seq,
-                        "kl": _mean_kl(lp[i], lp[0])})
+        seq = float(
+            (
+                lp[i].gather(-1, torch.tensor(y)[:, None]).sum()
+                - lp[0].gather(-1, torch.tensor(y)[:, None]).sum()
+            ).exp()
+        )
+        per_row.append(
+            {
+                "bleu": bleu(texts[i], texts[0]),
+                **rouge_l(texts[i], texts[0]),
+                f"{encoder}_cosine": cosine(vectors[i], vectors[0]),
+                "probability_ratio": seq,
+                "kl": _mean_kl(lp[i], lp[0]),
+            }
+        )
     out = {"k": k, "original": texts[0], "masked": texts[1], **per_row[0]}
     if per_row[1:]:
         for key in per_row[0]:

@@ -76,8 +76,10 @@ def summarize(records: Iterable[dict]) -> dict[tuple[str, str], dict[str, float]
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for r in records:
         groups[(r["method"], r["task"])].append(r)
-    return {key: {m: float(np.nanmean([r[m] for r in rows])) for m in METRICS} | {"n": len(rows)}
-            for key, rows in groups.items()}
+    return {
+        key: {m: float(np.nanmean([r[m] for r in rows])) for m in METRICS} | {"n": len(rows)}
+        for key, rows in groups.items()
+    }
 
 
 def markdown_table(records: Iterable[dict], metric: str = "recall_at_k") -> str:

