@@ -55,7 +55,9 @@ def test_gilot_ranks_the_story_topic_first_and_kl_reports_the_decoy(zoo):
             kl_decoy.append(kl.scores[shade] > kl.scores[topic])
             ot_ratio.append(ot.scores[shade] / ot.scores[topic])
             kl_ratio.append(kl.scores[shade] / kl.scores[topic])
-    print(f"\nstory, {len(exs)} examples: topic ranked first by OT on {np.mean(ot_first):.0%}, by KL on "
-          f"{np.mean(kl_first):.0%}; shade decoy above the topic: OT {np.mean(ot_decoy):.0%}, KL {np.mean(kl_decoy):.0%}; "
-          f"shade score / topic score: OT {np.mean(ot_ratio):.3f}, KL {np.mean(kl_ratio):.3f}")
+    print(
+        f"\nstory, {len(exs)} examples: topic ranked first by OT on {np.mean(ot_first):.0%}, by KL on "
+        f"{np.mean(kl_first):.0%}; shade decoy above the topic: OT {np.mean(ot_decoy):.0%}, KL {np.mean(kl_decoy):.0%}; "
+        f"shade score / topic score: OT {np.mean(ot_ratio):.3f}, KL {np.mean(kl_ratio):.3f}"
+    )
     assert np.mean(ot_first) >= 0.9
