@@ -116,7 +116,7 @@ def test_clipped_ig_clamps_every_gradient_entry(llama):
     res0 = _explain(llama, "input_x_gradient", level="token")
     L, n = len(res0.prompt.input_ids), len(res0.target.ids)
     quad = QuadraticLM(llama, n, L)
-    kw = {"level": "token", "n_steps": 5, "quadrature": "riemann_trapezoid"}
+    kw = {"level": "token", "n_steps": 5, "quadrature": "riemann_trapezoid", "baselines": "zero"}
     theta = 0.5
     res = _explain(quad, "ig_clipped", threshold=theta, **kw)
     x = llama.embed(torch.tensor([res.prompt.input_ids]))[0].detach().float()
@@ -180,7 +180,7 @@ def test_saliency_is_the_gradient_norm_and_smoothgrad_without_noise_equals_it(qw
 
 def test_gradient_shap_estimates_integrated_gradients_and_is_seeded(llama):
     """With one fixed baseline and no noise, GradientSHAP is a Monte Carlo estimate of IG."""
-    ig = _explain(llama, "integrated_gradients", n_steps=64)
+    ig = _explain(llama, "integrated_gradients", n_steps=64, baselines="zero")
 
     def error(n_samples: int) -> float:
         runs = [
@@ -229,7 +229,7 @@ def test_rescale_rule_gives_exact_summation_to_delta_on_an_mlp():
 
 
 def test_deeplift_rescales_every_activation_of_real_models(lm):
-    res = _explain(lm, "deeplift")
+    res = _explain(lm, "deeplift", baselines="zero")
     layers = lm.model.config.num_hidden_layers
     assert res.diagnostics["rescaled_activations"] == layers
     np.testing.assert_allclose(res.token_scores.sum(0), res.scores, atol=1e-9)
@@ -328,7 +328,7 @@ def test_deeplift_matches_captum_deeplift_with_the_rescale_rule_on_hf_activation
     from captum.attr import DeepLift
     from captum.attr._core import deep_lift
 
-    res = _explain(lm, "deeplift", level="token")
+    res = _explain(lm, "deeplift", level="token", baselines="zero")
     ids, target = list(res.prompt.input_ids), list(res.target.ids)
     n = len(target)
 

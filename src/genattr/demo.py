@@ -29,14 +29,14 @@ from .zoo import TASKS, examples
 DEMO_SEED = 7
 
 
-def _explain(lm, method, ex, notes: set[str]):
+def _explain(lm, method, ex, notes: dict[str, list[str]]):
     """Explain ``ex`` with ``method``; the method's warnings are collected into ``notes``."""
     params = {"k": len(ex.ground_truth)} if "k" in registry.get(method).params else {}
     target = ex.answer if registry.get(method).needs_target else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         res = explain(lm, ex.prompt, target=target, method=method, seed=0, **params)
-    notes.update(f"{method} on {ex.task}: {str(w.message).split(';')[0]}" for w in caught)
+    notes.setdefault(method, []).extend(str(w.message) for w in caught)
     return res
 
 
@@ -51,7 +51,7 @@ def run_demo(
     lm = load("zoo")
     names = registry.names()
     console.rule(f"genattr demo: {len(names)} methods on the zoo model")
-    shown, marks, captions, skipped, notes = [], [], [], [], set()
+    shown, marks, captions, skipped, notes = [], [], [], [], {}
     for task in TASKS:
         ex = examples(task, 1, seed=DEMO_SEED)[0]
         console.rule(f"[bold]{task}[/bold]: {ex.prompt} ->{ex.answer}   (ground truth underlined)")
@@ -82,8 +82,13 @@ def run_demo(
     _print_table(console, records, n)
     for note in skipped:
         console.print(f"skipped: {note}")
-    for note in sorted(notes):
-        console.print(f"note: {note}", markup=False, highlight=False)
+    for method, messages in sorted(notes.items()):
+        if messages:
+            console.print(
+                f"note: {method} warned on {len(messages)} explanations, e.g. {messages[0]}",
+                markup=False,
+                highlight=False,
+            )
     console.print(f"wrote {out} in {time.perf_counter() - started:.0f} s")
     return records
 
