@@ -87,12 +87,12 @@ def test_batched_and_chunked_scoring_equals_unbatched(lm, strategy):
     batched = lm.target_log_probs(inputs, target)
     budget = lm.max_batch_tokens
     try:
-        lm.max_batch_tokens = 1  # one row per forward pass
+        lm.max_batch_tokens, lm.share_prefix = 1, False  # one row per forward pass
         before = lm.usage.forward_passes
         chunked = lm.target_log_probs(inputs, target)
         assert lm.usage.forward_passes - before == len(keep)
     finally:
-        lm.max_batch_tokens = budget
+        lm.max_batch_tokens, lm.share_prefix = budget, True
     torch.testing.assert_close(chunked, batched, atol=1e-5, rtol=0)
     single = torch.cat([lm.target_log_probs(inputs.rows(slice(i, i + 1)), target) for i in range(len(keep))])
     torch.testing.assert_close(single, batched, atol=1e-5, rtol=0)
@@ -292,3 +292,32 @@ def test_attention_maps_under_eager_and_restore(lm):
     others = [q for q in range(T) if q not in hidden]
     assert maps[0][:, :, others][:, :, :, hidden].abs().max() == 0
     assert torch.triu(maps[0], diagonal=1).abs().max() == 0
+
+
+@pytest.mark.parametrize("strategy", ["attention", "replace"])
+def test_shared_prefix_scoring_is_exact_and_runs_fewer_tokens(lm, strategy):
+    """Leave-one-out variants share the full prompt's prefix up to the removed feature: scoring
+    them from the reference's keys and values equals scoring every row in full."""
+    prompt = Prompt.from_text(lm.tokenizer, " ".join([PROMPT] * 3))
+    features = prompt.features("token")
+    keep = torch.ones(1 + len(features), len(features), dtype=torch.bool)
+    for i in range(len(features)):
+        keep[1 + i, i] = False
+    inputs = Masker(lm, prompt, features, strategy).inputs(keep)
+    target = _target(lm)
+    before = lm.usage.tokens_processed
+    shared = lm.target_log_probs(inputs, target)
+    shared_tokens = lm.usage.tokens_processed - before
+    lm.share_prefix = False
+    try:
+        before = lm.usage.tokens_processed
+        full = lm.target_log_probs(inputs, target)
+        full_tokens = lm.usage.tokens_processed - before
+        dist_full = lm.target_distributions(inputs.rows(slice(0, 6)), target)
+    finally:
+        lm.share_prefix = True
+    torch.testing.assert_close(shared, full, atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        lm.target_distributions(inputs.rows(slice(0, 6)), target), dist_full, atol=1e-5, rtol=0
+    )
+    assert shared_tokens < 0.75 * full_tokens

@@ -59,7 +59,8 @@ def test_leave_one_out_equals_a_naive_loop(lm):
         ids = [eos if t in feature.tokens else tok for t, tok in enumerate(prompt.input_ids)]
         expected = float(full - naive_log_probs(lm, ids, target).sum())
         assert score == pytest.approx(expected, abs=1e-4)
-    assert res.diagnostics["forward_passes"] == 1  # every variant in one batched pass
+    # every variant batched: a pass for the shared prompt prefix, then one per group of variants
+    assert res.diagnostics["forward_passes"] <= 4
 
 
 def test_leave_one_out_groups_remove_features_together(llama):

@@ -187,6 +187,7 @@ class LanguageModel:
         self.name = name or getattr(model.config, "_name_or_path", "") or type(model).__name__
         self.usage = Usage()
         self.progress: Callable[[int, int], None] | None = None
+        self.share_prefix = True  # reuse a common prompt prefix's keys and values when scoring (exact)
         params = inspect.signature(model.forward).parameters
         self._keeps_logits = "logits_to_keep" in params
         self.eos_ids = self._eos_ids()
@@ -346,25 +347,108 @@ class LanguageModel:
         self.check_length(inputs.length + target.shape[1])
         return target
 
-    def _target_logits(self, inputs: Inputs, target: torch.Tensor) -> torch.Tensor:
-        """Float32 logits [B, n, V] at the n positions that predict the n target tokens."""
+    def _target_logits(
+        self, inputs: Inputs, target: torch.Tensor, prefix: tuple | None = None
+    ) -> torch.Tensor:
+        """Float32 logits [B, n, V] at the n positions that predict the n target tokens.
+
+        With ``prefix`` = (s, keys and values per layer), the first s positions of every row are
+        taken from those keys and values instead of being run (see :meth:`_shared_prefix`).
+        """
         n = target.shape[1]
         ids, visible, positions = self._append(inputs, target[:, :-1])
-        out = self.forward(input_ids=ids, visible=visible, positions=positions, logits_to_keep=n)
+        s, past = 0, None
+        if prefix is not None and prefix[0] > 0:
+            from transformers import DynamicCache
+
+            s, layers = prefix
+            m = len(inputs)
+            past = DynamicCache(
+                ddp_cache_data=[
+                    (
+                        k[:, :, :s].expand(m, -1, -1, -1).contiguous(),
+                        v[:, :, :s].expand(m, -1, -1, -1).contiguous(),
+                    )
+                    for k, v in layers
+                ]
+            )
+        out = self.forward(
+            input_ids=ids[:, s:],
+            visible=visible,
+            positions=positions[:, s:],
+            past_key_values=past,
+            use_cache=past is not None,
+            logits_to_keep=n,
+        )
         return out.logits[:, -n:].float()
+
+    def _shared_prefix(self, inputs: Inputs) -> tuple | None:
+        """Prefix sharing for teacher-forced scoring: (each row's shared length, the reference's keys
+        and values per layer), or None where it would not pay.
+
+        The reference is the position-wise most common (token, visibility) of the rows, e.g. the
+        full prompt for leave-one-out variants; a row's shared length is the number of leading
+        positions where it equals the reference. In a causal LM the keys and values of those
+        positions depend on them alone, so they are computed once, on the reference, and the rows
+        run only from there on: exact, and it saves about 40% of leave-one-out's work. Skipped for
+        rows that are not aligned (left-padded ``delete`` variants), short shared prefixes, or a
+        model whose cache is not a plain :class:`~transformers.DynamicCache`.
+        """
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
+        B, L = len(inputs), inputs.length
+        if not self.share_prefix or B < 2 or not bool((inputs.positions == inputs.positions[:1]).all()):
+            return None
+        key = inputs.input_ids * 2 + inputs.visible.long()
+        reference = key.mode(0).values
+        lengths = (key == reference[None]).long().cumprod(1).sum(1).clamp(max=L - 1)
+        longest = int(lengths.max())
+        if int(lengths.sum()) - longest < 2 * PREFILL_CALL_TOKENS:  # the saving would not pay for the calls
+            return None
+        out = self.forward(
+            input_ids=(reference[None, :longest] // 2),
+            visible=(reference[None, :longest] % 2).bool(),
+            positions=inputs.positions[:1, :longest],
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        cache = out.past_key_values
+        if type(cache) is not DynamicCache or any(type(layer) is not DynamicLayer for layer in cache.layers):
+            return None
+        return lengths, [(layer.keys, layer.values) for layer in cache.layers]
+
+    def _teacher_forced(
+        self, inputs: Inputs, target: torch.Tensor
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(row indices, float32 logits [r, n, V] predicting the target) for every row, one forward
+        pass per group of rows within each chunk (the one chunking path; see :meth:`_shared_prefix`)."""
+        n = target.shape[1]
+        shared = self._shared_prefix(inputs)
+        if shared is None:
+            for sl in self.chunks(len(inputs), inputs.length + n):
+                yield torch.arange(len(inputs))[sl], self._target_logits(inputs.rows(sl), target[sl])
+            return
+        lengths, layers = shared
+        order = torch.argsort(lengths, descending=True, stable=True)
+        for sl in self.chunks(len(inputs), inputs.length + n):
+            idx = order[sl]
+            for start, stop, s in _prefix_groups(lengths[idx].tolist(), inputs.length, PREFILL_CALL_TOKENS):
+                rows = idx[start:stop]
+                yield rows, self._target_logits(inputs.rows(rows), target[rows], prefix=(s, layers))
 
     @torch.no_grad()
     def target_log_probs(self, inputs: Inputs, target_ids) -> torch.Tensor:
         """Teacher-forced log p(y_t | prompt variant, y_<t) for every row and target token: [B, n] float32.
 
         ``target_ids`` is one sequence shared by all rows, or a [B, n] tensor of per-row targets.
-        One forward pass per chunk of rows, whatever n.
+        One forward pass per chunk of rows (per group of rows sharing a prefix), whatever n.
         """
         target = self._targets(inputs, target_ids)
         out = torch.empty(target.shape, dtype=torch.float32)
-        for sl in self.chunks(len(inputs), inputs.length + target.shape[1]):
-            logp = self._target_logits(inputs.rows(sl), target[sl]).log_softmax(-1)
-            out[sl] = logp.gather(-1, target[sl, :, None].to(logp.device)).squeeze(-1).cpu()
+        for rows, logits in self._teacher_forced(inputs, target):
+            logp = logits.log_softmax(-1)
+            out[rows] = logp.gather(-1, target[rows, :, None].to(logp.device)).squeeze(-1).cpu()
         return out
 
     @torch.no_grad()
@@ -372,8 +456,8 @@ class LanguageModel:
         """Teacher-forced next-token log-distributions at each target position: [B, n, V] float32."""
         target = self._targets(inputs, target_ids)
         out = torch.empty((*target.shape, self.vocab_size), dtype=torch.float32)
-        for sl in self.chunks(len(inputs), inputs.length + target.shape[1]):
-            out[sl] = self._target_logits(inputs.rows(sl), target[sl]).log_softmax(-1).cpu()
+        for rows, logits in self._teacher_forced(inputs, target):
+            out[rows] = logits.log_softmax(-1).cpu()
         return out
 
     # ----------------------------------------------------------------- gradients
