@@ -419,25 +419,36 @@ def cost_table(rows: list[dict], methods: Sequence[str]) -> str:
 
 
 def plot_curves(rows: list[dict], methods: Sequence[str], path: Path) -> None:
-    """Mean MoRF and LeRF curves per method, side by side, saved as PNG."""
+    """Mean MoRF and LeRF curves per method, side by side, saved as PNG (a distinct colour and
+    line style per method, the legend beside the plots)."""
+    from matplotlib import colormaps
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(11, 4.2))
+    fig = Figure(figsize=(13, 4.6))
     axes = fig.subplots(1, 2, sharey=True)
+    colours = colormaps["tab20"].colors
+    styles = ("-", "--", ":", "-.")
     for ax, key, title in (
         (axes[0], "morf", "MoRF (most relevant first) ↑"),
         (axes[1], "lerf", "LeRF (least relevant first) ↓"),
     ):
-        for m in methods:
+        for i, m in enumerate(methods):
             curves = [r for r in rows if r["method"] == m and key in r]
             if curves:
-                ax.plot(curves[0]["fractions"], np.mean([r[key] for r in curves], 0), label=m)
+                ax.plot(
+                    curves[0]["fractions"],
+                    np.mean([r[key] for r in curves], 0),
+                    label=m,
+                    color=colours[i % len(colours)],
+                    linestyle=styles[(i // len(colours)) % len(styles)],
+                )
         ax.set_title(title)
         ax.set_xlabel("fraction of features removed")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("1 - cos(original, regenerated)")
-    axes[1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 0.83, 1))
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     path.parent.mkdir(parents=True, exist_ok=True)
