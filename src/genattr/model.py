@@ -359,19 +359,8 @@ class LanguageModel:
         ids, visible, positions = self._append(inputs, target[:, :-1])
         s, past = 0, None
         if prefix is not None and prefix[0] > 0:
-            from transformers import DynamicCache
-
             s, layers = prefix
-            m = len(inputs)
-            past = DynamicCache(
-                ddp_cache_data=[
-                    (
-                        k[:, :, :s].expand(m, -1, -1, -1).contiguous(),
-                        v[:, :, :s].expand(m, -1, -1, -1).contiguous(),
-                    )
-                    for k, v in layers
-                ]
-            )
+            past = _prefix_cache(layers, s, len(inputs))
         out = self.forward(
             input_ids=ids[:, s:],
             visible=visible,
@@ -394,8 +383,6 @@ class LanguageModel:
         rows that are not aligned (left-padded ``delete`` variants), short shared prefixes, or a
         model whose cache is not a plain :class:`~transformers.DynamicCache`.
         """
-        from transformers import DynamicCache
-        from transformers.cache_utils import DynamicLayer
 
         B, L = len(inputs), inputs.length
         if not self.share_prefix or B < 2 or not bool((inputs.positions == inputs.positions[:1]).all()):
@@ -414,7 +401,7 @@ class LanguageModel:
             logits_to_keep=1,
         )
         cache = out.past_key_values
-        if type(cache) is not DynamicCache or any(type(layer) is not DynamicLayer for layer in cache.layers):
+        if not _plain_cache(cache):
             return None
         return lengths, [(layer.keys, layer.values) for layer in cache.layers]
 
@@ -558,17 +545,11 @@ class LanguageModel:
         for sl in self.chunks(len(inputs), inputs.length + max_new_tokens):
             rows = inputs.rows(sl)
             r = len(rows)
-            out = self.forward(
-                input_ids=rows.input_ids,
-                visible=rows.visible,
-                positions=rows.positions,
-                use_cache=True,
-                logits_to_keep=1,
-            )
-            past, visible, last_pos = out.past_key_values, rows.visible, rows.positions[:, -1]
+            logits, past = self.prefill(rows)
+            visible, last_pos = rows.visible, rows.positions[:, -1]
             seqs, lps, done = [[] for _ in range(r)], [[] for _ in range(r)], [False] * r
             for step in range(max_new_tokens):
-                logp = out.logits[:, -1].float().log_softmax(-1).cpu()
+                logp = logits.float().log_softmax(-1).cpu()
                 best = logp.argmax(-1)
                 for i in range(r):
                     if done[i]:
@@ -590,7 +571,7 @@ class LanguageModel:
                     use_cache=True,
                     logits_to_keep=1,
                 )
-                past = out.past_key_values
+                logits, past = out.logits[:, -1], out.past_key_values
             tokens += seqs
             log_probs += lps
             stopped += done
@@ -776,8 +757,6 @@ class LanguageModel:
         row 0's keys and values, and row 0's last logits (row 0's own prefill, so nothing is run
         twice); None where fewer than 2 positions would be shared or the model's cache is not a
         plain :class:`~transformers.DynamicCache` (sliding windows, static or quantised caches)."""
-        from transformers import DynamicCache
-        from transformers.cache_utils import DynamicLayer
 
         if len(inputs) < 2:
             return None
@@ -790,17 +769,10 @@ class LanguageModel:
         lengths = same.long().cumprod(1).sum(1)
         if int(lengths[1:].max()) < 2:
             return None
-        out = self.forward(
-            input_ids=first.input_ids,
-            visible=first.visible,
-            positions=first.positions,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        cache = out.past_key_values
-        if type(cache) is not DynamicCache or any(type(layer) is not DynamicLayer for layer in cache.layers):
+        logits, cache = self.prefill(first)
+        if not _plain_cache(cache):
             return None
-        return lengths, [(layer.keys, layer.values) for layer in cache.layers], out.logits[:, -1]
+        return lengths, [(layer.keys, layer.values) for layer in cache.layers], logits
 
     def prefill(self, rows: Inputs, shared: tuple | None = None, index: slice | None = None):
         """Forward pass over prompt rows with a KV cache: (last-position logits [r, V], cache).
@@ -830,12 +802,7 @@ class LanguageModel:
         logits, caches = [], []
         for start, stop, s in _prefix_groups(lengths.tolist(), rows.length, PREFILL_CALL_TOKENS):
             part, m = rows.rows(slice(start, stop)), stop - start
-            past = None
-            if s > 0:
-                kv = [
-                    (k[:, :, :s].expand(m, -1, -1, -1), v[:, :, :s].expand(m, -1, -1, -1)) for k, v in layers
-                ]
-                past = DynamicCache(ddp_cache_data=[(k.contiguous(), v.contiguous()) for k, v in kv])
+            past = _prefix_cache(layers, s, m) if s > 0 else None
             if s == rows.length:  # copies of row 0: nothing to run
                 logits.append(reference_logits.expand(m, -1))
                 caches.append(past)
@@ -857,6 +824,31 @@ class LanguageModel:
             for i in range(len(layers))
         ]
         return torch.cat(logits), DynamicCache(ddp_cache_data=joined)
+
+
+def _prefix_cache(layers: list[tuple[torch.Tensor, torch.Tensor]], length: int, rows: int):
+    """A :class:`~transformers.DynamicCache` holding the first ``length`` positions of one row's keys
+    and values per layer, repeated for ``rows`` rows."""
+    from transformers import DynamicCache
+
+    return DynamicCache(
+        ddp_cache_data=[
+            (
+                k[:, :, :length].expand(rows, -1, -1, -1).contiguous(),
+                v[:, :, :length].expand(rows, -1, -1, -1).contiguous(),
+            )
+            for k, v in layers
+        ]
+    )
+
+
+def _plain_cache(cache) -> bool:
+    """Whether ``cache`` is a plain :class:`~transformers.DynamicCache` (full-length keys and values per
+    layer), the only kind whose prefixes genattr shares between rows."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    return type(cache) is DynamicCache and all(type(layer) is DynamicLayer for layer in cache.layers)
 
 
 PREFILL_CALL_TOKENS = 128

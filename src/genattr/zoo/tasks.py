@@ -34,87 +34,18 @@ from ..errors import InvalidParameterError
 
 TASKS = ("recall", "either", "sentiment", "story", "copy")
 
-KEYS = [
-    "ant",
-    "bee",
-    "cow",
-    "doe",
-    "elk",
-    "fox",
-    "gnu",
-    "hen",
-    "jay",
-    "kiwi",
-    "lark",
-    "mole",
-    "newt",
-    "owl",
-    "pig",
-    "ram",
-]
-VALUES = [
-    "zero",
-    "one",
-    "two",
-    "three",
-    "four",
-    "five",
-    "six",
-    "seven",
-    "eight",
-    "nine",
-    "ten",
-    "eleven",
-    "twelve",
-    "thirteen",
-    "fourteen",
-    "fifteen",
-]
+KEYS = "ant bee cow doe elk fox gnu hen jay kiwi lark mole newt owl pig ram".split()
+VALUES = (
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen"
+).split()
 TRIGGERS = ["fire", "smoke", "alarm", "siren", "storm", "flood"]
-POSITIVE = ["good", "great", "happy", "lovely", "excellent", "wonderful", "nice", "superb"]
-NEGATIVE = ["bad", "awful", "sad", "terrible", "horrible", "poor", "nasty", "dreadful"]
-FILLERS = [
-    "the",
-    "a",
-    "of",
-    "to",
-    "in",
-    "on",
-    "at",
-    "with",
-    "from",
-    "by",
-    "table",
-    "chair",
-    "window",
-    "door",
-    "road",
-    "hill",
-    "river",
-    "stone",
-    "cloud",
-    "paper",
-    "lamp",
-    "glass",
-    "coat",
-    "shoe",
-    "clock",
-    "bag",
-    "box",
-    "cup",
-    "wall",
-    "floor",
-    "roof",
-    "field",
-    "gate",
-    "path",
-    "yard",
-    "fence",
-    "pole",
-    "rope",
-    "wire",
-    "card",
-]
+POSITIVE = "good great happy lovely excellent wonderful nice superb".split()
+NEGATIVE = "bad awful sad terrible horrible poor nasty dreadful".split()
+FILLERS = (
+    "the a of to in on at with from by table chair window door road hill river stone cloud "
+    "paper lamp glass coat shoe clock bag box cup wall floor roof field gate path yard fence "
+    "pole rope wire card"
+).split()
 CLUSTERS = {
     "sea": ["wave", "tide", "shore", "salt", "shell", "reef"],
     "forest": ["oak", "pine", "moss", "fern", "leaf", "bark"],
@@ -124,32 +55,10 @@ CLUSTERS = {
 }
 SHADES = {"calm": (0.3, 0.3, 0.3, 0.034, 0.033, 0.033), "wild": (0.034, 0.033, 0.033, 0.3, 0.3, 0.3)}
 UNIFORM = (1 / 6,) * 6
-COPY_WORDS = [
-    "bolt",
-    "cask",
-    "dune",
-    "echo",
-    "gust",
-    "hive",
-    "iris",
-    "jade",
-    "kelp",
-    "lime",
-    "mint",
-    "node",
-    "opal",
-    "peak",
-    "quay",
-    "rune",
-    "sage",
-    "tusk",
-    "urn",
-    "vale",
-    "wisp",
-    "yarn",
-    "zinc",
-    "fjord",
-]
+COPY_WORDS = (
+    "bolt cask dune echo gust hive iris jade kelp lime mint node opal peak quay rune sage tusk "
+    "urn vale wisp yarn zinc fjord"
+).split()
 ANSWERS = ("yes", "no", "positive", "negative", "neutral")
 MARKERS = ("query", "again")
 
