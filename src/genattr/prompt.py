@@ -61,25 +61,7 @@ class Prompt:
             )
         if not text.strip():
             raise EmptyPromptError("the prompt is empty or only whitespace; give some text to explain.")
-        enc = _encode(tokenizer, text, add_special_tokens)
-        special = set(tokenizer.all_special_ids)
-        ids = list(enc["input_ids"])
-        offsets = [tuple(o) for o in enc["offset_mapping"]]
-        maskable = [
-            not sm and i not in special and o[1] > o[0]
-            for i, sm, o in zip(ids, enc["special_tokens_mask"], offsets, strict=True)
-        ]
-        prompt = cls(
-            text,
-            tuple(ids),
-            tuple(offsets),
-            tuple(tokenizer.convert_ids_to_tokens(ids)),
-            tuple(maskable),
-            add_special_tokens,
-            False,
-        )
-        prompt._require_maskable()
-        return prompt
+        return cls._tokenised(tokenizer, text, add_special_tokens)
 
     @classmethod
     def from_messages(
@@ -119,23 +101,37 @@ class Prompt:
                         f"the chat template rewrites message content ({content[:40]!r}...), so its "
                         "characters cannot be located; pass the rendered prompt as a string."
                     )
-        enc = _encode(tokenizer, text, add_special_tokens=False)
+        return cls._tokenised(tokenizer, text, False, content_spans)
+
+    @classmethod
+    def _tokenised(
+        cls,
+        tokenizer,
+        text: str,
+        add_special_tokens: bool,
+        content_spans: list[tuple[int, int]] | None = None,
+    ) -> Prompt:
+        """Tokenise ``text``; a token is maskable when it is no special token, covers characters, and
+        (for chat input) lies inside one of the messages' ``content_spans``."""
+        enc = _encode(tokenizer, text, add_special_tokens)
         special = set(tokenizer.all_special_ids)
         ids = list(enc["input_ids"])
         offsets = [tuple(o) for o in enc["offset_mapping"]]
         maskable = []
         for i, sm, (s, e) in zip(ids, enc["special_tokens_mask"], offsets, strict=True):
-            inner = content_span(text, s, e) or (s, e)
-            inside = any(cs <= inner[0] and inner[1] <= ce for cs, ce in content_spans) and e > s
-            maskable.append(bool(inside and not sm and i not in special))
+            ok = not sm and i not in special and e > s
+            if ok and content_spans is not None:
+                inner = content_span(text, s, e) or (s, e)
+                ok = any(cs <= inner[0] and inner[1] <= ce for cs, ce in content_spans)
+            maskable.append(ok)
         prompt = cls(
             text,
             tuple(ids),
             tuple(offsets),
             tuple(tokenizer.convert_ids_to_tokens(ids)),
             tuple(maskable),
-            False,
-            True,
+            add_special_tokens,
+            content_spans is not None,
         )
         prompt._require_maskable()
         return prompt

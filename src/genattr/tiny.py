@@ -92,26 +92,34 @@ def train_tokenizer(kind: str, lines: list[str], vocab_size: int = 400):
             tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
         )
     if kind == "word":
-        specials = ["<pad>", "<unk>", "<s>", "</s>", "<mask>"]
-        vocab = {t: i for i, t in enumerate(specials)}
+        words = []
         for line in lines:
-            for w in line.split():
-                vocab.setdefault(w, len(vocab))
-        tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-        tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-        tok.decoder = decoders.WordPiece(prefix="##")
-        tok.post_processor = processors.TemplateProcessing(
-            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", vocab["<s>"])]
-        )
-        return PreTrainedTokenizerFast(
-            tokenizer_object=tok,
-            pad_token="<pad>",
-            unk_token="<unk>",
-            bos_token="<s>",
-            eos_token="</s>",
-            mask_token="<mask>",
-        )
+            words += [w for w in line.split() if w not in words]
+        return word_tokenizer(words)
     raise ValueError(f"unknown tokenizer kind {kind!r}")
+
+
+def word_tokenizer(words: list[str]):
+    """A word-level ``PreTrainedTokenizerFast``: one token per whitespace-separated word of ``words``,
+    after ``<pad> <unk> <s> </s> <mask>``, with ``<s>`` prepended to every prompt."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(["<pad>", "<unk>", "<s>", "</s>", "<mask>", *words])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", vocab["<s>"])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        mask_token="<mask>",
+    )
 
 
 ARCHITECTURES = {"gpt2": "byte_bpe", "llama": "sentencepiece", "qwen2": "byte_bpe"}
