@@ -29,6 +29,9 @@ lint: setup
 bench: setup
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python bench/perturbation.py
+	$(BIN)/python bench/gradients.py
+	$(BIN)/python bench/gilot.py
+	$(BIN)/python bench/xprompt.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
