@@ -123,7 +123,7 @@ def solver_table(lm, prompt: Prompt, repeats: int) -> None:
     F = len(features)
     keep = torch.ones(F + 1, F, dtype=torch.bool)
     keep[torch.arange(1, F + 1), torch.arange(F)] = False
-    search = lm.beam_search(Masker(lm, prompt, features).inputs(keep), BEAMS, POSITIONS, share_prefix=True)
+    search = lm.beam_search(Masker(lm, prompt, features).inputs(keep), BEAMS, POSITIONS)
     V = lm.vocab_size
     p = search.marginals[0][None].expand(F, -1, -1).reshape(-1, V)
     q = search.marginals[1:].reshape(-1, V)
@@ -230,7 +230,11 @@ def main() -> None:
 
     def search(share: bool):
         before = lm.usage.copy()
-        lm.beam_search(inputs, BEAMS, POSITIONS, share_prefix=share)
+        lm.share_prefix = share
+        try:
+            lm.beam_search(inputs, BEAMS, POSITIONS)
+        finally:
+            lm.share_prefix = True
         usage[share] = lm.usage.since(before)
 
     shared = time_calls({"plain": lambda: search(False), "shared": lambda: search(True)}, args.repeats)

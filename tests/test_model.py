@@ -9,9 +9,10 @@ import pytest
 import torch
 
 import genattr
+import genattr.model
 from genattr.errors import ContextLengthError, ModelLoadError, NumericalError
 from genattr.masking import Masker
-from genattr.model import Inputs, LanguageModel
+from genattr.model import Inputs, LanguageModel, _prefix_cuts
 from genattr.prompt import Prompt
 
 from .conftest import ARCHS, naive_log_probs
@@ -292,6 +293,81 @@ def test_attention_maps_under_eager_and_restore(lm):
     others = [q for q in range(T) if q not in hidden]
     assert maps[0][:, :, others][:, :, :, hidden].abs().max() == 0
     assert torch.triu(maps[0], diagonal=1).abs().max() == 0
+
+
+@pytest.mark.parametrize("strategy", ["attention", "replace"])
+def test_prefix_tree_scoring_of_shapley_coalitions_is_exact_whatever_the_chunks(lm, strategy, monkeypatch):
+    """Coalitions along random permutations (as Shapley sampling draws them) share prefixes with
+    many different rows: the prefix tree runs each once and gives the plain scores, in any chunking."""
+    prompt = Prompt.from_text(lm.tokenizer, " ".join([PROMPT] * 2))
+    features = prompt.features("token")
+    F = len(features)
+    gen = torch.Generator().manual_seed(1)
+    keep = torch.zeros(4 * F + 1, F, dtype=torch.bool)
+    for p in range(4):
+        order = torch.randperm(F, generator=gen)
+        for t in range(F):
+            keep[p * F + t + 1] = keep[p * F + t] if t else False
+            keep[p * F + t + 1, order[t]] = True
+    inputs = Masker(lm, prompt, features, strategy).inputs(keep)
+    target = _target(lm)
+    monkeypatch.setattr(lm, "share_prefix", False)
+    before = lm.usage.copy()
+    plain = lm.target_log_probs(inputs, target)
+    plain_tokens = lm.usage.since(before)["tokens_processed"]
+    monkeypatch.setattr(lm, "share_prefix", True)
+    for budget, call_tokens in [(10**6, 0), (10**6, 128), (7 * (inputs.length + len(target)), 16)]:
+        monkeypatch.setattr(lm, "max_batch_tokens", budget)
+        monkeypatch.setattr(genattr.model, "PREFILL_CALL_TOKENS", call_tokens)
+        before = lm.usage.copy()
+        shared = lm.target_log_probs(inputs, target)
+        shared_tokens = lm.usage.since(before)["tokens_processed"]
+        torch.testing.assert_close(shared, plain, atol=1e-5, rtol=0)
+        assert shared_tokens < 0.85 * plain_tokens
+    distributions = lm.target_distributions(inputs.rows(slice(0, 9)), target)
+    monkeypatch.setattr(lm, "share_prefix", False)
+    torch.testing.assert_close(
+        distributions, lm.target_distributions(inputs.rows(slice(0, 9)), target), atol=1e-5, rtol=0
+    )
+    if strategy == "replace":  # rows are plain token sequences: the one-step-at-a-time oracle applies
+        for i in (1, 2 * F, 4 * F):
+            torch.testing.assert_close(
+                shared[i], naive_log_probs(lm, inputs.input_ids[i], target), atol=1e-4, rtol=0
+            )
+
+
+def test_prefix_cuts_minimise_the_cost_over_every_cut_set():
+    """Oracle: enumerate every set of cut depths over rows whose distinct prefixes are counted directly."""
+    gen = torch.Generator().manual_seed(0)
+    L, n = 7, 3
+    for trial in range(30):
+        rows = sorted(
+            map(
+                tuple,
+                torch.randint(
+                    0, 2, (int(torch.randint(2, 9, (1,), generator=gen)), L), generator=gen
+                ).tolist(),
+            )
+        )
+        same = [next((i for i in range(L) if a[i] != b[i]), L) for a, b in itertools.pairwise(rows)]
+        call = [0, 3, 20][trial % 3]
+
+        def cost(cuts, rows=rows, call=call):
+            run, done = 0, 0
+            for s in cuts:
+                run += len({r[:s] for r in rows}) * (s - done) + call
+                done = s
+            return run + len(rows) * (L + n - 1 - done) + call
+
+        best = min(cost(c) for k in range(L) for c in itertools.combinations(range(1, L), k))
+        assert cost(_prefix_cuts(same, L, n, call)) == best
+
+
+def test_doctests_of_the_model_module_hold():
+    import doctest
+
+    result = doctest.testmod(genattr.model)
+    assert result.attempted >= 2 and result.failed == 0
 
 
 @pytest.mark.parametrize("strategy", ["attention", "replace"])

@@ -4,15 +4,12 @@ beam search and against a naive oracle that calls the Hugging Face model once pe
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 import torch
 
 import genattr.model
 from genattr.errors import InvalidParameterError
 from genattr.masking import Masker
-from genattr.model import _prefix_groups
 from genattr.prompt import Prompt
 
 PROMPT = "The cat sat on the mat. Then a dog runs!"
@@ -29,44 +26,28 @@ def _leave_one_out_inputs(lm, text, strategy):
 @pytest.mark.parametrize("strategy", ["attention", "replace"])
 def test_shared_prefix_beam_search_equals_the_plain_one(lm, strategy, monkeypatch):
     inputs = _leave_one_out_inputs(lm, PROMPT, strategy)
+    monkeypatch.setattr(lm, "share_prefix", False)
     before = lm.usage.copy()
     plain = lm.beam_search(inputs, num_beams=3, max_new_tokens=4)
     plain_tokens = lm.usage.since(before)["tokens_processed"]
-    monkeypatch.setattr(genattr.model, "PREFILL_CALL_TOKENS", 0)  # split into as many groups as pays
+    monkeypatch.setattr(lm, "share_prefix", True)
+    monkeypatch.setattr(genattr.model, "PREFILL_CALL_TOKENS", 0)  # cut the prefix tree wherever it pays
     before = lm.usage.copy()
-    shared = lm.beam_search(inputs, num_beams=3, max_new_tokens=4, share_prefix=True)
+    shared = lm.beam_search(inputs, num_beams=3, max_new_tokens=4)
     shared_tokens = lm.usage.since(before)["tokens_processed"]
     torch.testing.assert_close(shared.marginals, plain.marginals, atol=1e-5, rtol=0)
     torch.testing.assert_close(shared.mass, plain.mass, atol=1e-6, rtol=1e-4)
     assert torch.equal(shared.sequences, plain.sequences)
-    # Every variant skips the positions before its removed feature.
+    # Every variant runs only its positions from its removed feature on (features are words: the
+    # full prompt's prefix up to the first removed token is shared, at least one token each).
     L, F = inputs.length, len(inputs) - 1
     assert shared_tokens < plain_tokens - F * 2
     assert shared_tokens >= plain_tokens - (F + 1) * L
-    # Chunks that do not hold row 0 reuse its keys and values too.
+    # Several chunks, each sharing within itself, give the same search.
     monkeypatch.setattr(lm, "max_batch_tokens", 5 * (L + 4) * 3)
-    chunked = lm.beam_search(inputs, num_beams=3, max_new_tokens=4, share_prefix=True)
+    chunked = lm.beam_search(inputs, num_beams=3, max_new_tokens=4)
     torch.testing.assert_close(chunked.marginals, plain.marginals, atol=1e-5, rtol=0)
     assert torch.equal(chunked.sequences, plain.sequences)
-
-
-def test_prefix_groups_minimise_the_cost_over_every_partition():
-    """Oracle: enumerate every split of the rows into contiguous groups."""
-    L, call = 10, 7
-    for lengths in ([10, 1, 2, 5, 6, 9], [0, 0, 3], [10, 10, 2, 9], [4]):
-
-        def cost(groups):
-            return sum((b - a) * (L - s) + (call if s < L else 0) for a, b, s in groups)
-
-        r = len(lengths)
-        best = min(
-            cost([(a, b, min(lengths[a:b])) for a, b in itertools.pairwise((0, *cuts, r))])
-            for k in range(r)
-            for cuts in itertools.combinations(range(1, r), k)
-        )
-        groups = _prefix_groups(lengths, L, call)
-        assert cost(groups) == best
-        assert [g[0] for g in groups] == [0, *[g[1] for g in groups[:-1]]] and groups[-1][1] == r
 
 
 def test_beam_tree_in_extras_traces_the_sequences(llama):
@@ -138,7 +119,7 @@ def test_score_beam_tree_matches_a_naive_oracle_under_masked_prompts(word_lm):
     inputs = _leave_one_out_inputs(lm, "red cat sat up", "replace")
     search = lm.beam_search(inputs.rows(slice(0, 1)), num_beams=4, max_new_tokens=4)
     tokens, parents = search.extras["beam_tokens"][0, :3], search.extras["beam_parents"][0, :3]
-    scored = lm.score_beam_tree(inputs, tokens, parents, share_prefix=True)
+    scored = lm.score_beam_tree(inputs, tokens, parents)
     for row in range(len(inputs)):
         marginals, mass = _naive_tree_marginals(lm, inputs.input_ids[row].tolist(), tokens, parents)
         torch.testing.assert_close(scored.marginals[row].double(), marginals, atol=1e-5, rtol=0)

@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from .errors import (
@@ -188,6 +189,7 @@ class LanguageModel:
         self.usage = Usage()
         self.progress: Callable[[int, int], None] | None = None
         self.share_prefix = True  # reuse a common prompt prefix's keys and values when scoring (exact)
+        self._cache_shareable: bool | None = None  # whether the model's cache can be cut and joined by rows
         params = inspect.signature(model.forward).parameters
         self._keeps_logits = "logits_to_keep" in params
         self.eos_ids = self._eos_ids()
@@ -317,7 +319,9 @@ class LanguageModel:
         self.usage.seconds += time.perf_counter() - start
         self.usage.forward_passes += 1
         self.usage.tokens_processed += batch * q_len
-        if not torch.isfinite(out.logits).all():
+        if (
+            not torch.isfinite(out.logits.sum()) and not torch.isfinite(out.logits).all()
+        ):  # sum: one cheap pass
             raise NumericalError(
                 "the model produced NaN or infinite logits; check the model's weights and dtype "
                 "(float16 overflows easily on CPU: load with dtype='float32')."
@@ -347,82 +351,82 @@ class LanguageModel:
         self.check_length(inputs.length + target.shape[1])
         return target
 
-    def _target_logits(
-        self, inputs: Inputs, target: torch.Tensor, prefix: tuple | None = None
-    ) -> torch.Tensor:
+    def _target_logits(self, inputs: Inputs, target: torch.Tensor, done: int = 0, past=None) -> torch.Tensor:
         """Float32 logits [B, n, V] at the n positions that predict the n target tokens.
 
-        With ``prefix`` = (s, keys and values per layer), the first s positions of every row are
-        taken from those keys and values instead of being run (see :meth:`_shared_prefix`).
+        With ``past``, a cache holding each row's first ``done`` positions, only the rest is run.
         """
         n = target.shape[1]
         ids, visible, positions = self._append(inputs, target[:, :-1])
-        s, past = 0, None
-        if prefix is not None and prefix[0] > 0:
-            s, layers = prefix
-            past = _prefix_cache(layers, s, len(inputs))
         out = self.forward(
-            input_ids=ids[:, s:],
+            input_ids=ids[:, done:],
             visible=visible,
-            positions=positions[:, s:],
+            positions=positions[:, done:],
             past_key_values=past,
             use_cache=past is not None,
             logits_to_keep=n,
         )
         return out.logits[:, -n:].float()
 
-    def _shared_prefix(self, inputs: Inputs) -> tuple | None:
-        """Prefix sharing for teacher-forced scoring: (each row's shared length, the reference's keys
-        and values per layer), or None where it would not pay.
+    def _shared_prefixes(self, rows: Inputs, n: int = 1) -> tuple[int, object | None]:
+        """(s, a cache of each row's first s positions), running each distinct prompt prefix once;
+        (0, None) where rows cannot share. ``n``: the positions each row runs after its prompt.
 
-        The reference is the position-wise most common (token, visibility) of the rows, e.g. the
-        full prompt for leave-one-out variants; a row's shared length is the number of leading
-        positions where it equals the reference. In a causal LM the keys and values of those
-        positions depend on them alone, so they are computed once, on the reference, and the rows
-        run only from there on: exact, and it saves about 40% of leave-one-out's work. Skipped for
-        rows that are not aligned (left-padded ``delete`` variants), short shared prefixes, or a
-        model whose cache is not a plain :class:`~transformers.DynamicCache`.
+        In a causal LM the keys and values of a prefix depend on that prefix alone, so rows that
+        agree on their first s positions (tokens and visibility) can share them. The rows'
+        prefixes form a tree; it is cut at depths 0 < s_1 < ... < s_K (chosen by
+        :func:`_prefix_cuts` to minimise tokens run plus :data:`PREFILL_CALL_TOKENS` per call),
+        and each level runs, in one forward pass, the positions s_(k-1)..s_k of each distinct
+        prefix of length s_k on its parent's cache. Exact. Leave-one-out variants then run only
+        their positions from the removed feature on; Shapley coalitions about 35% fewer tokens.
+        Rows must share their positions (not left-padded ``delete`` variants), and the model's
+        cache must be a plain :class:`~transformers.DynamicCache` (checked on first use).
         """
-
-        B, L = len(inputs), inputs.length
-        if not self.share_prefix or B < 2 or not bool((inputs.positions == inputs.positions[:1]).all()):
-            return None
-        key = inputs.input_ids * 2 + inputs.visible.long()
-        reference = key.mode(0).values
-        lengths = (key == reference[None]).long().cumprod(1).sum(1).clamp(max=L - 1)
-        longest = int(lengths.max())
-        if int(lengths.sum()) - longest < 2 * PREFILL_CALL_TOKENS:  # the saving would not pay for the calls
-            return None
-        out = self.forward(
-            input_ids=(reference[None, :longest] // 2),
-            visible=(reference[None, :longest] % 2).bool(),
-            positions=inputs.positions[:1, :longest],
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        cache = out.past_key_values
-        if not _plain_cache(cache):
-            return None
-        return lengths, [(layer.keys, layer.values) for layer in cache.layers]
+        if not self.share_prefix or len(rows) < 2 or self._cache_shareable is False:
+            return 0, None
+        if not bool((rows.positions == rows.positions[:1]).all()):
+            return 0, None
+        key = rows.input_ids * 2 + rows.visible.long()
+        order = _lexicographic_order(key)
+        key = key[order]
+        same = (key[1:] == key[:-1]).long().cumprod(1).sum(1)  # common prefix with the row before
+        cuts = _prefix_cuts(same.tolist(), rows.length, n, PREFILL_CALL_TOKENS)
+        node = torch.zeros(len(rows), dtype=torch.long)  # each sorted row's prefix at the current level
+        past, done = None, 0
+        for s in cuts:
+            starts = torch.cat([torch.ones(1, dtype=torch.bool), same < s])
+            first = starts.nonzero().squeeze(1)
+            level = rows.rows(order[first])
+            out = self.forward(
+                input_ids=level.input_ids[:, done:s],
+                visible=level.visible[:, :s],
+                positions=level.positions[:, done:s],
+                past_key_values=None if past is None else _gather_cache(past, node[first]),
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            past, done, node = out.past_key_values, s, starts.long().cumsum(0) - 1
+            self._cache_shareable = _plain_cache(past)
+            if not self._cache_shareable:
+                return 0, None
+        if past is None:
+            return 0, None
+        return done, _gather_cache(past, node[torch.argsort(order)])
 
     def _teacher_forced(
         self, inputs: Inputs, target: torch.Tensor
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(row indices, float32 logits [r, n, V] predicting the target) for every row, one forward
-        pass per group of rows within each chunk (the one chunking path; see :meth:`_shared_prefix`)."""
+        """(row indices, float32 logits [r, n, V] predicting the target) for every chunk of rows
+        (the one chunking path). Rows are taken in lexicographic order, so that rows with common
+        prefixes fall in one chunk and share them (see :meth:`_shared_prefixes`)."""
         n = target.shape[1]
-        shared = self._shared_prefix(inputs)
-        if shared is None:
-            for sl in self.chunks(len(inputs), inputs.length + n):
-                yield torch.arange(len(inputs))[sl], self._target_logits(inputs.rows(sl), target[sl])
-            return
-        lengths, layers = shared
-        order = torch.argsort(lengths, descending=True, stable=True)
+        key = inputs.input_ids * 2 + inputs.visible.long()
+        order = _lexicographic_order(key) if self.share_prefix else torch.arange(len(inputs))
         for sl in self.chunks(len(inputs), inputs.length + n):
-            idx = order[sl]
-            for start, stop, s in _prefix_groups(lengths[idx].tolist(), inputs.length, PREFILL_CALL_TOKENS):
-                rows = idx[start:stop]
-                yield rows, self._target_logits(inputs.rows(rows), target[rows], prefix=(s, layers))
+            index = order[sl]
+            rows = inputs.rows(index)
+            done, past = self._shared_prefixes(rows, n)
+            yield index, self._target_logits(rows, target[index], done, past)
 
     @torch.no_grad()
     def target_log_probs(self, inputs: Inputs, target_ids) -> torch.Tensor:
@@ -578,17 +582,14 @@ class LanguageModel:
         return Generation(tokens, log_probs, stopped)
 
     @torch.no_grad()
-    def beam_search(
-        self, inputs: Inputs, num_beams: int, max_new_tokens: int, *, share_prefix: bool = False
-    ) -> BeamSearch:
+    def beam_search(self, inputs: Inputs, num_beams: int, max_new_tokens: int) -> BeamSearch:
         """Beam search over every row at once, returning each output position's beam-marginalised
         distribution (GiLOT, Eq. 5); see :class:`BeamSearch`.
 
         All rows x beams advance in one forward pass per step (per chunk of rows); the
         distribution p(Y_j | beam) is the one computed during the search, so no second pass is
         needed. An ended beam (last token EOS) stays at EOS: later positions put all its mass there.
-        With ``share_prefix``, the leading positions a row shares with row 0 are computed once
-        (see :meth:`prefill`). ``extras`` holds the beams of every depth d = 1..J as a tree:
+        Prompt prefixes common to several rows are run once (see :meth:`prefill`). ``extras`` holds the beams of every depth d = 1..J as a tree:
         ``beam_tokens`` [B, J, b], ``beam_parents`` [B, J, b] (index of the parent beam at depth
         d - 1, -1 at depth 1) and ``beam_log_probs`` [B, J, b] (-inf for a slot left empty when
         fewer than b prefixes exist); :meth:`score_beam_tree` scores such a tree under other prompts.
@@ -607,11 +608,10 @@ class LanguageModel:
         tree_tokens = torch.empty(n, J, b, dtype=torch.long)
         tree_parents = torch.full((n, J, b), -1, dtype=torch.long)
         tree_logp = torch.empty(n, J, b, dtype=torch.float32)
-        shared = self._sharing(inputs) if share_prefix else None
         for sl in self.chunks(n, (inputs.length + J) * b):
             rows = inputs.rows(sl)
             r = len(rows)
-            logits0, past = self.prefill(rows, shared, sl)
+            logits0, past = self.prefill(rows)
             logp0 = logits0.float().log_softmax(-1).cpu()
             marginals[sl, 0] = logp0.exp()
             k = min(b, V)
@@ -659,8 +659,6 @@ class LanguageModel:
         tokens: torch.Tensor,
         parents: torch.Tensor,
         valid: torch.Tensor | None = None,
-        *,
-        share_prefix: bool = False,
     ) -> BeamSearch:
         """GiLOT's beam marginals of every row over a *given* tree of prefixes (another prompt's beams)
         instead of the row's own beams: the ``follow`` mode of GiLOT's authors' reproduction code.
@@ -710,11 +708,10 @@ class LanguageModel:
         marginals = torch.empty(n, D + 1, V, dtype=torch.float32)
         mass = torch.ones(n, D + 1, dtype=torch.float32)
         node_logp = torch.empty(n, D, w, dtype=torch.float32)
-        shared = self._sharing(inputs) if share_prefix else None
         for sl in self.chunks(n, inputs.length + N):
             rows = inputs.rows(sl)
             r = len(rows)
-            logits0, past = self.prefill(rows, shared, sl)
+            logits0, past = self.prefill(rows)
             logp0 = logits0.float().log_softmax(-1).cpu()
             marginals[sl, 0] = logp0.exp()
             if D == 0:
@@ -752,94 +749,72 @@ class LanguageModel:
         last = node_logp[:, -1] if D else torch.zeros(n, w)
         return BeamSearch(marginals, mass, sequences, last, {"node_log_probs": node_logp})
 
-    def _sharing(self, inputs: Inputs) -> tuple | None:
-        """What :meth:`prefill` needs to share prompt prefixes with row 0: each row's shared length,
-        row 0's keys and values, and row 0's last logits (row 0's own prefill, so nothing is run
-        twice); None where fewer than 2 positions would be shared or the model's cache is not a
-        plain :class:`~transformers.DynamicCache` (sliding windows, static or quantised caches)."""
-
-        if len(inputs) < 2:
-            return None
-        first = inputs.rows(slice(0, 1))
-        same = (
-            (inputs.input_ids == first.input_ids)
-            & (inputs.visible == first.visible)
-            & (inputs.positions == first.positions)
+    def prefill(self, rows: Inputs):
+        """Forward pass over prompt rows with a KV cache: (last-position logits [r, V], cache), each
+        distinct prompt prefix run once (see :meth:`_shared_prefixes`)."""
+        done, past = self._shared_prefixes(rows)
+        out = self.forward(
+            input_ids=rows.input_ids[:, done:],
+            visible=rows.visible,
+            positions=rows.positions[:, done:],
+            past_key_values=past,
+            use_cache=True,
+            logits_to_keep=1,
         )
-        lengths = same.long().cumprod(1).sum(1)
-        if int(lengths[1:].max()) < 2:
-            return None
-        logits, cache = self.prefill(first)
-        if not _plain_cache(cache):
-            return None
-        return lengths, [(layer.keys, layer.values) for layer in cache.layers], logits
-
-    def prefill(self, rows: Inputs, shared: tuple | None = None, index: slice | None = None):
-        """Forward pass over prompt rows with a KV cache: (last-position logits [r, V], cache).
-
-        With ``shared`` (from :meth:`_sharing` over the whole batch, ``index`` the rows' slice of
-        it), the keys and values of the leading positions a row shares with row 0 (same ids,
-        visibility and positions) are taken from row 0 instead of recomputed: in a causal LM they
-        depend only on those positions. This is exact, and saves most of the prompt work of
-        leave-one-out variants, whose prefix before the removed feature is the full prompt's.
-        Rows are split into contiguous groups, each running from the shortest shared length in it
-        (the split minimises tokens run plus :data:`PREFILL_CALL_TOKENS` per extra call), and
-        the groups' caches are joined into one, so that decoding stays one batch.
-        """
-        if shared is None:
-            out = self.forward(
-                input_ids=rows.input_ids,
-                visible=rows.visible,
-                positions=rows.positions,
-                use_cache=True,
-                logits_to_keep=1,
-            )
-            return out.logits[:, -1], out.past_key_values
-        from transformers import DynamicCache
-
-        lengths, layers, reference_logits = shared
-        lengths = lengths[index] if index is not None else lengths
-        logits, caches = [], []
-        for start, stop, s in _prefix_groups(lengths.tolist(), rows.length, PREFILL_CALL_TOKENS):
-            part, m = rows.rows(slice(start, stop)), stop - start
-            past = _prefix_cache(layers, s, m) if s > 0 else None
-            if s == rows.length:  # copies of row 0: nothing to run
-                logits.append(reference_logits.expand(m, -1))
-                caches.append(past)
-                continue
-            out = self.forward(
-                input_ids=part.input_ids[:, s:],
-                visible=part.visible,
-                positions=part.positions[:, s:],
-                past_key_values=past,
-                use_cache=True,
-                logits_to_keep=1,
-            )
-            logits.append(out.logits[:, -1])
-            caches.append(out.past_key_values)
-        if len(caches) == 1:
-            return logits[0], caches[0]
-        joined = [
-            (torch.cat([c.layers[i].keys for c in caches]), torch.cat([c.layers[i].values for c in caches]))
-            for i in range(len(layers))
-        ]
-        return torch.cat(logits), DynamicCache(ddp_cache_data=joined)
+        return out.logits[:, -1], out.past_key_values
 
 
-def _prefix_cache(layers: list[tuple[torch.Tensor, torch.Tensor]], length: int, rows: int):
-    """A :class:`~transformers.DynamicCache` holding the first ``length`` positions of one row's keys
-    and values per layer, repeated for ``rows`` rows."""
+def _lexicographic_order(key: torch.Tensor) -> torch.Tensor:
+    """Row indices of a [B, L] integer tensor in lexicographic order of its rows."""
+    return torch.from_numpy(np.lexsort(key.numpy().T[::-1]).copy())
+
+
+def _gather_cache(cache, index: torch.Tensor):
+    """A :class:`~transformers.DynamicCache` whose row i is row ``index[i]`` of a plain ``cache``."""
     from transformers import DynamicCache
 
-    return DynamicCache(
-        ddp_cache_data=[
-            (
-                k[:, :, :length].expand(rows, -1, -1, -1).contiguous(),
-                v[:, :, :length].expand(rows, -1, -1, -1).contiguous(),
-            )
-            for k, v in layers
-        ]
-    )
+    index = index.to(cache.layers[0].keys.device)
+    return DynamicCache(ddp_cache_data=[(layer.keys[index], layer.values[index]) for layer in cache.layers])
+
+
+def _prefix_cuts(same: list[int], length: int, n: int, call_tokens: int) -> list[int]:
+    """Depths 0 < s_1 < ... < s_K <= ``length`` - 1 at which to cut the prefix tree of sorted rows,
+    minimising the tokens run plus ``call_tokens`` per forward pass (dynamic programming).
+
+    ``same[i]`` is the common prefix length of rows i and i + 1 (sorted), so the tree has
+    D(s) = 1 + #{i : same[i] < s} distinct prefixes of length s. Level k runs D(s_k) x
+    (s_k - s_(k-1)) tokens and the rows then run their last ``length`` + ``n`` - 1 - s_K
+    positions (prompt and target). D is constant between consecutive values of ``same``, so the
+    best cuts lie at those values (cutting later at the same width costs no more).
+
+    >>> _prefix_cuts([5, 5, 2], 8, 1, 0)   # four rows: two distinct prefixes up to 5, one to 2
+    [2, 5]
+    >>> _prefix_cuts([1], 8, 4, 100)       # sharing one position does not pay for a call
+    []
+    """
+    rows, total = len(same) + 1, length + n - 1
+    candidates = np.array(sorted({min(v, length - 1) for v in same if v > 0} | {length - 1}))
+    if candidates[0] < 1:
+        return []
+    width = 1 + np.searchsorted(np.sort(same), candidates, side="left")  # D(c): rows whose same < c, plus one
+    best = np.empty(len(candidates))
+    parent = np.full(len(candidates), -1)
+    for j, (c, d) in enumerate(zip(candidates, width, strict=True)):
+        best[j] = d * c + call_tokens
+        if j:
+            step = best[:j] + d * (c - candidates[:j]) + call_tokens
+            i = int(step.argmin())
+            if step[i] < best[j]:
+                best[j], parent[j] = step[i], i
+    finish = best + rows * (total - candidates) + call_tokens
+    j = int(finish.argmin())
+    if finish[j] >= rows * total + call_tokens:
+        return []
+    cuts = []
+    while j >= 0:
+        cuts.append(int(candidates[j]))
+        j = int(parent[j])
+    return cuts[::-1]
 
 
 def _plain_cache(cache) -> bool:
@@ -852,33 +827,7 @@ def _plain_cache(cache) -> bool:
 
 
 PREFILL_CALL_TOKENS = 128
-"""The cost of one more forward call, in prompt tokens, when :meth:`LanguageModel.prefill` groups rows."""
-
-
-def _prefix_groups(lengths: list[int], length: int, call_tokens: int) -> list[tuple[int, int, int]]:
-    """Split rows into contiguous groups (start, stop, shared length): each group runs positions
-    from its shortest shared length on (a group sharing all ``length`` positions runs nothing);
-    the split minimises the tokens run plus ``call_tokens`` per call (dynamic programming).
-
-    >>> _prefix_groups([8, 1, 2, 6, 7], 8, 4)
-    [(0, 1, 8), (1, 3, 1), (3, 5, 6)]
-    """
-    r = len(lengths)
-    best = [0.0] + [float("inf")] * r
-    cut = [0] * (r + 1)
-    for stop in range(1, r + 1):
-        low = length
-        for start in range(stop - 1, -1, -1):
-            low = min(low, lengths[start])
-            cost = best[start] + (stop - start) * (length - low) + (call_tokens if low < length else 0)
-            if cost < best[stop]:
-                best[stop], cut[stop] = cost, start
-    groups, stop = [], r
-    while stop > 0:
-        start = cut[stop]
-        groups.append((start, stop, min(lengths[start:stop])))
-        stop = start
-    return groups[::-1]
+"""The cost of one more forward pass, in tokens, when rows share prompt prefixes (see :func:`_prefix_cuts`)."""
 
 
 def load(

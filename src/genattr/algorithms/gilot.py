@@ -28,7 +28,7 @@ The full prompt and every variant with one feature removed (by the call's maskin
 beam search** (:meth:`~genattr.model.LanguageModel.beam_search`): all prompts x beams advance
 in one forward pass per step, p(Y_j | beam) is read off the scores of the search itself (no
 second teacher-forced pass), and the prompt positions before a removed feature reuse the full
-prompt's keys and values (``share_prefix``). With ``beams="follow"`` the variants are scored
+prompt's keys and values (the model's prefix sharing). With ``beams="follow"`` the variants are scored
 instead on the full prompt's beams, as the authors' reproduction code does: the whole tree of
 beams is teacher-forced in one pass per chunk under a tree attention mask
 (:meth:`~genattr.model.LanguageModel.score_beam_tree`). The features x positions distance
@@ -169,7 +169,7 @@ class Gilot(Method):
         inputs = problem.masker.inputs(keep)
         started = time.perf_counter()
         if self.beams == "own":
-            search = lm.beam_search(inputs, b, J, share_prefix=True)
+            search = lm.beam_search(inputs, b, J)
             marginals, mass = search.marginals, search.mass
         else:
             search = lm.beam_search(inputs.rows(slice(0, 1)), b, J)
@@ -179,7 +179,6 @@ class Gilot(Method):
                 tree["beam_tokens"],
                 tree["beam_parents"],
                 tree["beam_log_probs"] > float("-inf"),
-                share_prefix=True,
             )
             marginals, mass = scored.marginals, scored.mass
         searched = time.perf_counter()
