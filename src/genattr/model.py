@@ -586,9 +586,11 @@ class LanguageModel:
         """Beam search over every row at once, returning each output position's beam-marginalised
         distribution (GiLOT, Eq. 5); see :class:`BeamSearch`.
 
-        All rows x beams advance in one forward pass per step (per chunk of rows); the
-        distribution p(Y_j | beam) is the one computed during the search, so no second pass is
-        needed. An ended beam (last token EOS) stays at EOS: later positions put all its mass there.
+        All rows x beams advance in one forward pass per step (per chunk of rows). The b beams
+        of a row are b query tokens of that row under a tree attention mask (each sees the prompt,
+        its ancestors and itself), so the prompt's keys and values are held once per row, not
+        once per beam, and the cache is never reordered. The distribution p(Y_j | beam) is the
+        one computed during the search, so no second pass is needed. An ended beam (last token EOS) stays at EOS: later positions put all its mass there.
         Prompt prefixes common to several rows are run once (see :meth:`prefill`). ``extras`` holds the beams of every depth d = 1..J as a tree:
         ``beam_tokens`` [B, J, b], ``beam_parents`` [B, J, b] (index of the parent beam at depth
         d - 1, -1 at depth 1) and ``beam_log_probs`` [B, J, b] (-inf for a slot left empty when
@@ -608,7 +610,7 @@ class LanguageModel:
         tree_tokens = torch.empty(n, J, b, dtype=torch.long)
         tree_parents = torch.full((n, J, b), -1, dtype=torch.long)
         tree_logp = torch.empty(n, J, b, dtype=torch.float32)
-        for sl in self.chunks(n, (inputs.length + J) * b):
+        for sl in self.chunks(n, inputs.length + b * J):
             rows = inputs.rows(sl)
             r = len(rows)
             logits0, past = self.prefill(rows)
@@ -621,23 +623,26 @@ class LanguageModel:
                 tok = torch.cat([tok, tok[:, :1].expand(-1, b - k)], 1)
             seqs = tok[:, :, None]
             tree_tokens[sl, 0], tree_logp[sl, 0] = tok, cum
-            past.reorder_cache(torch.arange(r).repeat_interleave(b).to(self.device))
-            visible = rows.visible.repeat_interleave(b, 0)
-            last_pos = rows.positions[:, -1].repeat_interleave(b, 0)
+            last_pos = rows.positions[:, -1:]
+            prompt_keys = rows.visible[:, None, :].expand(-1, b, -1)
+            itself = torch.eye(b, dtype=torch.bool).expand(r, -1, -1)
+            ancestors = itself  # [r, b, b * j]: the nodes so far that each current beam descends from
             for j in range(1, J):
-                visible = torch.cat([visible, torch.ones(r * b, 1, dtype=torch.bool)], 1)
+                keys = torch.cat([prompt_keys, ancestors], 2)
+                mask = torch.zeros(keys.shape, dtype=self.dtype, device=self.device)
+                mask.masked_fill_(~keys.to(self.device), torch.finfo(self.dtype).min)
                 out = self.forward(
-                    input_ids=tok.reshape(-1, 1),
-                    visible=visible,
-                    positions=(last_pos + j)[:, None],
+                    input_ids=tok,
+                    visible=keys[:, 0],
+                    positions=(last_pos + j).expand(-1, b),
                     past_key_values=past,
                     use_cache=True,
-                    logits_to_keep=1,
+                    logits_to_keep=b,
+                    attention_mask=mask[:, None],
                 )
                 past = out.past_key_values
-                logp = self._absorb(out.logits[:, -1].float().log_softmax(-1).cpu(), tok.reshape(-1)).view(
-                    r, b, V
-                )
+                logp = out.logits[:, -b:].float().log_softmax(-1).cpu().reshape(r * b, V)
+                logp = self._absorb(logp, tok.reshape(-1)).view(r, b, V)
                 weights = cum.softmax(-1)
                 marginals[sl, j] = torch.einsum("rb,rbv->rv", weights, logp.exp())
                 mass[sl, j] = cum.logsumexp(-1).exp()
@@ -645,8 +650,8 @@ class LanguageModel:
                 beam, tok = idx // V, idx % V
                 seqs = torch.cat([seqs.gather(1, beam[:, :, None].expand(-1, -1, j)), tok[:, :, None]], 2)
                 tree_tokens[sl, j], tree_parents[sl, j], tree_logp[sl, j] = tok, beam, cum
-                if j < J - 1:
-                    past.reorder_cache((torch.arange(r)[:, None] * b + beam).reshape(-1).to(self.device))
+                parents = ancestors.gather(1, beam[:, :, None].expand(-1, -1, ancestors.shape[2]))
+                ancestors = torch.cat([parents, itself], 2)
             sequences[sl] = seqs
             seq_logp[sl] = cum
         extras = {"beam_tokens": tree_tokens, "beam_parents": tree_parents, "beam_log_probs": tree_logp}
