@@ -141,3 +141,5 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert all(name in page for name in registry.names())
     shown = capsys.readouterr().out
     assert "recall@|G|" in shown and "leave_one_out" in shown
+    assert "accuracy 1.00" in shown  # the in-context use case: the zoo looks keys up in any order
+    assert "'sad': share 1.00, rank 1" in " ".join(shown.split())  # the slot probe: the polar word decides

@@ -24,6 +24,7 @@ from .errors import TooManyFeaturesError
 from .evaluate import ground_truth
 from .model import load
 from .result import write_atomic
+from .usecases import icl_orders, slot_probe
 from .zoo import TASKS, examples
 
 DEMO_SEED = 7
@@ -80,6 +81,7 @@ def run_demo(
                     continue
                 records.append({"method": name, "task": task, **ground_truth.metrics(res, ex.ground_truth)})
     _print_table(console, records, n)
+    _use_cases(console, lm)
     for note in skipped:
         console.print(f"skipped: {note}")
     for method, messages in sorted(notes.items()):
@@ -107,3 +109,23 @@ def _print_table(console: Console, records: list[dict], n: int) -> None:
             cells.append("-" if s is None else f"{s['recall_at_k']:.2f}/{s['auroc']:.2f}")
         table.add_row(method, *cells)
     console.print(table)
+
+
+def _use_cases(console: Console, lm) -> None:
+    """GiLOT's use cases (Section 5) on the zoo: the query weight over orders of the key-value
+    pairs of a ``recall`` prompt, and a slot probe on ``sentiment`` (a polar filler against a
+    neutral one)."""
+    pairs = ["bee seven", "ant eight", "pig six"]
+    study = icl_orders(lm, pairs, "query ant", " eight", [" seven", " eight", " six"], prefix="recall ")
+    console.print(
+        f"use case, in-context orders (GiLOT 5.1): {len(study.rows)} orders of {pairs}: "
+        f"query weight {study.query_weight:.3f}, accuracy {study.accuracy:.2f}, "
+        f"sensitivity {study.sensitivity:.2g}",
+        highlight=False,
+    )
+    rows = slot_probe(lm, "sentiment a {} road cloud by floor paper", ["sad", "pole"])
+    cells = ", ".join(f"{r.filler!r}: share {r.share:.2f}, rank {r.rank}" for r in rows)
+    console.print(
+        f"use case, slot probe (GiLOT 5.2): 'sentiment a {{}} road cloud by floor paper': {cells}",
+        highlight=False,
+    )
