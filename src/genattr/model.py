@@ -270,9 +270,12 @@ class LanguageModel:
         keys = torch.arange(visible.shape[1], device=visible.device)
         causal = keys[None, :] <= query_index[:, None]
         itself = keys[None, :] == query_index[:, None]
-        allowed = causal[None] & (visible[:, None, :] | itself[None])
-        mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)
-        mask.masked_fill_(~allowed.to(self.device), torch.finfo(self.dtype).min)
+        return self._additive_mask(causal[None] & (visible[:, None, :] | itself[None]))
+
+    def _additive_mask(self, sees: torch.Tensor) -> torch.Tensor:
+        """The additive 4-D mask [B, 1, Q, K] of a boolean [B, Q, K] (query q attends to key k)."""
+        mask = torch.zeros(sees.shape, dtype=self.dtype, device=self.device)
+        mask.masked_fill_(~sees.to(self.device), torch.finfo(self.dtype).min)
         return mask[:, None]
 
     def forward(
@@ -286,17 +289,17 @@ class LanguageModel:
         use_cache: bool = False,
         logits_to_keep: int = 0,
         output_attentions: bool = False,
-        attention_mask: torch.Tensor | None = None,
+        sees: torch.Tensor | None = None,
     ):
         """One forward pass of the model (counted). ``visible`` covers every key so far (cache + new).
 
-        ``attention_mask``, an additive 4-D mask [B, 1, Q, K], replaces the one built from ``visible``
-        (for attention patterns that are not causal over one sequence, such as a tree of beams).
+        ``sees``, a boolean [B, Q, K] (query q attends to key k), replaces the causal pattern built
+        from ``visible`` (for patterns that are not causal over one sequence: a tree of beams).
         """
         q_len = (input_ids if input_ids is not None else inputs_embeds).shape[1]
         batch = visible.shape[0]
         total = visible.shape[1]
-        mask = attention_mask
+        mask = None if sees is None else self._additive_mask(sees)
         if mask is None and not bool(visible.all()):
             query_index = torch.arange(total - q_len, total, device=visible.device)
             mask = self.attention_mask(visible, query_index)
@@ -319,9 +322,8 @@ class LanguageModel:
         self.usage.seconds += time.perf_counter() - start
         self.usage.forward_passes += 1
         self.usage.tokens_processed += batch * q_len
-        if (
-            not torch.isfinite(out.logits.sum()) and not torch.isfinite(out.logits).all()
-        ):  # sum: one cheap pass
+        # A finite sum (one cheap pass) rules out NaN and inf; only otherwise is every entry checked.
+        if not torch.isfinite(out.logits.sum()) and not torch.isfinite(out.logits).all():
             raise NumericalError(
                 "the model produced NaN or infinite logits; check the model's weights and dtype "
                 "(float16 overflows easily on CPU: load with dtype='float32')."
@@ -587,11 +589,13 @@ class LanguageModel:
         distribution (GiLOT, Eq. 5); see :class:`BeamSearch`.
 
         All rows x beams advance in one forward pass per step (per chunk of rows). The b beams
-        of a row are b query tokens of that row under a tree attention mask (each sees the prompt,
-        its ancestors and itself), so the prompt's keys and values are held once per row, not
-        once per beam, and the cache is never reordered. The distribution p(Y_j | beam) is the
-        one computed during the search, so no second pass is needed. An ended beam (last token EOS) stays at EOS: later positions put all its mass there.
-        Prompt prefixes common to several rows are run once (see :meth:`prefill`). ``extras`` holds the beams of every depth d = 1..J as a tree:
+        of a row are b query tokens of that row under a tree attention mask (each sees the
+        prompt, its ancestors and itself), so the prompt's keys and values are held once per row,
+        not once per beam, and the cache is never reordered; prompt prefixes common to several
+        rows are run once (see :meth:`prefill`). The distribution p(Y_j | beam) is the one
+        computed during the search, so no second pass is needed. An ended beam (last token EOS)
+        stays at EOS: later positions put all its mass there. ``extras`` holds the beams of every
+        depth d = 1..J as a tree:
         ``beam_tokens`` [B, J, b], ``beam_parents`` [B, J, b] (index of the parent beam at depth
         d - 1, -1 at depth 1) and ``beam_log_probs`` [B, J, b] (-inf for a slot left empty when
         fewer than b prefixes exist); :meth:`score_beam_tree` scores such a tree under other prompts.
@@ -628,17 +632,15 @@ class LanguageModel:
             itself = torch.eye(b, dtype=torch.bool).expand(r, -1, -1)
             ancestors = itself  # [r, b, b * j]: the nodes so far that each current beam descends from
             for j in range(1, J):
-                keys = torch.cat([prompt_keys, ancestors], 2)
-                mask = torch.zeros(keys.shape, dtype=self.dtype, device=self.device)
-                mask.masked_fill_(~keys.to(self.device), torch.finfo(self.dtype).min)
+                sees = torch.cat([prompt_keys, ancestors], 2)
                 out = self.forward(
                     input_ids=tok,
-                    visible=keys[:, 0],
+                    visible=sees[:, 0],
                     positions=(last_pos + j).expand(-1, b),
                     past_key_values=past,
                     use_cache=True,
                     logits_to_keep=b,
-                    attention_mask=mask[:, None],
+                    sees=sees,
                 )
                 past = out.past_key_values
                 logp = out.logits[:, -b:].float().log_softmax(-1).cpu().reshape(r * b, V)
@@ -721,11 +723,9 @@ class LanguageModel:
             marginals[sl, 0] = logp0.exp()
             if D == 0:
                 continue
-            keys = torch.cat(
+            sees = torch.cat(
                 [rows.visible[:, None, :].expand(-1, N, -1), ancestor[None].expand(r, -1, -1)], 2
             )
-            mask = torch.zeros(keys.shape, dtype=self.dtype, device=self.device)
-            mask.masked_fill_(~keys.to(self.device), torch.finfo(self.dtype).min)
             out = self.forward(
                 input_ids=tokens.reshape(1, -1).expand(r, -1),
                 visible=torch.cat([rows.visible, torch.ones(r, N, dtype=torch.bool)], 1),
@@ -733,7 +733,7 @@ class LanguageModel:
                 past_key_values=past,
                 use_cache=True,
                 logits_to_keep=N,
-                attention_mask=mask[:, None],
+                sees=sees,
             )
             logp = out.logits[:, -N:].float().log_softmax(-1).cpu()
             logp = self._absorb(logp.reshape(r * N, V), tokens.reshape(-1).repeat(r)).view(r, D, w, V)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from ..model import LanguageModel
 from .tasks import CLUSTERS, TASKS, Example, either_yes_probability, sample, sentiment_answer, story_weights
 from .tokenizer import build_tokenizer
 
@@ -149,16 +150,6 @@ def batch(rows, pad_id: int):
     return ids, visible, positions, loss
 
 
-def additive_mask(visible: torch.Tensor) -> torch.Tensor:
-    """The causal 4-D mask of :meth:`genattr.model.LanguageModel.attention_mask` for full sequences."""
-    n = visible.shape[1]
-    keys = torch.arange(n)
-    allowed = (keys[None, :] <= keys[:, None])[None] & (
-        visible[:, None, :] | torch.eye(n, dtype=torch.bool)[None]
-    )
-    return torch.zeros(allowed.shape).masked_fill_(~allowed, torch.finfo(torch.float32).min)[:, None]
-
-
 def build_model(cfg: TrainConfig, tokenizer):
     from transformers import AutoModelForCausalLM, LlamaConfig
 
@@ -188,6 +179,7 @@ def train(cfg: TrainConfig, log=print, monitor=None):
     tokenizer = build_tokenizer()
     vocab = tokenizer.get_vocab()
     model = build_model(cfg, tokenizer)
+    lm = LanguageModel(model, tokenizer)  # for its attention masks: training sees masks as attribution does
     model.train()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
@@ -208,7 +200,8 @@ def train(cfg: TrainConfig, log=print, monitor=None):
         ids, visible, positions, loss_mask = batch(
             [training_row(rng, vocab, cfg.augment) for _ in range(cfg.batch_size)], tokenizer.pad_token_id
         )
-        logits = model(input_ids=ids, attention_mask=additive_mask(visible), position_ids=positions).logits
+        mask = lm.attention_mask(visible, torch.arange(visible.shape[1]))
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
         targets = ids[:, 1:][loss_mask[:, :-1]]
         loss = torch.nn.functional.cross_entropy(logits[:, :-1][loss_mask[:, :-1]], targets)
         for group in opt.param_groups:
