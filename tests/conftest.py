@@ -44,26 +44,32 @@ def qwen(lms):
     return lms["qwen2"]
 
 
-@pytest.fixture(scope="session")
-def word_lm(tmp_path_factory):
-    """A Llama model over a word-level vocabulary of 15 tokens (10 words + 5 specials), for
-    enumeration oracles."""
+WORDS = "red blue green cat dog sat ran up down yes"
+
+
+def word_level_lm(directory, *, layers: int, seed: int) -> genattr.LanguageModel:
+    """A Llama over a word-level vocabulary of 15 tokens (the 10 WORDS + 5 specials), saved to
+    ``directory`` and loaded back; its head is sharpened so that beams and greedy paths are far
+    from ties."""
     from transformers import AutoModelForCausalLM
 
-    words = ["red", "blue", "green", "cat", "dog", "sat", "ran", "up", "down", "yes"]
-    tokenizer = tiny.train_tokenizer("word", [" ".join(words)])
+    tokenizer = tiny.train_tokenizer("word", [WORDS])
     config = tiny.model_config(
-        "llama", len(tokenizer), hidden=16, layers=2, heads=2, context=64, tokenizer=tokenizer
+        "llama", len(tokenizer), hidden=16, layers=layers, heads=2, context=64, tokenizer=tokenizer
     )
     with torch.random.fork_rng():
-        torch.manual_seed(3)
+        torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config)
-        # Sharpen the output distribution so that beams and greedy paths are far from ties.
         model.lm_head.weight.data *= 6.0
-    path = tmp_path_factory.mktemp("word") / "model"
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return genattr.load(path)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return genattr.load(directory)
+
+
+@pytest.fixture(scope="session")
+def word_lm(tmp_path_factory):
+    """A two-layer word-level Llama (see :func:`word_level_lm`), for enumeration oracles."""
+    return word_level_lm(tmp_path_factory.mktemp("word") / "model", layers=2, seed=3)
 
 
 def naive_log_probs(lm, prompt_ids, target_ids) -> torch.Tensor:

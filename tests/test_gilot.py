@@ -15,11 +15,12 @@ from scipy.spatial.distance import jensenshannon
 from scipy.stats import entropy as scipy_kl
 
 import genattr
-from genattr import tiny
 from genattr.algorithms.gilot import divergence
 from genattr.errors import InvalidParameterError
 from genattr.masking import Masker
 from genattr.prompt import Prompt
+
+from .conftest import word_level_lm
 
 PROMPT = "The cat sat on the mat. Then a dog runs!"
 WORD_PROMPT = "red cat sat"
@@ -120,20 +121,7 @@ def test_gilot_approaches_enumeration_as_the_beams_grow(word_lm):
 def last_token_lm(tmp_path_factory):
     """A Llama with no transformer layer: its output depends only on the last token (embedding, norm,
     head), so removing any other prompt token cannot change what it writes."""
-    from transformers import AutoModelForCausalLM
-
-    tokenizer = tiny.train_tokenizer("word", ["red blue green cat dog sat ran up down yes"])
-    config = tiny.model_config(
-        "llama", len(tokenizer), hidden=16, layers=0, heads=2, context=64, tokenizer=tokenizer
-    )
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_config(config)
-        model.lm_head.weight.data *= 6.0
-    path = tmp_path_factory.mktemp("last_token") / "model"
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return genattr.load(path)
+    return word_level_lm(tmp_path_factory.mktemp("last_token") / "model", layers=0, seed=0)
 
 
 @pytest.mark.parametrize("distance", ["kl", "ot"])
