@@ -190,6 +190,7 @@ class LanguageModel:
         self.progress: Callable[[int, int], None] | None = None
         self.share_prefix = True  # reuse a common prompt prefix's keys and values when scoring (exact)
         self._cache_shareable: bool | None = None  # whether the model's cache can be cut and joined by rows
+        self._window, self._layer_types = _sliding_window(model.config)
         params = inspect.signature(model.forward).parameters
         self._keeps_logits = "logits_to_keep" in params
         self.eos_ids = self._eos_ids()
@@ -264,13 +265,32 @@ class LanguageModel:
                 self.progress(stop, n_rows)
 
     # ----------------------------------------------------------------- the forward pass
-    def attention_mask(self, visible: torch.Tensor, query_index: torch.Tensor) -> torch.Tensor:
-        """Additive 4-D mask [B, 1, Q, K]: query ``q`` (at key index ``query_index[q]``) sees key ``k``
-        iff ``k <= q`` and key ``k`` is visible or is the query itself."""
+    def attention_mask(self, visible: torch.Tensor, query_index: torch.Tensor):
+        """Additive 4-D mask [B, 1, Q, K] (per layer type, see :meth:`_masks`): query ``q`` (at key
+        index ``query_index[q]``) sees key ``k`` iff ``k <= q`` and key ``k`` is visible or is the
+        query itself. Distances are counted in key indices, which equal position differences
+        between the visible tokens of genattr's rows (hidden tokens keep their positions)."""
         keys = torch.arange(visible.shape[1], device=visible.device)
         causal = keys[None, :] <= query_index[:, None]
         itself = keys[None, :] == query_index[:, None]
-        return self._additive_mask(causal[None] & (visible[:, None, :] | itself[None]))
+        return self._masks(causal[None] & (visible[:, None, :] | itself[None]), query_index[None], keys[None])
+
+    def _masks(self, sees: torch.Tensor, query_positions: torch.Tensor, key_positions: torch.Tensor):
+        """The model's attention mask(s) for a boolean pattern ``sees`` [B, Q, K].
+
+        A custom mask replaces the one the model would build, so a sliding window (Mistral, Gemma,
+        Qwen2 with ``use_sliding_window``) is applied here: a query at position i also stops seeing
+        keys at positions <= i - window, as the model's own masks do. Models mixing sliding and
+        full layers get a mask per layer type.
+        """
+        full = self._additive_mask(sees)
+        if self._window is None:
+            return full
+        near = key_positions[:, None, :] > query_positions[:, :, None] - self._window
+        windowed = self._additive_mask(sees & near)
+        if self._layer_types is None:
+            return windowed
+        return {t: windowed if t == "sliding_attention" else full for t in set(self._layer_types)}
 
     def _additive_mask(self, sees: torch.Tensor) -> torch.Tensor:
         """The additive 4-D mask [B, 1, Q, K] of a boolean [B, Q, K] (query q attends to key k)."""
@@ -290,19 +310,28 @@ class LanguageModel:
         logits_to_keep: int = 0,
         output_attentions: bool = False,
         sees: torch.Tensor | None = None,
+        key_positions: torch.Tensor | None = None,
     ):
         """One forward pass of the model (counted). ``visible`` covers every key so far (cache + new).
 
         ``sees``, a boolean [B, Q, K] (query q attends to key k), replaces the causal pattern built
-        from ``visible`` (for patterns that are not causal over one sequence: a tree of beams).
+        from ``visible`` (for patterns that are not causal over one sequence: a tree of beams);
+        ``key_positions`` [B, K] then gives every key's position (for sliding windows). A cache
+        is always a plain :class:`~transformers.DynamicCache` holding every key, so that custom
+        masks and shared prefixes see all of them (the window is in the mask).
         """
+        from transformers import DynamicCache
+
         q_len = (input_ids if input_ids is not None else inputs_embeds).shape[1]
         batch = visible.shape[0]
         total = visible.shape[1]
-        mask = None if sees is None else self._additive_mask(sees)
-        if mask is None and not bool(visible.all()):
-            query_index = torch.arange(total - q_len, total, device=visible.device)
-            mask = self.attention_mask(visible, query_index)
+        mask = None
+        if sees is not None:
+            mask = self._masks(sees, positions, key_positions)
+        elif not bool(visible.all()):
+            mask = self.attention_mask(visible, torch.arange(total - q_len, total, device=visible.device))
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache()
         kwargs = {
             "attention_mask": mask,
             "position_ids": positions.to(self.device),
@@ -633,6 +662,7 @@ class LanguageModel:
             ancestors = itself  # [r, b, b * j]: the nodes so far that each current beam descends from
             for j in range(1, J):
                 sees = torch.cat([prompt_keys, ancestors], 2)
+                node_positions = last_pos + 1 + torch.arange(j).repeat_interleave(b)[None]
                 out = self.forward(
                     input_ids=tok,
                     visible=sees[:, 0],
@@ -641,6 +671,7 @@ class LanguageModel:
                     use_cache=True,
                     logits_to_keep=b,
                     sees=sees,
+                    key_positions=torch.cat([rows.positions, node_positions], 1),
                 )
                 past = out.past_key_values
                 logp = out.logits[:, -b:].float().log_softmax(-1).cpu().reshape(r * b, V)
@@ -726,14 +757,16 @@ class LanguageModel:
             sees = torch.cat(
                 [rows.visible[:, None, :].expand(-1, N, -1), ancestor[None].expand(r, -1, -1)], 2
             )
+            node_positions = rows.positions[:, -1:] + 1 + depth[None]
             out = self.forward(
                 input_ids=tokens.reshape(1, -1).expand(r, -1),
                 visible=torch.cat([rows.visible, torch.ones(r, N, dtype=torch.bool)], 1),
-                positions=rows.positions[:, -1:] + 1 + depth[None],
+                positions=node_positions,
                 past_key_values=past,
                 use_cache=True,
                 logits_to_keep=N,
                 sees=sees,
+                key_positions=torch.cat([rows.positions, node_positions], 1),
             )
             logp = out.logits[:, -N:].float().log_softmax(-1).cpu()
             logp = self._absorb(logp.reshape(r * N, V), tokens.reshape(-1).repeat(r)).view(r, D, w, V)
@@ -767,6 +800,19 @@ class LanguageModel:
             logits_to_keep=1,
         )
         return out.logits[:, -1], out.past_key_values
+
+
+def _sliding_window(config) -> tuple[int | None, list[str] | None]:
+    """(window, layer types) of a model with sliding-window attention, else (None, None); layer
+    types None when every layer slides (Mistral)."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    window = getattr(config, "sliding_window", None)
+    types = getattr(config, "layer_types", None)
+    if window is None or (types is not None and "sliding_attention" not in types):
+        return None, None
+    if types is not None and all(t == "sliding_attention" for t in types):
+        types = None
+    return int(window), None if types is None else list(types)
 
 
 def _lexicographic_order(key: torch.Tensor) -> torch.Tensor:
