@@ -11,6 +11,7 @@ import torch
 import genattr
 import genattr.model
 from genattr import tiny
+from genattr.errors import UnsupportedModelError
 from genattr.masking import Masker
 from genattr.prompt import Prompt
 
@@ -86,3 +87,21 @@ def test_beams_under_a_sliding_window_match_one_call_per_prefix(sliding_lm):
         torch.testing.assert_close(search.mass[row].double(), mass, atol=1e-6, rtol=1e-4)
         scored = lm.score_beam_tree(inputs.rows(slice(row, row + 1)), tokens, parents)
         torch.testing.assert_close(scored.marginals[0].double(), marginals, atol=1e-5, rtol=0)
+
+
+def test_layers_of_other_kinds_are_refused_only_where_genattr_builds_masks():
+    """A model declaring chunked-attention layers: genattr cannot reproduce that pattern in its own
+    masks, so hiding tokens is refused with a typed error, while replacing them (the model's own
+    masks) still works."""
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = tiny.train_tokenizer("word", [WORDS])
+    config = tiny.model_config(
+        "llama", len(tokenizer), hidden=16, layers=2, heads=2, context=64, tokenizer=tokenizer
+    )
+    config.layer_types = ["chunked_attention", "full_attention"]
+    lm = genattr.load(model=AutoModelForCausalLM.from_config(config), tokenizer=tokenizer)
+    with pytest.raises(UnsupportedModelError, match="chunked_attention.*mask='replace'"):
+        genattr.explain(lm, PROMPT, target=" up", method="leave_one_out", mask="attention")
+    res = genattr.explain(lm, PROMPT, target=" up", method="leave_one_out", mask="replace")
+    assert len(res.scores) == len(PROMPT.split())

@@ -58,6 +58,10 @@ class ModelLoadError(GenattrError, OSError):
     """The model or tokenizer could not be loaded (missing path, unreadable files, no network)."""
 
 
+class UnsupportedModelError(GenattrError, ValueError):
+    """The model uses a feature genattr cannot reproduce in its own attention masks."""
+
+
 class NumericalError(GenattrError, FloatingPointError):
     """The model produced NaN or infinite values."""
 

@@ -41,6 +41,7 @@ from .errors import (
     InvalidParameterError,
     ModelLoadError,
     NumericalError,
+    UnsupportedModelError,
 )
 
 DEFAULT_MAX_BATCH_TOKENS = 8192
@@ -283,6 +284,13 @@ class LanguageModel:
         keys at positions <= i - window, as the model's own masks do. Models mixing sliding and
         full layers get a mask per layer type.
         """
+        unknown = set(self._layer_types or ()) - {"full_attention", "sliding_attention"}
+        if unknown:
+            raise UnsupportedModelError(
+                f"this model has {', '.join(sorted(unknown))} layers, whose masks genattr cannot build; "
+                "genattr supports full and sliding-window attention. Use mask='replace' with a method "
+                "that needs no custom mask (perturbation or gradient methods), or another model."
+            )
         full = self._additive_mask(sees)
         if self._window is None:
             return full
@@ -804,10 +812,13 @@ class LanguageModel:
 
 def _sliding_window(config) -> tuple[int | None, list[str] | None]:
     """(window, layer types) of a model with sliding-window attention, else (None, None); layer
-    types None when every layer slides (Mistral)."""
+    types None when every layer slides (Mistral), and kept whenever a layer is of a kind other than
+    full or sliding attention (chunked, linear), which :meth:`LanguageModel._masks` refuses."""
     config = config.get_text_config() if hasattr(config, "get_text_config") else config
     window = getattr(config, "sliding_window", None)
     types = getattr(config, "layer_types", None)
+    if types is not None and set(types) - {"full_attention", "sliding_attention"}:
+        return window, list(types)  # refused by LanguageModel._masks
     if window is None or (types is not None and "sliding_attention" not in types):
         return None, None
     if types is not None and all(t == "sliding_attention" for t in types):
