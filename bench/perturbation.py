@@ -229,6 +229,23 @@ def measure_memory(cache: Path, threads: int) -> dict:
 
 
 # --------------------------------------------------------------------- report
+def work_lines(case: Case, timings: dict) -> list[str]:
+    """Tokens each run puts through the model, and wall time per token: genattr's counted, the
+    peers' one forward pass over prompt + target per evaluation (Captum evaluates the prompt once,
+    then every ablation, or every coalition of each permutation, with ``forward_in_tokens=False``)."""
+    F, T = len(case.prompt_ids) - 1, len(case.prompt_ids) + len(case.target_ids)
+    peers = {
+        "captum FeatureAblation (forward_in_tokens=False)": (1 + F) * T,
+        "captum ShapleyValueSampling (forward_in_tokens=False)": (1 + N_SAMPLES * F) * T,
+    }
+    lines = ["work (tokens through the model per call; wall time per token):"]
+    for name, (timing, result) in timings.items():
+        tokens = result.diagnostics["tokens_processed"] if name.startswith("genattr") else peers.get(name)
+        if tokens:
+            lines.append(f"  {name:<54} {tokens:>8} tokens  {timing.best / tokens * 1e6:6.1f} us/token")
+    return lines
+
+
 def print_times(timings: dict) -> None:
     print(f"{'run':<56} {'best s':>9} {'median s':>9}  repeats")
     for name, (timing, _) in timings.items():
@@ -292,6 +309,8 @@ def main() -> None:
     print_times(timings)
     if ratios := ratio_lines(timings):
         print("", *ratios, sep="\n")
+    print()
+    print(*work_lines(case, timings), sep="\n")
     print()
     print(*values, sep="\n")
     print(
