@@ -74,10 +74,14 @@ def test_too_many_features_for_exact_shapley(llama):
         )
 
 
-def test_every_error_is_a_genattr_error_and_a_builtin():
+def test_every_error_is_a_genattr_error_and_a_builtin_and_every_warning_a_genattr_warning():
     for name in dir(errors):
         cls = getattr(errors, name)
-        if isinstance(cls, type) and issubclass(cls, Exception) and cls is not errors.GenattrError:
+        if not isinstance(cls, type) or cls in (errors.GenattrError, errors.GenattrWarning):
+            continue
+        if issubclass(cls, Warning):
+            assert issubclass(cls, errors.GenattrWarning)
+        elif issubclass(cls, Exception):
             assert issubclass(cls, errors.GenattrError)
     assert issubclass(errors.InputError, ValueError)
     assert issubclass(errors.ModelLoadError, OSError)

@@ -397,3 +397,23 @@ def test_shared_prefix_scoring_is_exact_and_runs_fewer_tokens(lm, strategy):
         lm.target_distributions(inputs.rows(slice(0, 6)), target), dist_full, atol=1e-5, rtol=0
     )
     assert shared_tokens < 0.75 * full_tokens
+
+
+def test_an_uncached_hub_id_without_network_fails_at_once(tmp_path, monkeypatch):
+    """The hub endpoint is a closed loopback port, so the test means the same with or without
+    network: a typed error within seconds that says to use a local path."""
+    import socket
+    import time
+
+    from huggingface_hub import constants
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again when the block ends
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    started = time.perf_counter()
+    with pytest.raises(ModelLoadError, match="not in the hub cache.*did not answer.*local model directory"):
+        genattr.load("someone/some-model")
+    assert time.perf_counter() - started < 5

@@ -20,7 +20,7 @@ from rich.table import Table
 
 from . import registry
 from .api import explain
-from .errors import TooManyFeaturesError
+from .errors import GenattrWarning, TooManyFeaturesError
 from .evaluate import ground_truth
 from .model import load
 from .result import write_atomic
@@ -31,13 +31,17 @@ DEMO_SEED = 7
 
 
 def _explain(lm, method, ex, notes: dict[str, list[str]]):
-    """Explain ``ex`` with ``method``; the method's warnings are collected into ``notes``."""
+    """Explain ``ex`` with ``method``; genattr's own warnings are collected into ``notes``."""
     params = {"k": len(ex.ground_truth)} if "k" in registry.get(method).params else {}
     target = ex.answer if registry.get(method).needs_target else None
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+        warnings.simplefilter("always", GenattrWarning)
         res = explain(lm, ex.prompt, target=target, method=method, seed=0, **params)
-    notes.setdefault(method, []).extend(str(w.message) for w in caught)
+    ours = [w for w in caught if issubclass(w.category, GenattrWarning)]
+    notes.setdefault(method, []).extend(str(w.message) for w in ours)
+    for w in caught:  # other libraries' warnings are passed on as they came
+        if w not in ours:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return res
 
 

@@ -4,7 +4,7 @@ wrong, the limit where there is one, and what to do.
 All of them derive from :class:`GenattrError`, so ``except genattr.errors.GenattrError``
 catches every error the library raises on purpose (the CLI turns them into exit code 2).
 They also derive from the matching built-in (``ValueError``, ``OSError``, ...), so code that
-already catches those keeps working.
+already catches those keeps working. Warnings derive from :class:`GenattrWarning`.
 """
 
 from __future__ import annotations
@@ -68,3 +68,18 @@ class NumericalError(GenattrError, FloatingPointError):
 
 class ResultFormatError(GenattrError, ValueError):
     """A saved attribution file is malformed, tampered with, or of an unknown schema."""
+
+
+class GenattrWarning(UserWarning):
+    """Base class of the warnings genattr issues: filter ``GenattrWarning`` to see or silence
+    exactly genattr's own (third-party libraries warn under their own categories)."""
+
+
+class ConvergenceWarning(GenattrWarning):
+    """An iterative computation stopped short of its tolerance: integrated gradients missing
+    completeness, an optimal-transport solver that did not converge."""
+
+
+class LowBeamMassWarning(GenattrWarning):
+    """GiLOT's beams cover too little probability for the beam-marginalised distribution to be
+    reliable (the paper's boundary case, Section 6)."""

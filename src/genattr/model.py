@@ -24,6 +24,7 @@ logits raise :class:`~genattr.errors.NumericalError`.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import os
 import re
@@ -194,6 +195,8 @@ class LanguageModel:
         self._window, self._layer_types = _sliding_window(model.config)
         params = inspect.signature(model.forward).parameters
         self._keeps_logits = "logits_to_keep" in params
+        # transformers 5.24 renamed forward's ``past_key_values`` to ``cache`` (the old name warns).
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
         self.eos_ids = self._eos_ids()
 
     # ----------------------------------------------------------------- properties
@@ -313,7 +316,7 @@ class LanguageModel:
         inputs_embeds: torch.Tensor | None = None,
         visible: torch.Tensor,
         positions: torch.Tensor,
-        past_key_values=None,
+        cache=None,
         use_cache: bool = False,
         logits_to_keep: int = 0,
         output_attentions: bool = False,
@@ -321,6 +324,9 @@ class LanguageModel:
         key_positions: torch.Tensor | None = None,
     ):
         """One forward pass of the model (counted). ``visible`` covers every key so far (cache + new).
+
+        The cache goes in under the name the installed transformers expects (``cache`` from 5.24,
+        ``past_key_values`` before); read the returned one with :func:`returned_cache`.
 
         ``sees``, a boolean [B, Q, K] (query q attends to key k), replaces the causal pattern built
         from ``visible`` (for patterns that are not causal over one sequence: a tree of beams);
@@ -338,13 +344,13 @@ class LanguageModel:
             mask = self._masks(sees, positions, key_positions)
         elif not bool(visible.all()):
             mask = self.attention_mask(visible, torch.arange(total - q_len, total, device=visible.device))
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache()
+        if use_cache and cache is None:
+            cache = DynamicCache()
         kwargs = {
             "attention_mask": mask,
             "position_ids": positions.to(self.device),
             "use_cache": use_cache,
-            "past_key_values": past_key_values,
+            self._cache_arg: cache,
         }
         if output_attentions:
             kwargs["output_attentions"] = True
@@ -401,7 +407,7 @@ class LanguageModel:
             input_ids=ids[:, done:],
             visible=visible,
             positions=positions[:, done:],
-            past_key_values=past,
+            cache=past,
             use_cache=past is not None,
             logits_to_keep=n,
         )
@@ -440,11 +446,11 @@ class LanguageModel:
                 input_ids=level.input_ids[:, done:s],
                 visible=level.visible[:, :s],
                 positions=level.positions[:, done:s],
-                past_key_values=None if past is None else _gather_cache(past, node[first]),
+                cache=None if past is None else _gather_cache(past, node[first]),
                 use_cache=True,
                 logits_to_keep=1,
             )
-            past, done, node = out.past_key_values, s, starts.long().cumsum(0) - 1
+            past, done, node = returned_cache(out), s, starts.long().cumsum(0) - 1
             self._cache_shareable = _plain_cache(past)
             if not self._cache_shareable:
                 return 0, None
@@ -610,11 +616,11 @@ class LanguageModel:
                     input_ids=best[:, None],
                     visible=visible,
                     positions=(last_pos + step + 1)[:, None],
-                    past_key_values=past,
+                    cache=past,
                     use_cache=True,
                     logits_to_keep=1,
                 )
-                logits, past = out.logits[:, -1], out.past_key_values
+                logits, past = out.logits[:, -1], returned_cache(out)
             tokens += seqs
             log_probs += lps
             stopped += done
@@ -675,13 +681,13 @@ class LanguageModel:
                     input_ids=tok,
                     visible=sees[:, 0],
                     positions=(last_pos + j).expand(-1, b),
-                    past_key_values=past,
+                    cache=past,
                     use_cache=True,
                     logits_to_keep=b,
                     sees=sees,
                     key_positions=torch.cat([rows.positions, node_positions], 1),
                 )
-                past = out.past_key_values
+                past = returned_cache(out)
                 logp = out.logits[:, -b:].float().log_softmax(-1).cpu().reshape(r * b, V)
                 logp = self._absorb(logp, tok.reshape(-1)).view(r, b, V)
                 weights = cum.softmax(-1)
@@ -770,7 +776,7 @@ class LanguageModel:
                 input_ids=tokens.reshape(1, -1).expand(r, -1),
                 visible=torch.cat([rows.visible, torch.ones(r, N, dtype=torch.bool)], 1),
                 positions=node_positions,
-                past_key_values=past,
+                cache=past,
                 use_cache=True,
                 logits_to_keep=N,
                 sees=sees,
@@ -803,11 +809,18 @@ class LanguageModel:
             input_ids=rows.input_ids[:, done:],
             visible=rows.visible,
             positions=rows.positions[:, done:],
-            past_key_values=past,
+            cache=past,
             use_cache=True,
             logits_to_keep=1,
         )
-        return out.logits[:, -1], out.past_key_values
+        return out.logits[:, -1], returned_cache(out)
+
+
+def returned_cache(output):
+    """The key/value cache a model's forward returned, under either name (``cache`` from
+    transformers 5.24, ``past_key_values`` before), without touching the deprecated alias."""
+    names = {f.name for f in dataclasses.fields(output)}
+    return getattr(output, "cache" if "cache" in names else "past_key_values")
 
 
 def _sliding_window(config) -> tuple[int | None, list[str] | None]:
@@ -892,6 +905,34 @@ PREFILL_CALL_TOKENS = 128
 """The cost of one more forward pass, in tokens, when rows share prompt prefixes (see :func:`_prefix_cuts`)."""
 
 
+HUB_PROBE_SECONDS = 3.0
+"""How long :func:`load` waits for the hub to answer before treating it as unreachable."""
+
+
+def _hub_options(repo_id: str) -> dict:
+    """``from_pretrained`` options for a hub id: none when the hub answers; the local cache only
+    when it does not but the model is cached; otherwise a :class:`ModelLoadError` at once,
+    instead of transformers' minute of retries."""
+    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.utils import get_session
+
+    if constants.HF_HUB_OFFLINE:
+        why = "HF_HUB_OFFLINE is set"
+    else:
+        try:
+            get_session().head(constants.ENDPOINT, timeout=HUB_PROBE_SECONDS)
+            return {}
+        except Exception as exc:  # no answer, whatever the reason, means the hub is out of reach
+            why = f"the hub at {constants.ENDPOINT} did not answer ({type(exc).__name__})"
+    if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+        return {"local_files_only": True}
+    raise ModelLoadError(
+        f"{repo_id!r} is not a local directory, not in the hub cache ({constants.HF_HUB_CACHE}), and {why}; "
+        "pass a local model directory (or a GGUF file), or download the model on a machine with network "
+        "and copy the cache."
+    )
+
+
 def load(
     path_or_id: str | os.PathLike | None = None,
     *,
@@ -939,6 +980,8 @@ def load(
             "(a directory holding config.json, the weights and the tokenizer files)."
         )
     common = {"trust_remote_code": trust_remote_code, **from_pretrained_kwargs}
+    if not os.path.isdir(source):
+        common = {**_hub_options(source), **common}
     try:
         tok = AutoTokenizer.from_pretrained(source, **common)
         mdl = AutoModelForCausalLM.from_pretrained(

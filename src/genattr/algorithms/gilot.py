@@ -60,7 +60,7 @@ import warnings
 import torch
 
 from .. import ot
-from ..errors import InvalidParameterError
+from ..errors import ConvergenceWarning, InvalidParameterError, LowBeamMassWarning
 from ..model import LanguageModel
 from ..problem import Problem
 from ..registry import register
@@ -198,6 +198,7 @@ class Gilot(Method):
                 f"gilot: the {b} beams cover only {float(confidence[low]):.3f} of the probability at "
                 f"output position {low + 1} (below mass_threshold={self.mass_threshold}), so the estimated "
                 "p(Y_j) is rough there (the paper's boundary case): raise num_beams or lower n_positions.",
+                LowBeamMassWarning,
                 stacklevel=2,
             )
         ids = search.sequences[0, 0].tolist()
@@ -236,6 +237,7 @@ class Gilot(Method):
             warnings.warn(
                 f"gilot: the {self.solver} solver did not converge on {unconverged} of {F * J} OT problems "
                 f"(largest marginal error {float(result.marginal_error.max()):.2e}); raise max_iter or tol.",
+                ConvergenceWarning,
                 stacklevel=3,
             )
         diagnostics = {

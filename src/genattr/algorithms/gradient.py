@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import torch
 
+from ..errors import ConvergenceWarning
 from ..problem import Problem
 from ..registry import register
 from ._embedding import (
@@ -184,6 +185,7 @@ class _IntegratedGradients(Method):
             warnings.warn(
                 f"{self.name}: the attributions miss F(x) - F(x') by {relative:.0%} (convergence delta "
                 f"{float(deltas[-1]):.4g}) with n_steps={self.n_steps}; {advice}.",
+                ConvergenceWarning,
                 stacklevel=2,
             )
         return Output(scores, tokens, diagnostics=diagnostics)
