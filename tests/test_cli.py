@@ -118,10 +118,10 @@ def test_bad_input_exits_2_with_one_line(model_dirs, tmp_path, capsys, argv, mes
     assert len(err.splitlines()) == 1 and "Traceback" not in err
 
 
-def test_unknown_method_is_an_argparse_error(capsys):
-    with pytest.raises(SystemExit) as info:
-        main(["explain", "--model", "x", "--method", "magic", "hi"])
-    assert info.value.code == 2
+def test_unknown_method_exits_2_before_loading_the_model(capsys):
+    assert main(["explain", "--model", "no/such-model", "--method", "magic", "hi"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown method 'magic'" in err and "leave_one_out" in err and "hub" not in err
 
 
 def test_console_script_runs_without_traceback(tmp_path):
@@ -132,6 +132,27 @@ def test_console_script_runs_without_traceback(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def _cli(*argv: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "genattr.cli", *argv], capture_output=True, text=True, timeout=300, env=env
+    )
+
+
+def test_explain_prints_only_genattr_output_and_verbose_brings_transformers_back(model_dirs):
+    """No loading bars, no transformers logging, no deprecation text of any library on a run
+    with default settings; ``--verbose`` lets transformers speak again."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "TRANSFORMERS_VERBOSITY"}
+    argv = ["explain", "--model", str(model_dirs["llama"]), "--max-new-tokens", "3", "hi there"]
+    quiet = _cli(*argv, env=env)
+    assert quiet.returncode == 0 and "leave_one_out" in quiet.stdout
+    assert quiet.stderr == ""
+    assert not re.search("deprecat|past_key_values|warn", quiet.stdout, re.IGNORECASE)
+    loud = _cli(*argv, "--verbose", env={**env, "TRANSFORMERS_VERBOSITY": "info"})
+    assert loud.returncode == 0 and "loading" in loud.stderr.lower()
 
 
 def test_demo_runs_end_to_end(tmp_path, capsys):

@@ -5,19 +5,55 @@
 >>> res = genattr.explain(lm, "The capital of France is", target=" Paris")      # doctest: +SKIP
 >>> res.top(3); res.save("out.json"); genattr.Attribution.load("out.json")       # doctest: +SKIP
 >>> genattr.methods()                                                           # doctest: +SKIP
+
+The names below load on first use, so ``import genattr`` (and ``genattr --help``) does not
+import torch or transformers.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from . import errors
+from .defaults import MASKS
+from .segment import LEVELS
 
 __version__ = "0.1.0"
 
-from . import errors
-from .api import explain
-from .masking import MASKS
-from .model import Inputs, LanguageModel, load
-from .prompt import Feature, Prompt
-from .registry import MethodInfo, methods
-from .result import Attribution
-from .segment import LEVELS
-from .target import Target
+_LAZY = {
+    "Attribution": "result",
+    "Feature": "prompt",
+    "Inputs": "model",
+    "LanguageModel": "model",
+    "MethodInfo": "registry",
+    "Prompt": "prompt",
+    "Target": "target",
+    "explain": "api",
+    "load": "model",
+    "methods": "registry",
+}
+
+if TYPE_CHECKING:
+    from .api import explain
+    from .model import Inputs, LanguageModel, load
+    from .prompt import Feature, Prompt
+    from .registry import MethodInfo, methods
+    from .result import Attribution
+    from .target import Target
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'genattr' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "Attribution",

@@ -8,13 +8,14 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from . import registry
+from .defaults import DEFAULT_MASK, DEFAULT_MAX_NEW_TOKENS
 from .errors import InputError, NumericalError
-from .masking import DEFAULT_MASK, Masker
+from .masking import Masker
 from .model import LanguageModel, load
 from .problem import Problem
 from .prompt import Prompt
 from .result import Attribution
-from .target import DEFAULT_MAX_NEW_TOKENS, resolve_target
+from .target import resolve_target
 
 
 def _as_prompt(lm: LanguageModel, prompt) -> Prompt:

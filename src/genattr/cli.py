@@ -1,7 +1,8 @@
-"""The ``genattr`` command line: explain | methods | render | demo.
+"""The ``genattr`` command line: explain | methods | render | benchmark | demo.
 
 Exit status 0 on success, 2 with a one-line message on bad input (never a traceback for the
-errors of :mod:`genattr.errors`).
+errors of :mod:`genattr.errors`). torch and transformers are imported only by the commands that
+need them, and transformers' logging and progress bars stay silent unless ``--verbose``.
 
     genattr explain --model PATH --method leave_one_out --target " Paris" "The capital of France is"
     genattr methods
@@ -18,19 +19,24 @@ from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from . import __version__, registry
+from . import __version__
+from .defaults import BASELINE_NAMES, DEFAULT_MASK, DEFAULT_MAX_NEW_TOKENS, MASKS
 from .errors import GenattrError, InputError
-from .masking import BASELINE_NAMES, DEFAULT_MASK, MASKS
 from .segment import LEVELS
-from .target import DEFAULT_MAX_NEW_TOKENS
 
 
-def _quiet_transformers() -> None:
+def _configure_transformers(verbose: bool) -> None:
+    """Silence transformers' and the hub's logging and progress bars (weight loading, GGUF
+    conversion, downloads) unless ``verbose``."""
+    if verbose:
+        return
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    from huggingface_hub.utils import disable_progress_bars
     from transformers.utils import logging
 
     logging.set_verbosity_error()
     logging.disable_progress_bar()
+    disable_progress_bars()
 
 
 def _param(text: str) -> tuple[str, object]:
@@ -49,8 +55,8 @@ def _baseline(text: str) -> int | str:
 
 @contextmanager
 def progress_bar(lm, enabled: bool, label: str = "scoring"):
-    """A rich progress bar fed by the model's chunk callback (shown on stderr)."""
-    if not enabled:
+    """A rich progress bar fed by the model's chunk callback (shown on stderr, when it is a terminal)."""
+    if not enabled or not sys.stderr.isatty():
         yield
         return
     from rich.console import Console
@@ -77,9 +83,12 @@ def progress_bar(lm, enabled: bool, label: str = "scoring"):
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    from . import registry
     from .api import explain
     from .model import load
 
+    registry.get(args.method)  # an unknown name fails before the model loads
+    _configure_transformers(args.verbose)
     lm = load(args.model, device=args.device, dtype=args.dtype)
     params = dict(args.param or [])
     with progress_bar(lm, not args.quiet):
@@ -107,6 +116,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
+    from . import registry
+
     if args.markdown:
         print(registry.markdown_table())
         return 0
@@ -127,8 +138,11 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
+    from . import registry
     from .evaluate.benchmark import load_items, run_benchmark
     from .model import load
+
+    _configure_transformers(args.verbose)
 
     methods = (
         registry.names()
@@ -164,8 +178,12 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
+    _configure_transformers(args.verbose)
     run_demo(out=args.out, quick=args.quick)
     return 0
+
+
+VERBOSE_HELP = "show transformers' own logging and progress bars (model loading, GGUF conversion)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,11 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("prompt", help="the prompt text")
     ex.add_argument("--model", default="zoo", help="a local model directory, a hub id, or zoo (default)")
     ex.add_argument(
-        "--method",
-        default="leave_one_out",
-        choices=registry.names(),
-        metavar="NAME",
-        help="attribution method (see `genattr methods`)",
+        "--method", default="leave_one_out", metavar="NAME", help="attribution method (see `genattr methods`)"
     )
     group = ex.add_mutually_exclusive_group()
     group.add_argument("--target", help="the continuation to explain (default: the model's greedy output)")
@@ -215,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--json", help="write the result as JSON to this file")
     ex.add_argument("--html", help="write a self-contained HTML page to this file")
     ex.add_argument("--quiet", "-q", action="store_true", help="no terminal output or progress bar")
+    ex.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     ex.set_defaults(func=cmd_explain)
 
     me = sub.add_parser("methods", help="list the registered methods")
@@ -244,11 +259,13 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--device", default=None)
     be.add_argument("--dtype", default=None)
     be.add_argument("--quiet", "-q", action="store_true")
+    be.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     be.set_defaults(func=cmd_benchmark)
 
     de = sub.add_parser("demo", help="run the demo on the embedded default model")
     de.add_argument("--out", default="demo.html", help="the HTML report to write")
     de.add_argument("--quick", action="store_true", help="fewer examples")
+    de.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     de.set_defaults(func=cmd_demo)
     return parser
 
@@ -256,7 +273,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _quiet_transformers()
     try:
         return args.func(args)
     except GenattrError as exc:

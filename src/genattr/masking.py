@@ -36,14 +36,11 @@ from collections.abc import Sequence
 
 import torch
 
+from .defaults import BASELINE_NAMES, DEFAULT_MASK, MASKS
 from .errors import UnknownMaskError
 from .model import Inputs, LanguageModel
 from .prompt import Prompt
 from .segment import Feature
-
-MASKS = ("attention", "replace", "delete")
-BASELINE_NAMES = ("pad", "unk", "eos", "bos", "mask")
-DEFAULT_MASK = "attention"
 
 
 def resolve_baseline(tokenizer, baseline: int | str | None, vocab_size: int) -> int:
