@@ -3,17 +3,23 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LOCK := requirements/lock.txt
+TORCH := requirements/torch.txt
+LATEST := .venv-latest
+OLDEST := .venv-oldest
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench test-latest test-oldest lock clean
 
 setup: $(STAMP)
 
-# torch is installed first and pinned, so that no package pulls a CUDA build.
-$(STAMP): pyproject.toml
+# Every package at the version the lock pins; torch is installed first, so nothing pulls a CUDA build.
+$(STAMP): pyproject.toml $(LOCK)
+	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -c $(LOCK) pip
+	$(BIN)/pip install --quiet -c $(LOCK) torch
+	$(BIN)/pip install --quiet -c $(LOCK) -e '.[dev]'
+	$(BIN)/pip check
 	touch $(STAMP)
 
 demo: setup
@@ -27,11 +33,42 @@ lint: setup
 	$(BIN)/ruff format --check src tests bench
 
 bench: setup
-	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/pip install --quiet -c $(TORCH) -e '.[dev,bench]'
 	$(BIN)/python bench/perturbation.py
 	$(BIN)/python bench/gradients.py
 	$(BIN)/python bench/gilot.py
 	$(BIN)/python bench/xprompt.py
 
+# A fresh venv at $(1) with torch from $(TORCH), then genattr with the newest releases its ranges
+# admit, or the versions the constraints file $(2) pins.
+define venv
+	rm -rf $(1)
+	$(PYTHON) -m venv $(1)
+	$(1)/bin/pip install --quiet --upgrade pip
+	$(1)/bin/pip install --quiet -c $(TORCH) torch
+	$(1)/bin/pip install --quiet -c $(TORCH) $(if $(2),-c $(2)) -e '.[dev]'
+	$(1)/bin/pip check
+	$(1)/bin/pip freeze --all --exclude-editable > $(1)/versions.txt
+endef
+
+# The suite on the newest releases pyproject.toml admits (what a user's fresh install gets today).
+test-latest:
+	$(call venv,$(LATEST))
+	grep -iE '^(torch|transformers|tokenizers|huggingface.hub|pot|numpy)==' $(LATEST)/versions.txt
+	$(LATEST)/bin/python -m pytest -q
+
+# The suite on the lowest versions pyproject.toml admits (requirements/floors.txt).
+test-oldest:
+	$(call venv,$(OLDEST),requirements/floors.txt)
+	$(OLDEST)/bin/python -m pytest -q
+
+# Refresh the lock: the newest releases the ranges admit, every package pinned. Run `make test`
+# (and commit the lock) after it.
+lock:
+	$(call venv,$(LATEST))
+	{ echo "# Every package make installs, pinned; written by 'make lock' on $$(date -u +%F)."; \
+	  sed -E 's/^(torch==[^+]*)\+.*/\1/' $(LATEST)/versions.txt; } > $(LOCK).tmp
+	mv $(LOCK).tmp $(LOCK)
+
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LATEST) $(OLDEST) build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -47,9 +47,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy.integrate import trapezoid
 
+from ..defaults import DEFAULT_MASK
 from ..errors import InputError
-from ..masking import DEFAULT_MASK, Masker
+from ..masking import Masker
 from ..model import LanguageModel
 from ..result import Attribution
 from .ground_truth import ranking
@@ -92,11 +94,11 @@ class Curves:
 
     @property
     def auc_morf(self) -> float:
-        return 100 * float(np.trapezoid(self.morf, self.fractions))
+        return 100 * float(trapezoid(self.morf, self.fractions))
 
     @property
     def auc_lerf(self) -> float:
-        return 100 * float(np.trapezoid(self.lerf, self.fractions))
+        return 100 * float(trapezoid(self.lerf, self.fractions))
 
     @property
     def abpc(self) -> float:

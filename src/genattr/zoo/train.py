@@ -228,6 +228,10 @@ def save(model, tokenizer, out: Path, card: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+    # transformers 5 writes its own class name, which 4.x cannot resolve; this name both know.
+    config = json.loads((out / "tokenizer_config.json").read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
     (out / "card.json").write_text(json.dumps(card, indent=1) + "\n")
     from .card import model_card_markdown
 
