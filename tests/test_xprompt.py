@@ -5,6 +5,7 @@ seeded reproducibility, one forward pass per batch of proposals)."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import random
@@ -20,6 +21,8 @@ from genattr.masking import Masker
 from genattr.problem import Problem
 from genattr.prompt import Prompt
 from genattr.target import resolve_target
+
+from .conftest import word_level_lm
 
 PROMPT = "The cat sat on the mat. Then a dog runs!"
 TARGET = " and the bird sings"
@@ -124,7 +127,8 @@ def test_relaxation_is_replace_masking_and_its_gradient_matches_finite_differenc
     with torch.no_grad():
         values = relaxed_log_likelihood(problem, shifted).double()
     central = (values[0::2] - values[1::2]) / (2 * eps)
-    gradient = mask_gradient(problem)
+    log_likelihood, gradient = mask_gradient(problem)
+    assert log_likelihood == pytest.approx(float(problem.evaluate(keep[:1])[0, 0]), abs=5e-5)
     assert gradient.abs().max() > 0.01  # far above the tolerance: the comparison can fail
     torch.testing.assert_close(gradient, central, atol=1e-3, rtol=0.05)
 
@@ -134,7 +138,85 @@ def test_initial_mask_is_the_top_k_gradient(llama):
     out = _run(problem, k=3, n_iter=0)
     g = np.abs(out.extras["gradient"])
     assert sorted(out.extras["chosen"]) == sorted(np.argsort(-g, kind="stable")[:3].tolist())
-    np.testing.assert_allclose(out.extras["gradient"], mask_gradient(problem).numpy(), atol=1e-7)
+    log_likelihood, log_gradient = mask_gradient(problem)
+    expected = -math.exp(log_likelihood) * log_gradient.numpy()
+    np.testing.assert_allclose(out.extras["gradient"], expected, rtol=1e-6, atol=0)
+
+
+@pytest.fixture(scope="module")
+def sharp_lm(tmp_path_factory):
+    """conftest's word-level Llama with its head sharpened 40 times more: on SHARP the paper's
+    guidance g is far from flat (0.62 on one word, under 0.02 on the others) and p(y | x) = 0.16,
+    so the paper's softmax(g), the log form's and the uniform distribution are far apart."""
+    lm = word_level_lm(tmp_path_factory.mktemp("sharp") / "model", layers=2, seed=3)
+    with torch.no_grad():
+        lm.model.lm_head.weight.mul_(40.0)
+    return lm
+
+
+SHARP = ("ran yes red cat", " sat")
+
+
+def _central_differences(problem: Problem, eps: float = 1e-2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Oracle: dL/dm and d log p(y | m (.) x) / dm at m = 1 by central differences of the relaxed
+    likelihood, L = p(y | x) - p(y | m (.) x) of Eq. 3 (p(y | x) is constant in m)."""
+    F = problem.n_features
+    shifted = torch.ones(2 * F, F)
+    shifted[torch.arange(0, 2 * F, 2), torch.arange(F)] += eps
+    shifted[torch.arange(1, 2 * F, 2), torch.arange(F)] -= eps
+    with torch.no_grad():
+        values = relaxed_log_likelihood(problem, shifted).double()
+    loss = -values.exp()
+    return (loss[0::2] - loss[1::2]) / (2 * eps), (values[0::2] - values[1::2]) / (2 * eps)
+
+
+def test_default_guidance_is_the_gradient_of_eq3_and_the_log_form_an_option(sharp_lm):
+    """Algorithm 1, line 1: g = |dL/dm| for L = p(y | x) - p(y | m (.) x), not |d log p / dm|,
+    which is larger by 1 / p(y | x) (6 here); both rank the features alike."""
+    problem = _problem(sharp_lm, *SHARP, mask="replace")
+    loss_gradient, log_gradient = _central_differences(problem)
+    paper = _run(problem, k=2, n_iter=0)
+    log_form = _run(problem, k=2, n_iter=0, guidance="log_probability")
+    assert math.exp(paper.extras["log_likelihood_full"]) == pytest.approx(0.16, abs=0.01)
+    assert loss_gradient.abs().max() == pytest.approx(0.62, abs=0.01)  # the tolerance below is 0.003
+    np.testing.assert_allclose(paper.extras["gradient"], loss_gradient.numpy(), rtol=0.01, atol=1e-3)
+    np.testing.assert_allclose(log_form.extras["gradient"], log_gradient.numpy(), rtol=0.01, atol=1e-3)
+    assert paper.extras["chosen"] == log_form.extras["chosen"] == [0, 3]
+
+
+def _softmax_over(g: torch.Tensor, support: list[int]) -> dict[int, float]:
+    return dict(zip(support, g[support].softmax(0).tolist(), strict=True))
+
+
+def test_swaps_are_drawn_from_the_softmax_of_the_papers_guidance(sharp_lm, monkeypatch):
+    """Algorithm 1, lines 4-5, against a hand-computed softmax of the paper's g: the first swap
+    (l, v) of 400 seeded runs with N = 1, read from the masks the method scores (the initial
+    mask and the proposal are the only ones with k = 2 features removed). From the initial mask
+    {0, 3}, v is feature 3 with probability softmax(g)_3 = 0.65 (uniform: 0.5, log form: 0.98)
+    and l is feature 1 with probability 0.50; each frequency within 0.07 (3 standard errors)."""
+    problem = _problem(sharp_lm, *SHARP, mask="replace")
+    loss_gradient, log_gradient = _central_differences(problem)
+    g = loss_gradient.abs()
+    p_l, p_v = _softmax_over(g, [1, 2]), _softmax_over(g, [0, 3])
+    log_form = _softmax_over(log_gradient.abs(), [0, 3])
+    assert abs(p_v[3] - 0.5) > 0.14 and abs(p_v[3] - log_form[3]) > 0.3  # 2 tolerances apart at least
+
+    scored = []  # the feature masks [B, F] of every call to the model
+    score = Problem.token_log_probs
+    monkeypatch.setattr(
+        Problem, "token_log_probs", lambda self, keep: scored.append(keep) or score(self, keep)
+    )
+    n, removed_first, restored_first = 400, 0, 0
+    for seed in range(n):
+        scored.clear()
+        out = _run(dataclasses.replace(problem, seed=seed), k=2, n_iter=1)
+        masks = {tuple(row.tolist()) for keep in scored for row in ~keep if int(row.sum()) == 2}
+        assert out.diagnostics["proposals"] == 1 and len(masks) == 2 and (True, False, False, True) in masks
+        (proposal,) = masks - {(True, False, False, True)}
+        removed_first += proposal[1]  # l = 1 removed (else l = 2)
+        restored_first += not proposal[3]  # v = 3 restored (else v = 0)
+    assert removed_first / n == pytest.approx(p_l[1], abs=0.07)
+    assert restored_first / n == pytest.approx(p_v[3], abs=0.07)
 
 
 @pytest.mark.parametrize("mask", ["attention", "replace", "delete"])
@@ -247,3 +329,5 @@ def test_bad_k_is_a_typed_error(llama):
         genattr.explain(llama, PROMPT, target=TARGET, method="xprompt", k=0)
     with pytest.raises(genattr.errors.InvalidParameterError, match="proposals_per_step"):
         genattr.explain(llama, PROMPT, target=TARGET, method="xprompt", proposals_per_step=0)
+    with pytest.raises(genattr.errors.InvalidParameterError, match="guidance must be one of"):
+        genattr.explain(llama, PROMPT, target=TARGET, method="xprompt", guidance="logit")

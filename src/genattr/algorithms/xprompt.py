@@ -20,20 +20,31 @@ Algorithm 1, with genattr's masking:
    baseline token (the ``replace`` strategy exactly; ``attention`` also hides the token and
    ``delete`` drops it, which a continuous mask cannot express: for them the relaxation guides the
    search only, every mask it visits is scored with the problem's own masking). One forward and
-   backward pass gives
-   g = |d log p(y | m (.) x) / dm| at m = 1 (the magnitude of dL/dm, since the two differ by the
-   factor -p(y | x) only in sign and scale; the log form keeps g finite for long targets).
-2. Initialisation: remove the k features of largest g (ties by position).
+   backward pass gives the paper's guidance
+
+       g = |dL/dm| at m = 1 = p(y | x) |d log p(y | m (.) x) / dm|     (Algorithm 1, line 1)
+
+   computed as the right-hand side in float64, so that it is exact where p(y | x) is tiny.
+   ``guidance='log_probability'`` uses g = |d log p(y | m (.) x) / dm| instead. The two rank the
+   features alike but do not sample alike: softmax is not scale invariant, and the factor
+   p(y | x), a product over the target tokens, is small on long targets (1e-3 for ten tokens of
+   probability 1/2), where the paper's softmax(g) is close to uniform while the log form's is
+   peaked on the features of largest gradient.
+2. Initialisation: remove the k features of largest g (ties by position). The ranking is taken
+   from |d log p / dm|, the same order as the paper's g whenever p(y | x) > 0, and still the
+   gradient's order when p(y | x) underflows float64 (log p(y | x) < -745) and the paper's g is 0.
 3. For N = ``n_iter`` iterations: draw a kept feature l with probability softmax(g) over the kept
-   features and a removed feature v with probability softmax(g) over the removed ones, swap them,
-   and keep the swap if it lowers log p(y | m (.) x).
+   features and a removed feature v with probability softmax(g) over the removed ones (no
+   temperature: the paper's softmax of g itself), swap them, and keep the swap if it lowers
+   log p(y | m (.) x).
 
 Step 3 reads the paper's softmax(m (.) g) and softmax((1 - m) (.) g) as softmaxes over the
 support (the features with m = 1, resp. m = 0), as its text says ("sample a non-zero entry l
 ... and swap its value with a sampled zero entry v"): the literal vector softmax gives the other
 entries weight exp(0) and would propose swaps that change nothing.
 
-genattr additions (with ``proposals_per_step=1`` and no ablation, the search is Algorithm 1 exactly):
+genattr additions (with the default ``guidance``, ``proposals_per_step=1`` and no ablation, the search
+is Algorithm 1 exactly):
 
 * Every mask is scored once: a proposal already seen is read from a cache, so the model work is
   the number of distinct masks visited (``diagnostics['evaluations']``). No scored mask can
@@ -62,9 +73,10 @@ outranks an unchosen one (score at least 1/2), and inside the set they rank by c
 ``log_likelihood_drop``, ``probability_ratio`` = p(y | m (.) x) / p(y | x), the paper's PR, and
 ``probability_drop`` = L(m) of Eq. 3), the per-target-token log-likelihood drop
 (``token_drop``), the marginal contributions ``contributions`` (c_i, in the order of
-``chosen``), the guidance ``gradient`` (g per feature, or None when not computed) and the search
-``trace``: log p(y | m (.) x) after each iteration (entry 0 is the initial mask), the curve of the
-paper's Figure 4; it never increases.
+``chosen``), the ``gradient`` whose magnitude is g (dL/dm = -p(y | x) d log p(y | m (.) x) / dm
+at m = 1 by default, d log p(y | m (.) x) / dm with ``guidance='log_probability'``; None when not
+computed) and the search ``trace``: log p(y | m (.) x) after each iteration (entry 0 is the
+initial mask), the curve of the paper's Figure 4; it never increases.
 
 >>> res = genattr.explain(lm, "Write a story about the doctor and his patient", target=" Once",
 ...                       method="xprompt", k=2, n_iter=50, seed=0)          # doctest: +SKIP
@@ -82,6 +94,8 @@ from ..model import Inputs
 from ..problem import Problem
 from ..registry import register
 from .base import Method, Output, Param
+
+GUIDANCES = ("probability", "log_probability")
 
 
 def token_owner(problem: Problem) -> torch.Tensor:
@@ -115,13 +129,26 @@ def relaxed_log_likelihood(problem: Problem, mask: torch.Tensor) -> torch.Tensor
     return lm.log_probs_from_embeddings(mixed.to(lm.dtype), inputs, problem.target.ids).sum(1)
 
 
-def mask_gradient(problem: Problem) -> torch.Tensor:
-    """d log p(y | m (.) x) / dm at m = 1, one entry per feature [F] float64 (one forward and
-    backward pass through :func:`relaxed_log_likelihood`)."""
+def mask_gradient(problem: Problem) -> tuple[float, torch.Tensor]:
+    """log p(y | x) and d log p(y | m (.) x) / dm at m = 1, one entry per feature [F] float64 (one
+    forward and backward pass through :func:`relaxed_log_likelihood`)."""
     with torch.enable_grad():
         mask = torch.ones(1, problem.n_features, dtype=torch.float32, requires_grad=True)
-        (grad,) = torch.autograd.grad(relaxed_log_likelihood(problem, mask).sum(), mask)
-    return grad[0].double().cpu()
+        value = relaxed_log_likelihood(problem, mask).sum()
+        (grad,) = torch.autograd.grad(value, mask)
+    return float(value.detach()), grad[0].double().cpu()
+
+
+def guidance_gradient(log_likelihood: float, log_gradient: torch.Tensor, guidance: str) -> torch.Tensor:
+    """The gradient whose magnitude is XPrompt's guidance g, from log p(y | x) and
+    d log p(y | m (.) x) / dm at m = 1 (:func:`mask_gradient`):
+
+        'probability':      dL/dm = -p(y | x) d log p(y | m (.) x) / dm   (L of Eq. 3, Algorithm 1)
+        'log_probability':  d log p(y | m (.) x) / dm
+    """
+    if guidance == "log_probability":
+        return log_gradient
+    return -math.exp(log_likelihood) * log_gradient
 
 
 def _bits(indices) -> int:
@@ -260,9 +287,22 @@ class XPrompt(Method):
             int,
             minimum=1,
         ),
+        "guidance": Param(
+            "probability",
+            "g of Algorithm 1: |dL/dm| of L = p(y|x) - p(y|m x) (probability) or |d log p(y|m x)/dm|",
+            str,
+            choices=GUIDANCES,
+        ),
         "random_init": Param(False, "ablation: initial removed set drawn uniformly, not by gradient", bool),
         "uniform_sampling": Param(False, "ablation: swap features drawn uniformly, not by gradient", bool),
     }
+
+    def _guidance(self, problem: Problem) -> tuple[torch.Tensor, torch.Tensor]:
+        """The gradient whose magnitude is g (:func:`guidance_gradient`) and the features ranked
+        by |d log p(y | m (.) x) / dm|, largest first (ties by position): steps 1 and 2."""
+        log_likelihood, log_gradient = mask_gradient(problem)
+        ranking = torch.argsort(-log_gradient.abs(), stable=True)
+        return guidance_gradient(log_likelihood, log_gradient, self.guidance), ranking
 
     def attribute(self, problem: Problem) -> Output:
         F, k = problem.n_features, self.k
@@ -273,13 +313,11 @@ class XPrompt(Method):
             )
         gen = problem.generator()
         use_gradient = not (self.random_init and self.uniform_sampling)
-        gradient = mask_gradient(problem) if use_gradient else None
-        guidance = gradient.abs() if gradient is not None else torch.zeros(F, dtype=torch.float64)
-        order = (
-            torch.randperm(F, generator=gen) if self.random_init else torch.argsort(-guidance, stable=True)
-        )
+        gradient, ranking = self._guidance(problem) if use_gradient else (None, None)
+        order = torch.randperm(F, generator=gen) if self.random_init else ranking
         key = _bits(order[:k])
-        weights = torch.zeros(F, dtype=torch.float64) if self.uniform_sampling else guidance
+        sample_by_gradient = gradient is not None and not self.uniform_sampling
+        weights = gradient.abs() if sample_by_gradient else torch.zeros(F, dtype=torch.float64)
 
         score = _Scorer(problem)
         full, initial = score([0, key]).tolist()
