@@ -117,7 +117,7 @@ def test_a_run_with_other_settings_or_data_recomputes_every_row(zoo, tmp_path, c
 
     # Both runs' rows stay in the file; running the first again reuses its rows, computes nothing.
     _, computed, warned = _run(zoo, items, out)
-    assert computed == [] and len(warned) == 1
+    assert computed == [] and warned == []
 
 
 def test_the_same_run_again_reuses_every_row_silently(zoo, tmp_path):
@@ -167,14 +167,24 @@ def _row_without(line, field):
     "damage, message",
     [
         (lambda line: _row_without(line, "example"), "no str field 'example'"),
-        (lambda line: _row_without(line, "settings"), "no dict field 'settings'"),
+        (lambda line: _row_without(line, "settings"), "did not record each row's settings"),
+        (lambda line: json.dumps({**json.loads(line), "settings": "x"}), "no dict field 'settings'"),
         (lambda line: json.dumps({**json.loads(line), "method": 3}), "no str field 'method'"),
         (lambda line: line[:40], "is not a benchmark row"),
         (lambda line: "[1, 2]", "is a JSON list"),
         (lambda line: json.dumps({**json.loads(line), "morf": [0.0, "x"]}), "curves"),
         (lambda line: "\xff", "is not a benchmark row"),
     ],
-    ids=["no example", "no settings", "method not a string", "cut JSON", "a list", "bad curve", "bad utf-8"],
+    ids=[
+        "no example",
+        "no settings",
+        "settings not a dict",
+        "method not a string",
+        "cut JSON",
+        "a list",
+        "bad curve",
+        "bad utf-8",
+    ],
 )
 def test_a_malformed_row_before_the_last_is_a_typed_error(zoo, tmp_path, finished, damage, message):
     items, lines = finished
@@ -184,7 +194,7 @@ def test_a_malformed_row_before_the_last_is_a_typed_error(zoo, tmp_path, finishe
     rows.write_bytes(text.encode("utf-8") if "\xff" not in text else text.encode("latin-1"))
     with pytest.raises(ResultFormatError, match=message) as error:
         run_benchmark(zoo, ["leave_one_out", "random"], items, tmp_path / "out", **FAST)
-    assert "rows.jsonl:2 " in str(error.value) and "remove the line" in str(error.value)
+    assert "rows.jsonl:2 " in str(error.value) and "remove the" in str(error.value)
 
 
 def test_a_repeated_row_is_a_typed_error(zoo, tmp_path, finished):

@@ -263,6 +263,7 @@ def evaluate_one(
 
 
 ROW_FIELDS = {"method": str, "example": str, "dataset": str, "example_hash": str, "settings": dict}
+IDENTITY_FIELDS = ("example_hash", "settings")
 CURVE_FIELDS = ("fractions", "morf", "lerf")
 
 
@@ -282,6 +283,12 @@ def _parse_row(line: bytes, where: str) -> dict:
     if not isinstance(row, dict):
         raise ResultFormatError(f"{where} is a JSON {type(row).__name__}, not a benchmark row; {fix}.")
     for field, kind in ROW_FIELDS.items():
+        if field in IDENTITY_FIELDS and field not in row:
+            raise ResultFormatError(
+                f"{where} has no field {field!r}: it was written by a genattr that did not record "
+                "each row's settings and data, so it cannot be matched to a run; use another --out, "
+                "or remove the file to recompute every row."
+            )
         if not isinstance(row.get(field), kind):
             raise ResultFormatError(
                 f"{where} has no {kind.__name__} field {field!r} (rows of genattr benchmark carry "
@@ -340,25 +347,28 @@ class RowStore:
         self.done.add(row_key(row))
 
 
-def _warn_not_reused(store: RowStore, wanted: dict[tuple[str, str], tuple], settings: dict) -> None:
-    """Warn once about the rows for this run's methods and examples that it does not reuse
-    because they were made with other settings or on other data."""
+def _warn_not_reused(store: RowStore, wanted: dict[tuple[str, str], tuple], stamps: dict[str, dict]) -> None:
+    """Warn once about the rows this run computes although the file has rows of the same method
+    and example id: rows made with other settings or on other data, which it does not reuse.
+    ``stamps`` holds each example's hash and the run's settings, as written into its rows."""
     stale = [
         r
         for r in store.rows
-        if (r["method"], r["example"]) in wanted and row_key(r) != wanted[r["method"], r["example"]]
+        if (r["method"], r["example"]) in wanted
+        and row_key(r) != wanted[r["method"], r["example"]]
+        and wanted[r["method"], r["example"]] not in store.done
     ]
     if not stale:
         return
     differ = sorted(
         {
-            f"{name} {r['settings'].get(name)!r} there, {settings[name]!r} here"
+            f"{name} {r['settings'].get(name)!r} there, {value!r} here"
             for r in stale
-            for name in settings
-            if r["settings"].get(name) != settings[name]
+            for name, value in stamps[r["example"]]["settings"].items()
+            if r["settings"].get(name) != value
         }
     )
-    data = sum(r["example_hash"] != wanted[r["method"], r["example"]][2] for r in stale)
+    data = sum(r["example_hash"] != stamps[r["example"]]["example_hash"] for r in stale)
     reasons = differ + ([f"{data} with other example text or ground truth"] if data else [])
     warnings.warn(
         f"{len(stale)} rows in {store.path} for these methods and examples were made with other "
@@ -418,7 +428,7 @@ def run_benchmark(
         (m, it.id): row_key({"method": m, "example": it.id, **stamps[it.id]}) for it in items for m in methods
     }
     store = RowStore(out / "rows.jsonl")
-    _warn_not_reused(store, wanted, settings)
+    _warn_not_reused(store, wanted, stamps)
     todo = [(m, it) for it in items for m in methods if wanted[m, it.id] not in store.done]
     with _progress(progress, len(todo)) as advance:
         for method, item in todo:
