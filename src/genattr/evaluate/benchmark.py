@@ -4,6 +4,12 @@ Every finished (method, example) row is appended to ``rows.jsonl`` in the output
 flushed to disk before the next one starts, so an interrupted run loses nothing finished;
 running the same command again skips the rows already there (a last line cut short by the
 interruption is dropped and recomputed) and ends with the same tables as an uninterrupted run.
+Each row records the run's settings (model, dtype, seed, level, mask, max_new_tokens, k,
+metrics) and a hash of its example (prompt, target, ground truth): a row is reused only by a run
+with the same settings on the same example, and a run with other settings or data into the same
+directory computes its rows afresh (with a :class:`GenattrWarning` saying how many it did not
+reuse and why). Each example is explained with its own seed, derived from the run's seed and the
+example id (:func:`example_seed`), so seeded methods such as ``random`` draw afresh per example.
 
 Outputs, written atomically: ``table.md`` and ``table.csv`` (faithfulness and ground-truth
 metrics laid out like the papers' tables: metrics as rows with their direction, methods as
@@ -20,12 +26,15 @@ reported with its line number and skipped.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
 import os
 import resource
 import time
+import warnings
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +43,7 @@ import numpy as np
 
 from .. import registry
 from ..api import explain
-from ..errors import GenattrError, InputError, ResultFormatError
+from ..errors import GenattrError, GenattrWarning, InputError, ResultFormatError
 from ..model import LanguageModel
 from ..prompt import Prompt
 from ..result import write_atomic
@@ -164,6 +173,21 @@ def _truth(item: Item, res) -> tuple[int, ...] | None:
     )
 
 
+def example_seed(seed: int, example: str) -> int:
+    """The seed one example is explained with: the first four bytes of SHA-256 of
+    ``"{seed}:{example}"`` as an integer in [0, 2**32). Every example gets its own draws, and the
+    same ones in every process (Python's ``hash`` of a string is salted per process)."""
+    digest = hashlib.sha256(f"{seed}:{example}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
+def item_hash(item: Item) -> str:
+    """The identity of an example's data: SHA-256 (first 16 hex digits) of its dataset, prompt,
+    target and ground truth, so an edited data file is never matched to rows of its old text."""
+    fields = [item.dataset, item.prompt, item.target, item.ground_truth, item.spans]
+    return hashlib.sha256(json.dumps(fields).encode()).hexdigest()[:16]
+
+
 def evaluate_one(
     lm: LanguageModel,
     method: str,
@@ -176,8 +200,12 @@ def evaluate_one(
     max_new_tokens: int = 20,
     k: int = 3,
 ) -> dict:
-    """Explain one item with one method and measure it: one benchmark row."""
-    row = {"method": method, "example": item.id, "dataset": item.dataset}
+    """Explain one item with one method and measure it: one benchmark row.
+
+    ``seed`` is the run's seed: the item is explained (and the similarity protocol's random
+    masks drawn) with ``example_seed(seed, item.id)``, recorded in the row as ``seed``."""
+    seed = example_seed(seed, item.id)
+    row = {"method": method, "example": item.id, "dataset": item.dataset, "seed": seed}
     params = {}
     if "k" in registry.get(method).params:
         params["k"] = len(item.ground_truth) if item.ground_truth else k
@@ -234,28 +262,80 @@ def evaluate_one(
     return row
 
 
+ROW_FIELDS = {"method": str, "example": str, "dataset": str, "example_hash": str, "settings": dict}
+IDENTITY_FIELDS = ("example_hash", "settings")
+CURVE_FIELDS = ("fractions", "morf", "lerf")
+
+
+def row_key(row: dict) -> tuple[str, str, str, str]:
+    """What a row answers: its method, example id, example hash and the run's settings."""
+    settings = json.dumps(row["settings"], sort_keys=True)
+    return row["method"], row["example"], row["example_hash"], settings
+
+
+def _parse_row(line: bytes, where: str) -> dict:
+    """One line of ``rows.jsonl`` as a row, or a ResultFormatError saying what is wrong with it."""
+    fix = "remove the line, or the whole file to recompute every row"
+    try:
+        row = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ResultFormatError(f"{where} is not a benchmark row ({exc}); {fix}.") from exc
+    if not isinstance(row, dict):
+        raise ResultFormatError(f"{where} is a JSON {type(row).__name__}, not a benchmark row; {fix}.")
+    for field, kind in ROW_FIELDS.items():
+        if field in IDENTITY_FIELDS and field not in row:
+            raise ResultFormatError(
+                f"{where} has no field {field!r}: it was written by a genattr that did not record "
+                "each row's settings and data, so it cannot be matched to a run; use another --out, "
+                "or remove the file to recompute every row."
+            )
+        if not isinstance(row.get(field), kind):
+            raise ResultFormatError(
+                f"{where} has no {kind.__name__} field {field!r} (rows of genattr benchmark carry "
+                f"{', '.join(ROW_FIELDS)}); {fix}."
+            )
+    curves = [row.get(field) for field in CURVE_FIELDS]
+    if any(c is not None for c in curves) and not (
+        all(isinstance(c, list) and all(isinstance(x, (int, float)) for x in c) for c in curves)
+        and len({len(c) for c in curves}) == 1
+    ):
+        raise ResultFormatError(
+            f"{where} has curves that are not three number lists of one length "
+            f"({', '.join(CURVE_FIELDS)}); {fix}."
+        )
+    return row
+
+
 class RowStore:
-    """The append-only JSONL file of finished rows."""
+    """The append-only JSONL file of finished rows, each keyed by :func:`row_key`.
+
+    A last line without its newline is what an interrupted append leaves: it is dropped (and its
+    row recomputed). Any other line that is not a well-formed row raises ResultFormatError."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.rows: list[dict] = []
+        seen: dict[tuple, int] = {}
         if path.exists():
-            lines = path.read_text(encoding="utf-8").split("\n")
-            complete = lines[:-1]  # a file ending in "\n" leaves "" last; else the last line was cut short
-            for number, line in enumerate(complete, start=1):
+            try:
+                lines = path.read_bytes().split(b"\n")
+            except OSError as exc:
+                raise InputError(f"cannot read {path}: {exc}; choose another --out.") from exc
+            for number, line in enumerate(lines[:-1], start=1):  # a file ending in "\n" leaves b"" last
                 if not line.strip():
                     continue
-                try:
-                    self.rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
+                row = _parse_row(line, f"{path}:{number}")
+                key = row_key(row)
+                if key in seen:
                     raise ResultFormatError(
-                        f"{path}:{number} is not a benchmark row ({exc}); remove the line or "
-                        "the file to recompute it."
-                    ) from exc
+                        f"{path}:{number} repeats the row of line {seen[key]} ({row['method']} on "
+                        f"{row['example']}, same settings); remove one of them."
+                    )
+                seen[key] = number
+                self.rows.append(row)
             if lines[-1].strip():
                 write_atomic(path, "".join(json.dumps(r) + "\n" for r in self.rows))
-        self.done = {(r["method"], r["example"]) for r in self.rows}
+        self.done = set(seen)
 
     def append(self, row: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -264,7 +344,50 @@ class RowStore:
             handle.flush()
             os.fsync(handle.fileno())
         self.rows.append(row)
-        self.done.add((row["method"], row["example"]))
+        self.done.add(row_key(row))
+
+
+def _warn_not_reused(store: RowStore, wanted: dict[tuple[str, str], tuple], stamps: dict[str, dict]) -> None:
+    """Warn once about the rows this run computes although the file has rows of the same method
+    and example id: rows made with other settings or on other data, which it does not reuse.
+    ``stamps`` holds each example's hash and the run's settings, as written into its rows."""
+    stale = [
+        r
+        for r in store.rows
+        if (r["method"], r["example"]) in wanted
+        and row_key(r) != wanted[r["method"], r["example"]]
+        and wanted[r["method"], r["example"]] not in store.done
+    ]
+    if not stale:
+        return
+    differ = sorted(
+        {
+            f"{name} {r['settings'].get(name)!r} there, {value!r} here"
+            for r in stale
+            for name, value in stamps[r["example"]]["settings"].items()
+            if r["settings"].get(name) != value
+        }
+    )
+    data = sum(r["example_hash"] != stamps[r["example"]]["example_hash"] for r in stale)
+    reasons = differ + ([f"{data} with other example text or ground truth"] if data else [])
+    warnings.warn(
+        f"{len(stale)} rows in {store.path} for these methods and examples were made with other "
+        f"settings or data ({'; '.join(reasons)}); they are not reused, and these rows are "
+        "computed afresh (the old ones stay in the file).",
+        GenattrWarning,
+        stacklevel=3,
+    )
+
+
+def run_settings(lm: LanguageModel, *, seed: int, metrics: Sequence[str], **settings) -> dict:
+    """The settings a benchmark row depends on, as recorded in every row."""
+    return {
+        "model": lm.name,
+        "dtype": str(lm.dtype),
+        "seed": seed,
+        "metrics": sorted(metrics),
+        **settings,
+    }
 
 
 def run_benchmark(
@@ -275,28 +398,47 @@ def run_benchmark(
     *,
     metrics: Sequence[str] = METRIC_GROUPS,
     seed: int = 0,
+    level: str = "word",
+    mask: str | None = None,
+    max_new_tokens: int = 20,
+    k: int = 3,
     progress: bool = True,
     on_row: Callable[[dict], None] | None = None,
-    **settings,
 ) -> dict:
-    """Run (or resume) a benchmark into ``out``; returns {"rows", "table", "cost"}."""
+    """Run (or resume) a benchmark into ``out``; returns {"rows", "table", "cost"}.
+
+    Rows already in ``out/rows.jsonl`` are reused when their method, example id, example hash
+    and settings all match this run; the others are computed and appended."""
     unknown = [m for m in metrics if m not in METRIC_GROUPS]
     if unknown:
         raise InputError(f"unknown metrics {unknown}; choose from {', '.join(METRIC_GROUPS)}.")
     for method in methods:
         registry.get(method)
+    repeated = sorted(i for i, count in Counter(it.id for it in items).items() if count > 1)
+    if repeated:
+        raise InputError(
+            f"example ids {repeated} occur more than once (the same --data given twice, or two data "
+            "files of the same name): give each data file once, under a name of its own."
+        )
     out = Path(out)
+    options = {"level": level, "mask": mask, "max_new_tokens": max_new_tokens, "k": k}
+    settings = run_settings(lm, seed=seed, metrics=metrics, **options)
+    stamps = {it.id: {"example_hash": item_hash(it), "settings": settings} for it in items}
+    wanted = {
+        (m, it.id): row_key({"method": m, "example": it.id, **stamps[it.id]}) for it in items for m in methods
+    }
     store = RowStore(out / "rows.jsonl")
-    todo = [(m, it) for it in items for m in methods if (m, it.id) not in store.done]
+    _warn_not_reused(store, wanted, stamps)
+    todo = [(m, it) for it in items for m in methods if wanted[m, it.id] not in store.done]
     with _progress(progress, len(todo)) as advance:
         for method, item in todo:
-            row = evaluate_one(lm, method, item, metrics, seed=seed, **settings)
+            row = {**evaluate_one(lm, method, item, metrics, seed=seed, **options), **stamps[item.id]}
             store.append(row)
             if on_row is not None:
                 on_row(row)
             advance(f"{method} on {item.id}")
-    wanted = {(m, it.id) for it in items for m in methods}
-    rows = [r for r in store.rows if (r["method"], r["example"]) in wanted]
+    keys = set(wanted.values())
+    rows = [r for r in store.rows if row_key(r) in keys]
     table_md, table_csv = tables(rows, methods, metrics)
     write_atomic(out / "table.md", table_md)
     write_atomic(out / "table.csv", table_csv)
