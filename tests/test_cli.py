@@ -292,7 +292,7 @@ def test_render_terminal_escapes_hostile_text(model_dirs, tmp_path, capsys):
 @pytest.mark.parametrize(
     "payload, message",
     [
-        (b'{"seed": ' + b"7" * 400 + b"}", "unknown schema"),
+        (b'{"seed": ' + b"7" * 5000 + b"}", "not valid JSON"),
         (b"[" * 100_000 + b"]" * 100_000, "not valid JSON"),
         (b"\xff\xfe{}", "not UTF-8"),
         (b'{"scores": [Infinity]}', "Infinity is not a number"),

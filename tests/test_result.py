@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import genattr
+from genattr import result as result_module
 from genattr.errors import InputError, ResultFormatError
-from genattr.result import check_writable, write_atomic
 
 PROMPT = "The cat sat on the mat. Then a dog runs!"
 TARGET = " and the bird sings"
@@ -136,7 +136,7 @@ def test_written_files_get_the_umask_and_replaced_files_keep_their_mode(result, 
         path = result.save(tmp_path / "r.json")
         assert stat.S_IMODE(path.stat().st_mode) == mode
         path.chmod(0o640)
-        write_atomic(path, "{}")
+        result_module.write_atomic(path, "{}")
         assert stat.S_IMODE(path.stat().st_mode) == 0o640 and path.read_text() == "{}"
     finally:
         os.umask(old)
@@ -149,8 +149,8 @@ def test_writing_creates_no_directories_and_refuses_a_directory(result, tmp_path
     with pytest.raises(InputError, match="is a directory"):
         result.save(tmp_path)
     with pytest.raises(InputError, match="is a directory"):
-        check_writable(tmp_path)
-    assert check_writable(tmp_path / "r.json") == tmp_path / "r.json"
+        result_module.check_writable(tmp_path)
+    assert result_module.check_writable(tmp_path / "r.json") == tmp_path / "r.json"
 
 
 def test_loading_never_evaluates_names_in_the_file(result, tmp_path):
