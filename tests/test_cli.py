@@ -182,6 +182,7 @@ def _one_line_error(capsys, message: str) -> str:
         (["explain", "--seed", "-1", "hi"], "must be in [0, 2**64)"),
         (["explain", "--seed", "soon", "hi"], "expected an integer or 'random'"),
         (["benchmark", "--seed", str(10**30), "--data", "zoo:x", "--out", "o"], "must be in [0, 2**64)"),
+        (["benchmark", "--seed", "random", "--data", "zoo:x", "--out", "o"], "needs a fixed integer seed"),
         (["nonsense"], "invalid choice"),
     ],
 )
