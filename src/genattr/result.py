@@ -255,7 +255,7 @@ def _new_file_mode(path: Path) -> int:
     """The permission bits a file written at ``path`` gets: those of the file it replaces, or for a
     new file 0o666 less the umask, as ``open()`` would give."""
     try:
-        return path.stat().st_mode & 0o7777
+        return path.stat().st_mode & 0o777
     except FileNotFoundError:
         umask = os.umask(0)
         os.umask(umask)
@@ -287,6 +287,7 @@ def _fail(where: str, what: str) -> ResultFormatError:
 
 
 def _no_constant(name: str):
+    """``json.loads``'s hook for NaN, Infinity and -Infinity: refuse them."""
     raise ResultFormatError(f"{name} is not a number genattr writes (non-finite scores are saved as null)")
 
 
