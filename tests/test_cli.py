@@ -164,3 +164,154 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert "recall@|G|" in shown and "leave_one_out" in shown
     assert "accuracy 1.00" in shown  # the in-context use case: the zoo looks keys up in any order
     assert "'sad': share 1.00, rank 1" in " ".join(shown.split())  # the slot probe: the polar word decides
+
+
+def _one_line_error(capsys, message: str) -> str:
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.endswith("\n") and "Traceback" not in err, err
+    assert err.startswith("genattr") and message in err, err
+    return err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["explain"], "the following arguments are required: prompt"),
+        (["explain", "--level", "para", "hi"], "argument --level: invalid choice"),
+        (["explain", "--seed", str(2**64), "hi"], "must be in [0, 2**64)"),
+        (["explain", "--seed", "-1", "hi"], "must be in [0, 2**64)"),
+        (["explain", "--seed", "soon", "hi"], "expected an integer or 'random'"),
+        (["benchmark", "--seed", str(10**30), "--data", "zoo:x", "--out", "o"], "must be in [0, 2**64)"),
+        (["benchmark", "--seed", "random", "--data", "zoo:x", "--out", "o"], "needs a fixed integer seed"),
+        (["nonsense"], "invalid choice"),
+    ],
+)
+def test_argument_errors_are_one_line(capsys, argv, message):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    _one_line_error(capsys, message)
+
+
+def test_error_messages_are_one_line_without_terminal_controls(tmp_path, capsys, monkeypatch):
+    import genattr.result
+
+    def fail(path):
+        raise genattr.errors.ResultFormatError("\n\ncould not read\n  the file\x1b]0;pwned\x07 \u202eyes\n")
+
+    monkeypatch.setattr(genattr.result.Attribution, "load", staticmethod(fail))
+    assert main(["render", str(tmp_path / "r.json")]) == 2
+    err = _one_line_error(capsys, "could not read the file")
+    assert err == "genattr: error: could not read the file\\x1b]0;pwned\\x07 \\u202eyes\n"
+
+
+@pytest.mark.parametrize(
+    "flag, name, message",
+    [
+        ("--json", "", "is a directory"),
+        ("--html", "", "is a directory"),
+        ("--json", "no/such/r.json", "does not exist; create it first"),
+        ("--html", "no/such/r.html", "does not exist; create it first"),
+    ],
+)
+def test_unwritable_outputs_fail_before_the_model_loads(tmp_path, capsys, flag, name, message):
+    # the model does not exist either: its error would come first if the output were checked late
+    assert main(["explain", "--model", str(tmp_path / "none"), flag, str(tmp_path / name), "hi"]) == 2
+    _one_line_error(capsys, message)
+    assert not (tmp_path / "no").exists()
+    assert main(["render", str(tmp_path / "none.json"), "--html", str(tmp_path / name)]) == 2
+    _one_line_error(capsys, message)
+
+
+def test_demo_checks_its_output_first(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "no" / "demo.html")]) == 2
+    _one_line_error(capsys, "does not exist; create it first")
+
+
+def test_no_target_method_rejects_target_before_loading(tmp_path, capsys):
+    cls = next(registry.get(n) for n in registry.names() if not registry.get(n).needs_target)
+    assert (
+        main(["explain", "--model", str(tmp_path / "none"), "--method", cls.name, "--target", "x", "hi"]) == 2
+    )
+    _one_line_error(capsys, f"{cls.name} takes no --target")
+
+
+@pytest.mark.parametrize("spelling, value", [("True", True), ("yes", True), ("on", True), ("false", False)])
+def test_boolean_parameters_accept_the_usual_spellings(model_dirs, tmp_path, capsys, spelling, value):
+    out = tmp_path / "r.json"
+    argv = ["explain", "--model", str(model_dirs["llama"]), "--method", "xprompt", "-q", "--json", str(out)]
+    params = ["-p", "k=1", "-p", "n_iter=1", "-p", f"random_init={spelling}", "-p", "uniform_sampling=no"]
+    assert main([*argv, *params, "--target", " ran", "The cat sat"]) == 0
+    data = json.loads(out.read_text())
+    assert data["params"]["random_init"] is value and data["params"]["uniform_sampling"] is False
+    assert main([*argv, "-p", "random_init=yes please", "--target", " ran", "The cat sat"]) == 2
+    _one_line_error(capsys, "random_init must be bool, got 'yes please'")
+
+
+def test_seed_random_is_drawn_and_recorded(model_dirs, tmp_path, capsys):
+    argv = ["explain", "--model", str(model_dirs["llama"]), "--method", "random", "-q", "--target", " ran"]
+    seeds, scores = [], []
+    for i, seed in enumerate(["random", "random", None]):
+        out = tmp_path / f"r{i}.json"
+        assert (
+            main([*argv, "--seed", str(seed if seed else seeds[0]), "--json", str(out), "The cat sat"]) == 0
+        )
+        data = json.loads(out.read_text())
+        seeds.append(data["seed"])
+        scores.append(data["scores"])
+    assert all(isinstance(s, int) and 0 <= s < 2**64 for s in seeds) and seeds[0] != seeds[1]
+    assert seeds[2] == seeds[0] and scores[2] == scores[0] != scores[1]  # the recorded seed repeats the run
+
+
+def test_piped_explain_prints_the_scores_of_a_method_without_matrix(model_dirs, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    argv = ["explain", "--model", str(model_dirs["llama"]), "--method", "random", "--target", " ran"]
+    assert main([*argv, "--json", str(out), "The cat sat"]) == 0
+    shown = capsys.readouterr().out
+    scores = json.loads(out.read_text())["scores"]
+    assert re.search(r"score\s+" + r"\s+".join(re.escape(f"{s:.2g}") for s in scores), shown), shown
+
+
+def test_render_terminal_escapes_hostile_text(model_dirs, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    evil = "\x1b]0;pwned\x07\x1b[2J\r\u202e"
+    argv = ["explain", "--model", str(model_dirs["llama"]), "-q", "--json", str(out)]
+    assert main([*argv, "--target", f" ran{evil}", f"The cat{evil} sat"]) == 0
+    data = json.loads(out.read_text())
+    data["method"] += evil
+    data["params"]["mask"] += evil
+    data["target_tokens"][0] += evil
+    out.write_text(json.dumps(data))
+    assert main(["render", str(out), "--terminal"]) == 0
+    shown = capsys.readouterr().out
+    assert not re.search("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]", shown), repr(shown)
+    escaped = "\\x1b]0;pwned\\x07\\x1b[2J\\r\\u202e"
+    assert f"leave_one_out{escaped}" in shown and f"mask=attention{escaped}" in shown
+    assert f"The cat{escaped} sat" in shown and f" ran{escaped}" in shown
+
+
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        (b'{"seed": ' + b"7" * 5000 + b"}", "not valid JSON"),
+        (b"[" * 100_000 + b"]" * 100_000, "not valid JSON"),
+        (b"\xff\xfe{}", "not UTF-8"),
+        (b'{"scores": [Infinity]}', "Infinity is not a number"),
+    ],
+)
+def test_render_of_a_malformed_file_exits_2(tmp_path, capsys, payload, message):
+    path = tmp_path / "bad.json"
+    path.write_bytes(payload)
+    assert main(["render", str(path), "--terminal"]) == 2
+    _one_line_error(capsys, message)
+
+
+def test_render_of_a_result_with_huge_integers_exits_2(model_dirs, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert main(["explain", "--model", str(model_dirs["llama"]), "-q", "--json", str(out), "hi there"]) == 0
+    text = out.read_text()
+    data = json.loads(text)
+    data["scores"][0] = 10**400
+    out.write_text(json.dumps(data))
+    assert main(["render", str(out)]) == 2
+    _one_line_error(capsys, "not a finite number")

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+import struct
+
+import numpy as np
 import pytest
 
 import genattr
@@ -85,3 +89,54 @@ def test_every_error_is_a_genattr_error_and_a_builtin_and_every_warning_a_genatt
             assert issubclass(cls, errors.GenattrError)
     assert issubclass(errors.InputError, ValueError)
     assert issubclass(errors.ModelLoadError, OSError)
+
+
+@pytest.mark.parametrize(
+    "seed, error, message",
+    [
+        (2**64, errors.InvalidParameterError, r"seed must be in \[0, 2\*\*64\)"),
+        (-1, errors.InvalidParameterError, r"seed must be in \[0, 2\*\*64\)"),
+        (True, errors.InputError, "seed must be an integer or None"),
+    ],
+)
+def test_seed_out_of_range(llama, seed, error, message):
+    with pytest.raises(error, match=message):
+        genattr.explain(llama, PROMPT, target=TARGET, method="random", seed=seed)
+
+
+def test_seed_none_draws_a_seed_and_records_it(llama):
+    first, second = (genattr.explain(llama, PROMPT, target=TARGET, method="random", seed=None) for _ in "ab")
+    assert isinstance(first.seed, int) and 0 <= first.seed < 2**64 and first.seed != second.seed
+    again = genattr.explain(llama, PROMPT, target=TARGET, method="random", seed=first.seed)
+    np.testing.assert_array_equal(again.scores, first.scores)
+    assert not np.array_equal(second.scores, first.scores)
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:3"])
+def test_a_device_this_machine_lacks(model_dirs, monkeypatch, device):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(errors.InvalidParameterError, match=f"device '{device}' is not available"):
+        genattr.load(model_dirs["llama"], device=device)
+    with pytest.raises(errors.InvalidParameterError, match="unknown device 'warp'"):
+        genattr.load(model_dirs["llama"], device="warp")
+
+
+def _corrupt(path, how: str) -> None:
+    data = path.read_bytes()
+    if how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    else:  # the 8-byte little-endian header length claims far more than the file holds
+        path.write_bytes(struct.pack("<Q", 2**62) + data[8:])
+
+
+@pytest.mark.parametrize(
+    "how, message", [("truncated", "file not fully covered"), ("header", "header too large")]
+)
+def test_corrupt_safetensors(model_dirs, tmp_path, how, message):
+    copy = shutil.copytree(model_dirs["llama"], tmp_path / "model")
+    _corrupt(copy / "model.safetensors", how)
+    with pytest.raises(errors.ModelLoadError, match=f"{message}. A truncated or corrupt weights file"):
+        genattr.load(copy)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Mapping, Sequence
 
@@ -9,12 +10,12 @@ import numpy as np
 
 from . import registry
 from .defaults import DEFAULT_MASK, DEFAULT_MAX_NEW_TOKENS
-from .errors import InputError, NumericalError
+from .errors import InputError, InvalidParameterError, NumericalError
 from .masking import Masker
 from .model import LanguageModel, load
 from .problem import Problem
 from .prompt import Prompt
-from .result import Attribution
+from .result import SEED_LIMIT, Attribution
 from .target import resolve_target
 
 
@@ -32,6 +33,21 @@ def _to_numpy(x) -> np.ndarray | None:
     if x is None:
         return None
     return np.asarray(x.detach().cpu().double() if hasattr(x, "detach") else x, dtype=np.float64)
+
+
+def _seed(seed) -> int:
+    """The seed of a call: ``seed`` itself when it is in [0, 2**64) (what torch's generators
+    take), or for None a fresh one from the operating system's randomness; a stochastic
+    method's result records the seed it ran with, so a None run can be repeated."""
+    if seed is None:
+        return secrets.randbelow(SEED_LIMIT)
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+        raise InputError(f"seed must be an integer or None, got {seed!r}.")
+    if not 0 <= seed < SEED_LIMIT:
+        raise InvalidParameterError(
+            f"seed must be in [0, 2**64), got {seed}; use a smaller non-negative integer."
+        )
+    return int(seed)
 
 
 def explain(
@@ -58,6 +74,8 @@ def explain(
     ``regex`` with ``pattern``, ``spans`` with ``spans``); ``mask`` how a feature is removed
     (``attention``, ``replace``, ``delete``; see :mod:`genattr.masking`) and ``baseline`` the
     token that stands in for it. ``objective`` is ``log_prob`` (default) or ``prob``.
+    ``seed`` (an integer in [0, 2**64)) drives every random draw of a stochastic method; None
+    draws a fresh seed, recorded in the result's ``seed``.
     Other keywords are the method's parameters (``n_samples``, ``n_steps``, ...), validated by it.
 
     >>> lm = genattr.load("path/to/model")                                    # doctest: +SKIP
@@ -71,8 +89,7 @@ def explain(
         lm = load(lm)
     if max_new_tokens < 1:
         raise InputError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
-    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
-        raise InputError(f"seed must be an integer or None, got {seed!r}.")
+    seed = _seed(seed)
     started, usage = time.perf_counter(), lm.usage.copy()
     prompt_obj = _as_prompt(lm, prompt)
     features = prompt_obj.features(level, pattern=pattern, spans=spans)

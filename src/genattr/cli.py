@@ -1,7 +1,8 @@
 """The ``genattr`` command line: explain | methods | render | benchmark | demo.
 
 Exit status 0 on success, 2 with a one-line message on bad input (never a traceback for the
-errors of :mod:`genattr.errors`). torch and transformers are imported only by the commands that
+errors of :mod:`genattr.errors`, and for a bad argument one line instead of the usage block).
+Output files are checked for writability before any model loads. torch and transformers are imported only by the commands that
 need them, and transformers' logging and progress bars stay silent unless ``--verbose``.
 
     genattr explain --model PATH --method leave_one_out --target " Paris" "The capital of France is"
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from . import __version__
 from .defaults import BASELINE_NAMES, DEFAULT_MASK, DEFAULT_MAX_NEW_TOKENS, MASKS
-from .errors import GenattrError, InputError
+from .errors import GenattrError, InputError, InvalidParameterError
 from .segment import LEVELS
 
 
@@ -39,18 +40,75 @@ def _configure_transformers(verbose: bool) -> None:
     disable_progress_bars()
 
 
-def _param(text: str) -> tuple[str, object]:
+BOOLEANS = {
+    "true": True,
+    "yes": True,
+    "on": True,
+    "1": True,
+    "false": False,
+    "no": False,
+    "off": False,
+    "0": False,
+}
+NONE = ("none", "null")
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr (exit status 2), not the usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _param(text: str) -> tuple[str, str]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"--param expects KEY=VALUE, got {text!r}")
     key, value = text.split("=", 1)
+    return key.strip(), value
+
+
+def _param_value(method_cls, key: str, text: str) -> object:
+    """A ``-p KEY=VALUE`` value for ``method_cls``: for a boolean parameter the usual spellings
+    (true/false, True/False, yes/no, on/off, 1/0), for an optional one none/None/null; otherwise
+    JSON when it parses as JSON, else the text itself. The method validates the result."""
+    param = method_cls.params.get(key)
+    kinds = () if param is None else param.kind if isinstance(param.kind, tuple) else (param.kind,)
+    word = text.strip().lower()
+    if bool in kinds and word in BOOLEANS:
+        return BOOLEANS[word]
+    if param is not None and param.optional and str not in kinds and word in NONE:
+        return None
     try:
-        return key.strip(), json.loads(value)
+        return json.loads(text)
     except json.JSONDecodeError:
-        return key.strip(), value
+        return text
+
+
+def _seed(text: str) -> int | None:
+    """``--seed``: an integer in [0, 2**64), or ``random`` for a fresh seed recorded in the result."""
+    from .result import SEED_LIMIT
+
+    if text.strip().lower() == "random":
+        return None
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'random', got {text!r}") from None
+    if not 0 <= seed < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**64), got {text}")
+    return seed
 
 
 def _baseline(text: str) -> int | str:
     return int(text) if text.lstrip("-").isdigit() else text
+
+
+def _fixed_seed(text: str) -> int:
+    """``--seed`` of a benchmark, whose rows must be reproducible: an integer in [0, 2**64)."""
+    seed = _seed(text)
+    if seed is None:
+        raise argparse.ArgumentTypeError("a benchmark needs a fixed integer seed, not random")
+    return seed
 
 
 @contextmanager
@@ -86,11 +144,20 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from . import registry
     from .api import explain
     from .model import load
+    from .result import check_writable
 
-    registry.get(args.method)  # an unknown name fails before the model loads
+    method_cls = registry.get(args.method)  # an unknown name fails before the model loads
+    if args.target is not None and not method_cls.needs_target:
+        raise InvalidParameterError(
+            f"{args.method} takes no --target: it explains the model's own likely outputs "
+            "(the no-target flag of `genattr methods`); drop --target."
+        )
+    params = {key: _param_value(method_cls, key, text) for key, text in args.param or []}
+    for out in (args.json, args.html):
+        if out:
+            check_writable(out)
     _configure_transformers(args.verbose)
     lm = load(args.model, device=args.device, dtype=args.dtype)
-    params = dict(args.param or [])
     with progress_bar(lm, not args.quiet):
         res = explain(
             lm,
@@ -127,8 +194,10 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from .result import Attribution, write_atomic
+    from .result import Attribution, check_writable, write_atomic
 
+    if args.html:
+        check_writable(args.html)
     res = Attribution.load(args.file)
     if args.html:
         write_atomic(Path(args.html), res.to_html(title=f"genattr: {res.method}"))
@@ -151,7 +220,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     )
     items, problems = load_items([d.strip() for d in args.data.split(",") if d.strip()], args.n, args.seed)
     for problem in problems:
-        print(f"genattr: {problem}", file=sys.stderr)
+        print(f"genattr: {_safe(problem)}", file=sys.stderr)
     if not items:
         raise InputError("no usable example in --data; see the messages above.")
     lm = load(args.model, device=args.device, dtype=args.dtype)
@@ -169,15 +238,17 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         k=args.k,
     )
     if not args.quiet:
-        print(result["table"])
-        print(result["cost"])
+        print(_safe(result["table"], layout=True))
+        print(_safe(result["cost"], layout=True))
     print(f"wrote {args.out}/table.md, table.csv, cost.md, curves.png and rows.jsonl", file=sys.stderr)
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
+    from .result import check_writable
 
+    check_writable(args.out)
     _configure_transformers(args.verbose)
     run_demo(out=args.out, quick=args.quick)
     return 0
@@ -187,7 +258,7 @@ VERBOSE_HELP = "show transformers' own logging and progress bars (model loading,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="genattr", description="Explain what a language model wrote in terms of its prompt."
     )
     parser.add_argument("--version", action="version", version=f"genattr {__version__}")
@@ -215,7 +286,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"baseline token: an id or one of {', '.join(BASELINE_NAMES)}",
     )
-    ex.add_argument("--seed", type=int, default=0)
+    ex.add_argument(
+        "--seed",
+        type=_seed,
+        default=0,
+        help="seed of a stochastic method: an integer in [0, 2**64), or random (drawn and recorded)",
+    )
     ex.add_argument(
         "--param",
         "-p",
@@ -249,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--metrics", default="curves,erasure,similarity,ground_truth")
     be.add_argument("--out", required=True, help="output directory (resumable)")
     be.add_argument("--n", type=int, default=None, help="examples per dataset (zoo: default 10)")
-    be.add_argument("--seed", type=int, default=0)
+    be.add_argument("--seed", type=_fixed_seed, default=0, help="an integer in [0, 2**64)")
     be.add_argument("--level", default="word", choices=[lv for lv in LEVELS if lv not in ("regex", "spans")])
     be.add_argument(
         "--mask", default=None, choices=MASKS, help="masking strategy (default: the library default)"
@@ -270,13 +346,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _safe(text: str, *, layout: bool = False) -> str:
+    """``text`` with control characters and bidi overrides shown as escapes (render.visible)."""
+    from .render import visible
+
+    return visible(text, layout=layout)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
     except GenattrError as exc:
-        print(f"genattr: error: {exc}", file=sys.stderr)
+        print(f"genattr: error: {_safe(' '.join(str(exc).split()))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("genattr: interrupted", file=sys.stderr)

@@ -166,9 +166,26 @@ def _resolve_dtype(dtype) -> torch.dtype | None:
 
 
 def _resolve_device(device) -> torch.device:
+    """``device`` as a torch device that exists here: None and ``"auto"`` mean CUDA when present,
+    else CPU; a CUDA or MPS device this machine lacks raises InvalidParameterError."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise InvalidParameterError(
+            f"unknown device {device!r} ({exc}); use cpu, cuda, cuda:N, mps or auto."
+        ) from exc
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (resolved.index or 0) >= count:
+            raise InvalidParameterError(
+                f"device {device!r} is not available: this machine has {count} CUDA device(s) usable by "
+                f"torch {torch.__version__}; use cpu or auto."
+            )
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise InvalidParameterError(f"device {device!r} is not available here (no MPS); use cpu or auto.")
+    return resolved
 
 
 class LanguageModel:
@@ -979,18 +996,22 @@ def load(
             f"model path {source!r} does not exist or is not a directory; check the path "
             "(a directory holding config.json, the weights and the tokenizer files)."
         )
+    target_device = _resolve_device(device)
     common = {"trust_remote_code": trust_remote_code, **from_pretrained_kwargs}
     if not os.path.isdir(source):
         common = {**_hub_options(source), **common}
+    from safetensors import SafetensorError
+
     try:
         tok = AutoTokenizer.from_pretrained(source, **common)
         mdl = AutoModelForCausalLM.from_pretrained(
             source, dtype=torch_dtype or torch.float32, use_safetensors=use_safetensors, **common
         )
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:
         raise ModelLoadError(
-            f"could not load {source!r}: {exc}. For a hub id you need network access; "
-            "otherwise pass a local directory."
+            f"could not load {source!r}: {str(exc).strip().rstrip('.')}. A truncated or corrupt weights "
+            "file must be downloaded again; for a hub id you need network access, otherwise pass a "
+            "local directory."
         ) from exc
-    mdl.to(_resolve_device(device))
+    mdl.to(target_device)
     return LanguageModel(mdl, tok, max_batch_tokens=max_batch_tokens, name=str(path_or_id))

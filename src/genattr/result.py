@@ -30,11 +30,12 @@ import numpy as np
 
 from .errors import InputError, ResultFormatError
 from .prompt import Prompt
-from .segment import Feature, segment
+from .segment import LEVELS, Feature, segment
 from .target import Target
 
 SCHEMA = "genattr.attribution"
 SCHEMA_VERSION = 1
+SEED_LIMIT = 2**64  # seeds are in [0, 2**64): what torch's generators accept
 
 
 def jsonable(value):
@@ -186,13 +187,18 @@ class Attribution:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Attribution:
+        """Read a result written by :meth:`save`, validating every field; anything else (not
+        UTF-8, not JSON, NaN or Infinity, nesting deeper than Python parses, a wrong field)
+        raises :class:`~genattr.errors.ResultFormatError`."""
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            text = Path(path).read_bytes().decode("utf-8")
         except OSError as exc:
             raise ResultFormatError(f"cannot read {path}: {exc}.") from exc
+        except UnicodeDecodeError as exc:
+            raise ResultFormatError(f"{path} is not UTF-8 text ({exc}); was it written by genattr?") from exc
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
+            data = json.loads(text, parse_constant=_no_constant)
+        except (ValueError, RecursionError) as exc:
             raise ResultFormatError(f"{path} is not valid JSON ({exc}); was it written by genattr?") from exc
         return _parse(data, str(path))
 
@@ -228,11 +234,41 @@ class Attribution:
         return plot_attribution(self, kind=kind, ax=ax)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same directory and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def check_writable(path: str | os.PathLike) -> Path:
+    """``path`` as a :class:`~pathlib.Path` if a file can be written there: not a directory, in a
+    directory that exists and is writable; else :class:`~genattr.errors.InputError` (checked
+    before a long computation, so that it does not end in a failed write)."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path} is a directory; give a file name to write to.")
+    parent = path.parent
+    if not parent.is_dir():
+        raise InputError(
+            f"directory {parent} does not exist; create it first (genattr creates no directories)."
+        )
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"directory {parent} is not writable; choose another place to write {path.name}.")
+    return path
+
+
+def _new_file_mode(path: Path) -> int:
+    """The permission bits a file written at ``path`` gets: those of the file it replaces, or for a
+    new file 0o666 less the umask, as ``open()`` would give."""
+    try:
+        return path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same directory and a rename, with
+    the permissions of :func:`_new_file_mode`; the directory must exist (:func:`check_writable`)."""
+    path = check_writable(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _new_file_mode(path))
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
@@ -250,18 +286,38 @@ def _fail(where: str, what: str) -> ResultFormatError:
     )
 
 
+def _no_constant(name: str):
+    """``json.loads``'s hook for NaN, Infinity and -Infinity: refuse them."""
+    raise ResultFormatError(f"{name} is not a number genattr writes (non-finite scores are saved as null)")
+
+
+def _finite(v) -> float | None:
+    """``v`` as a finite float, or None when it is not a number or not finite (1e999, 10**400)."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return None
+    try:
+        number = float(v)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _numbers(value, where: str, name: str, length: int | None = None) -> list[float]:
+    """A list of finite numbers, null standing for a non-finite score (read back as NaN)."""
     if not isinstance(value, list) or (length is not None and len(value) != length):
         raise _fail(where, f"'{name}' must be a list of {length if length is not None else ''} numbers")
     out = []
     for v in value:
-        if v is None:
-            out.append(math.nan)
-        elif isinstance(v, (int, float)) and not isinstance(v, bool):
-            out.append(float(v))
-        else:
-            raise _fail(where, f"'{name}' holds a non-number {v!r}")
+        number = math.nan if v is None else _finite(v)
+        if number is None:
+            raise _fail(where, f"'{name}' holds {str(v)[:20]!r}, not a finite number")
+        out.append(number)
     return out
+
+
+def _optional(data: dict, key: str, kinds, default, where: str):
+    """``data[key]`` checked like :func:`_typed`, or ``default`` when the field is absent."""
+    return _typed(data, key, kinds, where) if key in data else default
 
 
 def _typed(data: dict, key: str, kinds, where: str):
@@ -315,8 +371,8 @@ def _parse(data, where: str = "attribution") -> Attribution:
         tuple((o[0], o[1]) for o in offsets),
         tuple(tokens),
         tuple(maskable),
-        bool(p.get("add_special_tokens", True)),
-        bool(p.get("is_chat", False)),
+        _optional(p, "add_special_tokens", bool, True, where),
+        _optional(p, "is_chat", bool, False, where),
     )
     features = []
     for i, f in enumerate(_typed(data, "features", list, where)):
@@ -346,16 +402,21 @@ def _parse(data, where: str = "attribution") -> Attribution:
             raise _fail(where, "token_scores must have one row per target token")
         token_scores = [_numbers(row, where, "token_scores", len(features)) for row in token_scores]
     seed = data.get("seed")
-    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
-        raise _fail(where, "seed must be an integer or null")
+    if seed is not None and (
+        not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < SEED_LIMIT
+    ):
+        raise _fail(where, "seed must be an integer in [0, 2**64) or null")
+    level = _optional(data, "level", str, "word", where)
+    if level not in LEVELS:
+        raise _fail(where, f"level {level[:20]!r} is not one of {', '.join(LEVELS)}")
     for key in ("params", "diagnostics", "extras"):
         if not isinstance(data.get(key, {}), dict):
             raise _fail(where, f"'{key}' must be an object")
     target = Target(
         tuple(target_ids),
-        str(data.get("target_text", "")),
+        _optional(data, "target_text", str, "", where),
         tuple(target_tokens),
-        bool(data.get("target_generated", False)),
+        _optional(data, "target_generated", bool, False, where),
     )
     return Attribution(
         method=_typed(data, "method", str, where),
@@ -366,10 +427,10 @@ def _parse(data, where: str = "attribution") -> Attribution:
         token_scores=None
         if token_scores is None
         else np.array(token_scores).reshape(len(target_ids), len(features)),
-        level=str(data.get("level", "")),
+        level=level,
         params=data.get("params", {}),
         seed=seed,
         diagnostics=data.get("diagnostics", {}),
-        version=str(data.get("version", "")),
+        version=_optional(data, "version", str, "", where),
         extras=data.get("extras", {}),
     )

@@ -11,6 +11,7 @@ Colours: white at 0, :data:`POSITIVE` (red) at the largest absolute score, :data
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 
@@ -20,6 +21,7 @@ POSITIVE: RGB = (214, 39, 40)
 NEGATIVE: RGB = (31, 119, 180)
 NEUTRAL: RGB = (255, 255, 255)
 KEY_DIAGNOSTICS = ("model", "forward_passes", "tokens_processed", "seconds")
+OBJECTIVE_UNITS = {"log_prob": "nats", "prob": "probability"}
 LEGEND = "red: positive score, blue: negative, white: 0; intensity is |score| / max |score|"
 
 
@@ -50,9 +52,22 @@ def fmt(value: float) -> str:
     return f"{value:.4g}"
 
 
-def visible(token: str) -> str:
-    """A target token as a matrix row label: line breaks and tabs written as ``\\n``, ``\\t``."""
-    return token.replace("\r", "\\r").replace("\n", "\\n").replace("\t", "\\t")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    return _NAMED.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+def visible(text: str, *, layout: bool = False) -> str:
+    """``text`` safe to print on a terminal: every control character (C0, DEL, C1: escape
+    sequences, bells, carriage returns) and every bidirectional override or isolate
+    (U+202A-U+202E, U+2066-U+2069; the marks U+061C, U+200E, U+200F) written as a visible escape (``\\n``, ``\\x1b``,
+    ``\\u202e``). With ``layout``, line breaks and tabs are kept as they are."""
+    keep = "\n\t" if layout else ""
+    return _CONTROL.sub(lambda m: m.group() if m.group() in keep else _escape(m.group()), text)
 
 
 def pieces(res) -> list[tuple[str, int | None]]:
@@ -72,13 +87,25 @@ def pieces(res) -> list[tuple[str, int | None]]:
 
 
 def header(res) -> list[tuple[str, str]]:
-    """``(name, value)`` pairs for the header line: method, level and the key diagnostics present."""
+    """``(name, value)`` pairs for the header line: method, level, the objective with its unit,
+    and the key diagnostics present."""
     items = [("method", res.method), ("level", res.level)]
+    objective = res.params.get("objective")
+    if objective in OBJECTIVE_UNITS:
+        items.append(("objective", f"{objective} ({OBJECTIVE_UNITS[objective]})"))
     for key in KEY_DIAGNOSTICS:
         if key in res.diagnostics:
             value = res.diagnostics[key]
             items.append((key, fmt(value) if isinstance(value, float) else str(value)))
     return items
+
+
+def parameters(res) -> str:
+    """The method's parameters and the seed as ``name=value`` pairs, leaving out those not set."""
+    pairs = [f"{k}={v}" for k, v in res.params.items() if v is not None]
+    if res.seed is not None:
+        pairs.append(f"seed={res.seed}")
+    return ", ".join(pairs)
 
 
 def target_label(res) -> str:

@@ -13,7 +13,7 @@ from collections.abc import Collection, Sequence
 
 from ..errors import InputError
 from ..result import Attribution
-from . import LEGEND, RGB, colour, fmt, header, ink, max_abs, pieces, target_label, visible
+from . import LEGEND, RGB, colour, fmt, header, ink, max_abs, parameters, pieces, target_label, visible
 
 CSS = """
 .genattr{font-family:system-ui,sans-serif;line-height:1.6;margin:1em 0}
@@ -46,11 +46,9 @@ def _style(value: float, scale: float) -> str:
 def _head(res: Attribution) -> str:
     facts = " · ".join(f"{_e(name)} <b>{_e(value)}</b>" for name, value in header(res))
     out = f'<div class="ga-head">{facts}</div>'
-    params = [f"{k}={v}" for k, v in res.params.items()]
-    if res.seed is not None:
-        params.append(f"seed={res.seed}")
+    params = parameters(res)
     if params:
-        out += f'<div class="ga-params">parameters: {_e(", ".join(params))}</div>'
+        out += f'<div class="ga-params">parameters: {_e(params)}</div>'
     return out
 
 
@@ -77,6 +75,7 @@ def _target(res: Attribution) -> str:
 
 
 def _matrix(res: Attribution) -> str:
+    """The token-score matrix, coloured on its own scale (max |token score|) with its own legend."""
     scale = max_abs(res.token_scores)
     head = "".join(f"<th>{_e(f.text)}</th>" for f in res.features)
     rows = []
@@ -90,22 +89,29 @@ def _matrix(res: Attribution) -> str:
         f'<div class="ga-label">token scores (rows: target tokens, columns: features; '
         f'max |score| {_e(fmt(scale))})</div><div class="ga-wrap"><table class="ga-matrix">'
         f"<thead><tr><th></th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+        + _legend(scale, "token scores", False)
     )
 
 
-def _legend(scale: float, marked: bool) -> str:
+def _legend(scale: float, what: str, marked: bool) -> str:
+    """The colour key of ``what``: swatches at -scale, 0 and +scale, the colours' full range."""
     swatches = "".join(
         f'<span class="ga-sw" style="{_style(v, scale)}">{_e(label)}</span>'
         for v, label in ((-scale, f"-{fmt(scale)}"), (0.0, "0"), (scale, f"+{fmt(scale)}"))
     )
     mark = '; <span class="ga-sw ga-mark">outlined</span> = ground-truth feature' if marked else ""
-    return f'<div class="ga-legend"><span class="ga-label">legend</span>{swatches} {_e(LEGEND)}{mark}</div>'
+    return (
+        f'<div class="ga-legend"><span class="ga-label">legend ({_e(what)})</span>{swatches} '
+        f"{_e(LEGEND)}{mark}</div>"
+    )
 
 
 def _body(res: Attribution, mark: Collection[int]) -> str:
     scale = max_abs(res.scores)
     matrix = "" if res.token_scores is None else _matrix(res)
-    return _head(res) + _prompt(res, scale, mark) + _target(res) + matrix + _legend(scale, bool(mark))
+    return (
+        _head(res) + _prompt(res, scale, mark) + _legend(scale, "prompt", bool(mark)) + _target(res) + matrix
+    )
 
 
 def render_fragment(res: Attribution, *, mark: Collection[int] | None = None) -> str:

@@ -3,7 +3,10 @@ the target, a legend, and the token-score matrix as tables of at most :data:`MAX
 feature columns each (all of them printed).
 
 User text always goes into :class:`rich.text.Text` objects, never through console markup, so
-brackets in prompts or tokens print as they are.
+brackets in prompts or tokens print as they are, and through :func:`~genattr.render.visible`
+first, so escape sequences, bells, carriage returns and bidi overrides in a result print as
+visible escapes instead of acting on the terminal. A result without a token matrix gets a
+one-row table of its scores, so the numbers show where colours do not (a pipe, a file).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..result import Attribution
-from . import LEGEND, colour, fmt, header, ink, max_abs, pieces, target_label, visible
+from . import LEGEND, colour, fmt, header, ink, max_abs, parameters, pieces, target_label, visible
 
 MAX_COLUMNS = 12
 
@@ -34,25 +37,28 @@ def _style(value: float, scale: float, marked: bool = False) -> Style:
 
 
 def _tables(res: Attribution, width: int) -> list[Table]:
-    """The token-score matrix split into tables narrow enough for ``width`` columns of terminal."""
-    scale = max_abs(res.token_scores)
+    """The token-score matrix (or, without one, the row of scores) split into tables narrow
+    enough for ``width`` columns of terminal."""
+    if res.token_scores is None:
+        labels, matrix, what = ["score"], res.scores[None, :], "scores"
+    else:
+        labels, matrix, what = [visible(t) for t in res.target.tokens], res.token_scores, "token scores"
+    scale = max_abs(matrix)
     n = len(res.features)
     per = max(1, min(MAX_COLUMNS, (width - 12) // 10))
     tables = []
     for lo in range(0, n, per):
         columns = range(lo, min(lo + per, n))
         table = Table(
-            title=f"token scores, features {lo + 1}-{columns[-1] + 1} of {n} (max |score| {fmt(scale)})",
+            title=f"{what}, features {lo + 1}-{columns[-1] + 1} of {n} (max |score| {fmt(scale)})",
             box=box.SIMPLE_HEAD,
             padding=(0, 1),
         )
-        table.add_column(Text("target token"), overflow="fold")
+        table.add_column(Text("target token" if res.token_scores is not None else ""), overflow="fold")
         for i in columns:
-            table.add_column(Text(res.features[i].text), overflow="fold", justify="right")
-        for token, row in zip(res.target.tokens, res.token_scores, strict=True):
-            table.add_row(
-                Text(visible(token)), *(Text(f"{row[i]:.2g}", style=_style(row[i], scale)) for i in columns)
-            )
+            table.add_column(Text(visible(res.features[i].text)), overflow="fold", justify="right")
+        for label, row in zip(labels, matrix, strict=True):
+            table.add_row(Text(label), *(Text(f"{row[i]:.2g}", style=_style(row[i], scale)) for i in columns))
         tables.append(table)
     return tables
 
@@ -65,12 +71,16 @@ def print_attribution(
     console = console or Console()
     mark = set(mark or ())
     scale = max_abs(res.scores)
-    head = Text(" · ").join(Text.assemble(f"{name} ", (value, "bold")) for name, value in header(res))
+    head = Text(" · ").join(
+        Text.assemble(f"{name} ", (visible(value), "bold")) for name, value in header(res)
+    )
+    params = parameters(res)
     prompt = Text("prompt: ", style="bold")
     for text, i in pieces(res):
-        prompt.append(text, style=None if i is None else _style(res.scores[i], scale, i in mark))
+        style = None if i is None else _style(res.scores[i], scale, i in mark)
+        prompt.append(visible(text, layout=True), style=style)
     legend = Text.assemble(
-        ("legend: ", "bold"),
+        ("legend (prompt): ", "bold"),
         (f" -{fmt(scale)} ", _style(-scale, scale)),
         (" 0 ", _style(0.0, scale)),
         (f" +{fmt(scale)} ", _style(scale, scale)),
@@ -81,9 +91,10 @@ def print_attribution(
         legend.append("underlined", style="bold underline")
         legend.append(" = ground-truth feature")
     console.print(head)
+    if params:
+        console.print(Text.assemble(("parameters: ", "bold"), visible(params)))
     console.print(prompt)
-    console.print(Text.assemble((f"{target_label(res)}: ", "bold"), res.target.text))
+    console.print(Text.assemble((f"{target_label(res)}: ", "bold"), visible(res.target.text, layout=True)))
     console.print(legend)
-    if res.token_scores is not None:
-        for table in _tables(res, console.width):
-            console.print(table)
+    for table in _tables(res, console.width):
+        console.print(table)
