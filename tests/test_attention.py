@@ -111,39 +111,62 @@ def _perception_oracle(lm, res) -> torch.Tensor:
     return P
 
 
-def _last_attention_gradient_rows(lm, res) -> torch.Tensor:
-    """d log p(y_t) / d A^(L) at the row predicting y_t, heads kept: one backward pass per token."""
+def _last_attention_gradient_rows(lm, res, logits: bool = False) -> torch.Tensor:
+    """d log p(y_t) / d A^(L) (d z_t(y_t) / d A^(L), the target's logit, with ``logits``) at the
+    row predicting y_t, heads kept: one backward pass per token."""
     rows, cols = _rows(res)
     target = list(res.target.ids)
     with _eager(lm.model):
         out = _hf_forward(lm, res)
-        logp = out.logits[0].float().log_softmax(-1)
+        scores = out.logits[0].float()
+        if not logits:
+            scores = scores.log_softmax(-1)
         last = out.attentions[-1]
         grads = []
         for t, row in enumerate(rows.tolist()):
-            (g,) = torch.autograd.grad(logp[row, target[t]], last, retain_graph=True)
+            (g,) = torch.autograd.grad(scores[row, target[t]], last, retain_graph=True)
             grads.append(g[0, :, row, cols])
     return torch.stack(grads).detach()  # [n, heads, F]
 
 
 def test_bta_equals_its_definition_computed_per_token(lm):
-    """With one step (alpha = 1) BTA's row t is P[row_t] * mean_h ReLU(d log p_t / dA^(L)[row_t])."""
-    res = _explain(lm, "bta_avg", n_steps=1)
+    """With one step (alpha = 1) BTA's row t is P[row_t] * mean_h ReLU(d log p_t / dA^(L)[row_t])
+    and its score the sum of the rows."""
+    res = _explain(lm, "bta", n_steps=1)
     rows, cols = _rows(res)
     P = _perception_oracle(lm, res)[rows][:, cols]
     grads = _last_attention_gradient_rows(lm, res)
     expected = (P * grads.clamp(min=0).mean(1)).double().numpy()
     np.testing.assert_allclose(res.token_scores, expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max())
-    np.testing.assert_allclose(res.scores, expected.mean(0), rtol=1e-4, atol=1e-6 * np.abs(expected).max())
+    np.testing.assert_allclose(res.scores, expected.sum(0), rtol=1e-4, atol=1e-6 * np.abs(expected).max())
     assert (res.token_scores >= 0).all() and res.token_scores.max() > 0
-    seq = _explain(lm, "bta", n_steps=1)
-    np.testing.assert_allclose(seq.token_scores, res.token_scores, rtol=1e-6)
-    np.testing.assert_allclose(seq.scores, res.token_scores.sum(0), rtol=1e-6)
+
+
+def test_bta_avg_averages_the_rows_of_each_steps_logit(lm):
+    """BTA-AVG's row t (one step) is P[row_t] * mean_h ReLU(d z_t(y_t) / dA^(L)[row_t]), the target's
+    logit differentiated as in the GiLOT authors' code, and its score the mean of the rows: not
+    BTA's score divided by n."""
+    res = _explain(lm, "bta_avg", n_steps=1)
+    rows, cols = _rows(res)
+    P = _perception_oracle(lm, res)[rows][:, cols]
+    grads = _last_attention_gradient_rows(lm, res, logits=True)
+    expected = (P * grads.clamp(min=0).mean(1)).double().numpy()
+    tolerance = {"rtol": 1e-4, "atol": 1e-6 * np.abs(expected).max()}
+    np.testing.assert_allclose(res.token_scores, expected, **tolerance)
+    np.testing.assert_allclose(res.scores, np.abs(expected).mean(0), **tolerance)
+    assert (res.token_scores >= 0).all() and res.token_scores.max() > 0
+    bta = _explain(lm, "bta", n_steps=1)
+    assert not np.allclose(res.scores, bta.scores / len(res.target.ids), **tolerance)
+    assert not np.allclose(res.token_scores, bta.token_scores, **tolerance)
+    prob = _explain(lm, "bta_avg", n_steps=1, objective="prob")
+    np.testing.assert_allclose(
+        prob.token_scores, res.token_scores, rtol=1e-6
+    )  # the logit, whatever the objective
 
 
 def test_bta_integrates_the_attention_gradient_along_the_path(llama):
     """BTA with K steps averages the gradients at k/K e(x) before the ReLU."""
-    res = _explain(llama, "bta_avg", n_steps=3)
+    res = _explain(llama, "bta", n_steps=3)
     rows, cols = _rows(res)
     x = llama.embed(torch.tensor([res.prompt.input_ids])).detach()
     covered = torch.zeros(1, x.shape[1], 1)

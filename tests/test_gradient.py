@@ -5,15 +5,18 @@ as found, and Captum's LayerIntegratedGradients and DeepLift as peer implementat
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
 
 import genattr
-from genattr.algorithms.gradient import _RescaleRule
-from genattr.errors import InvalidParameterError
+from genattr.algorithms.gradient import CONVERGENCE_TOLERANCE, _RescaleRule
+from genattr.errors import ConvergenceWarning, InvalidParameterError
 from genattr.model import Inputs, LanguageModel
 from genattr.registry import methods
+from genattr.zoo import examples
 
 from .conftest import naive_log_probs
 
@@ -44,9 +47,49 @@ def test_ig_completeness_on_tiny_transformers(lm, rule):
     assert abs(res.scores.sum() - gap.sum()) < 1e-2 * abs(gap.sum())
     np.testing.assert_allclose(res.token_scores.sum(1), gap, rtol=1e-2, atol=1e-2 * np.abs(gap).max())
     assert res.diagnostics["relative_convergence_delta"] < 1e-2
+    assert res.diagnostics["n_steps"] == 128 and res.diagnostics["steps_tried"] == [128]
     np.testing.assert_allclose(res.token_scores.sum(0), res.scores, atol=1e-9)
     coarse = _explain(lm, "integrated_gradients", n_steps=2, **kw)
     assert coarse.diagnostics["relative_convergence_delta"] > res.diagnostics["relative_convergence_delta"]
+
+
+@pytest.fixture(scope="module")
+def zoo():
+    return genattr.load("zoo")
+
+
+# zoo prompts where 50 Gauss-Legendre steps (the former default) miss F(x) - F(x') by 9-12%
+HARD_ZOO_PROMPTS = [("recall", 1), ("sentiment", 2), ("copy", 0)]
+
+
+def test_ig_default_steps_converge_on_zoo_prompts(zoo):
+    """Left unset, n_steps doubles from 32 until the relative convergence delta is under the
+    warning threshold: the result converges and says which step counts it tried."""
+    for task, index in HARD_ZOO_PROMPTS:
+        ex = examples(task, 3, seed=0)[index]
+        with pytest.warns(ConvergenceWarning, match="n_steps=50"):
+            fixed = genattr.explain(
+                zoo, ex.prompt, target=ex.answer, method="integrated_gradients", n_steps=50
+            )
+        assert fixed.diagnostics["relative_convergence_delta"] > CONVERGENCE_TOLERANCE
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ConvergenceWarning)
+            res = genattr.explain(zoo, ex.prompt, target=ex.answer, method="integrated_gradients")
+        d = res.diagnostics
+        tried = d["relative_convergence_delta_tried"]
+        assert d["steps_tried"] == [32, 64, 128][: len(tried)] and d["n_steps"] == d["steps_tried"][-1]
+        assert all(delta > CONVERGENCE_TOLERANCE for delta in tried[:-1])
+        assert d["converged"] and d["relative_convergence_delta"] == tried[-1] <= CONVERGENCE_TOLERANCE
+        gap = d["objective_input"][-1] - d["objective_baseline"][-1]
+        assert d["convergence_delta"] == pytest.approx(res.scores.sum() - gap, abs=1e-9)
+
+
+def test_ig_schedule_stops_at_max_steps_and_warns(zoo):
+    ex = examples("copy", 3, seed=0)[0]
+    with pytest.warns(ConvergenceWarning, match="n_steps=64; raise max_steps"):
+        res = genattr.explain(zoo, ex.prompt, target=ex.answer, method="integrated_gradients", max_steps=64)
+    assert res.diagnostics["steps_tried"] == [32, 64]
+    assert res.diagnostics["n_steps"] == 64 and not res.diagnostics["converged"]
 
 
 def test_ig_completeness_for_the_probability_objective(qwen):
@@ -109,7 +152,13 @@ def test_ig_is_exact_on_a_quadratic_model(llama, rule, n_steps, curvature):
         quad, "integrated_gradients_avg", level="token", n_steps=n_steps, quadrature=rule, baselines="token"
     )
     np.testing.assert_allclose(avg.token_scores, res.token_scores, atol=1e-9)
-    np.testing.assert_allclose(avg.scores, res.scores / n, atol=1e-9)
+    steps = closed[:, positions].double().numpy()  # the per-step IG matrix [n, F]
+    assert ((steps > 0).any(0) & (steps < 0).any(0)).any()  # some feature changes sign across steps
+    np.testing.assert_allclose(avg.scores, np.abs(steps).mean(0), rtol=1e-4, atol=1e-6)  # abs, then mean
+    assert not np.allclose(avg.scores, res.scores / n, rtol=1e-2)
+    assert not np.allclose(avg.scores, np.abs(res.scores) / n, rtol=1e-2)
+    assert avg.diagnostics["relative_convergence_delta"] < 1e-4
+    assert avg.diagnostics["n_steps"] == n_steps
 
 
 def test_clipped_ig_clamps_every_gradient_entry(llama):
@@ -283,6 +332,8 @@ def test_bad_parameters_raise_typed_errors(llama):
         _explain(llama, "smoothgrad", stdevs=-1.0)
     with pytest.raises(InvalidParameterError, match="threshold"):
         _explain(llama, "ig_clipped", threshold=-1.0)
+    with pytest.raises(InvalidParameterError, match="max_steps"):
+        _explain(llama, "integrated_gradients", max_steps=1)
 
 
 # --------------------------------------------------------------------- peers

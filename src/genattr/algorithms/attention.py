@@ -137,7 +137,7 @@ def perception_rollout(perceptions: list[torch.Tensor]) -> torch.Tensor:
 
 
 def attention_gradients(
-    ep: EmbeddedPrompt, n_steps: int, baselines: str
+    ep: EmbeddedPrompt, n_steps: int, baselines: str, logits: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The integrated gradient of F with respect to the last layer's attention map, at the
     predicting rows and prompt columns: (1/K) sum_{k=1..K} dF(x' + k/K (x - x')) / dA^(L)
@@ -145,7 +145,8 @@ def attention_gradients(
 
     A^(L)[q, :] only affects the output at position q, so one backward pass of sum_t log p_t
     gives every token's gradient row; the objective's chain rule then scales row t by
-    dF_t / d log p_t (tokens) or dF / d log p_t (sequence) at each step.
+    dF_t / d log p_t (tokens) or dF / d log p_t (sequence) at each step. With ``logits``,
+    F_t is target token t's logit z_t(y_t) (and F their sum), whatever the objective.
     """
     lm, L, n = ep.lm, ep.length, ep.n_target
     base = ep.baseline(baselines)
@@ -157,11 +158,12 @@ def attention_gradients(
             x = rows[sl].to(lm.dtype).requires_grad_(True)
             with torch.enable_grad():
                 out, maps = lm.log_probs_from_embeddings(
-                    x, ep.template(x.shape[0]), ep.target, output_attentions=True
+                    x, ep.template(x.shape[0]), ep.target, output_attentions=True, return_logits=logits
                 )
                 (grad,) = torch.autograd.grad(out.sum(), maps[-1])
             picked = grad.float()[:, :, ep.predicting.to(grad.device), :L]  # [r, heads, n, L]
-            factor = objective_factor(ep.objective, out.detach().float(), True)
+            objective = "log_prob" if logits else ep.objective
+            factor = objective_factor(objective, out.detach().float(), True)
             tokens = tokens + torch.einsum("tr,rhtl->thl", factor[:n], picked)
             sequence = sequence + torch.einsum("r,rhtl->thl", factor[n], picked)
     return tokens.cpu() / n_steps, sequence.cpu() / n_steps
@@ -209,6 +211,9 @@ class AttentionRollout(Method):
 
 
 class _Bta(Method):
+    """Shared by ``bta`` and ``bta_avg``: the perception rollout times the ReLU of the integrated
+    attention gradient, with (``bta``) F the objective or (``bta_avg``) each step's logit."""
+
     family = "attention"
     needs_gradients = True
     average = False
@@ -227,7 +232,9 @@ class _Bta(Method):
         with ValueTap(problem.lm.model) as tap:
             maps = attention_maps(ep)
         perception = perception_rollout(tap.perceptions(maps))[ep.predicting, : ep.length]
-        token_grads, sequence_grads = attention_gradients(ep, self.n_steps, self.baselines)
+        token_grads, sequence_grads = attention_gradients(
+            ep, self.n_steps, self.baselines, logits=self.average
+        )
         rows = perception * token_grads.clamp(min=0).mean(1)
         tokens = ep.features(rows)
         if self.average:
@@ -262,9 +269,25 @@ class Bta(_Bta):
 
 @register
 class BtaAvg(_Bta):
-    """BTA-AVG (GiLOT, Sec. 4.2): BTA with each target step's loss log p(y_t | y_<t, x) on its
-    own (the per-token rows of ``bta``), averaged over the target tokens for the sequence score."""
+    """BTA-AVG (GiLOT, Sec. 4.2): BTA of each target step on its own, averaged over the steps,
+
+        BTA-AVG = (1/n) sum_t P^(L)[q_t] ⊙ ReLU( (1/K) sum_k dz_t(y_t)(x' + k/K (x - x')) / dA^(L)[q_t] ),
+
+    q_t the position predicting y_t and z_t(y_t) the target token's logit there. The paper says
+    only "similar to IG-AVG, for the step-by-step loss"; the step function and the aggregation
+    are those of the authors' code (``generate_bt_token_average`` in
+    ``reproduce/llama_variants/interpretor.py`` of github.com/holyseven/GiLOT): each step
+    differentiates the target token's logit (where the same code's BTA, IG and IG-AVG
+    differentiate log-probabilities), and the step rows are added up. That is what makes
+    BTA-AVG differ from BTA here: A^(L)[q, :] reaches only the output at q, so with the
+    log-probability as each step's function the rows would be exactly BTA's rows and their mean
+    BTA's score divided by n. IG-AVG's absolute value of each step's row would change nothing:
+    the rows are products of non-negative factors. The objective of the call (``log_prob`` or
+    ``prob``) does not enter: the logit is the step function. The authors' code sums where this
+    averages (the same ranking) and uses 5 steps including alpha = 0; the ReLU and the head
+    average are as in ``bta``.
+    """
 
     name = "bta_avg"
-    summary = "BTA of each target step's log-probability, averaged over steps"
+    summary = "BTA-AVG: BTA of each target step's logit (the authors' code), averaged over steps"
     average = True

@@ -53,14 +53,14 @@ def _factor(ep: EmbeddedPrompt, sequence: bool) -> Callable[[torch.Tensor, slice
 def _split(ep: EmbeddedPrompt, token_level: torch.Tensor, sequence: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Token-level attributions [m, L] -> (sequence scores [F], token matrix [n, F]).
 
-    ``sequence`` is ``"row"`` (row n holds the sequence), ``"sum"`` or ``"mean"`` of the token rows.
+    ``sequence`` is ``"row"`` (row n holds the sequence) or ``"sum"`` (the sum of the token rows).
     """
     scores = ep.features(token_level)
     n = ep.n_target
     tokens = scores[:n]
     if sequence == "row":
         return scores[n], tokens
-    return (tokens.sum(0) if sequence == "sum" else tokens.mean(0)), tokens
+    return tokens.sum(0), tokens
 
 
 def _objective_values(ep: EmbeddedPrompt, rows: torch.Tensor) -> torch.Tensor:
@@ -130,16 +130,47 @@ class InputXGradient(Method):
 CONVERGENCE_TOLERANCE = 0.05
 """Relative completeness gap |sum IG - (F(x) - F(x'))| / |F(x) - F(x')| above which IG warns."""
 
+FIRST_STEPS = 32
+"""The first step count of the adaptive schedule (``n_steps`` unset), doubled from there."""
+
 
 class _IntegratedGradients(Method):
-    """Shared by ``integrated_gradients``, ``integrated_gradients_avg`` and ``ig_clipped``."""
+    """Shared by ``integrated_gradients``, ``integrated_gradients_avg`` and ``ig_clipped``.
+
+    The step count: a given ``n_steps`` is used as is. Left unset, the integral is computed with
+    32, 64, 128, ... steps (each rung from scratch: Gauss-Legendre nodes are not nested) until
+    the relative convergence delta is at most :data:`CONVERGENCE_TOLERANCE`, the last rung being
+    ``max_steps`` (256). Measured on the zoo model (15 prompts, 3 per task, seed 0; token
+    baseline, Gauss-Legendre), the share of prompts whose relative delta exceeds 5% and the
+    largest delta are: 16 steps 100% (up to 210%), 32 steps 73% (52%), 50 steps 40% (16%),
+    64 steps 27% (15%), 128 steps none (2.1%); the error does not fall monotonically with the
+    steps (Gauss-Legendre's high order pays off on smooth integrands only; the trapezoid rule
+    leaves 7% of the prompts over 5% at 64 steps and none at 128).
+    No fixed count short of 128 converges there, and 128 steps cost 4 times what a quarter of
+    the prompts need; the schedule stops at 32 steps on those, at 64 on about half, and at 128
+    on the rest (about 110 steps on average, at most 2 times the count it stops at). Where even
+    ``max_steps`` misses, a ConvergenceWarning says so. ``diagnostics['n_steps']`` is the
+    count used, ``diagnostics['steps_tried']`` the rungs run and
+    ``diagnostics['relative_convergence_delta_tried']`` the relative delta at each.
+    Each step is a forward and a backward pass batched over the target tokens: on a large model
+    pass ``n_steps`` (and accept the delta it reports) rather than let the schedule run.
+    """
 
     family = "gradient"
     needs_gradients = True
     convergence_check = True
     average = False
     params = {
-        "n_steps": Param(50, "interpolation steps of the path integral", int, minimum=1),
+        "n_steps": Param(
+            None,
+            "interpolation steps of the path integral (unset: doubled from 32 until converged, up to max_steps)",
+            int,
+            minimum=1,
+            optional=True,
+        ),
+        "max_steps": Param(
+            256, "the most steps the adaptive schedule (n_steps unset) may reach", int, minimum=2
+        ),
         "quadrature": Param("gausslegendre", "quadrature rule (Captum's `method`)", str, choices=QUADRATURES),
         "baselines": Param(
             "token",
@@ -151,44 +182,81 @@ class _IntegratedGradients(Method):
 
     def attribute(self, problem: Problem) -> Output:
         ep = embedded(problem)
-        alphas, weights = quadrature(self.n_steps, self.quadrature)
         x, base = ep.embeds, ep.baseline(self.baselines)
+        ends = _objective_values(ep, torch.stack([x, base]))
+        gap = ends[0] - ends[1]
+        tried: list[float] = []
+        for n_steps in self._step_counts():
+            scores, tokens = self._integral(ep, x, base, n_steps)
+            delta, relative, token_deltas = self._completeness(scores, tokens, gap)
+            tried.append(relative)
+            if relative <= CONVERGENCE_TOLERANCE:
+                break
+        if relative > CONVERGENCE_TOLERANCE and self._clip() is None:
+            self._warn(n_steps, delta, relative)
+        if self.average:
+            scores = tokens.abs().mean(0)
+        diagnostics = {
+            "n_steps": n_steps,
+            "convergence_delta": delta,
+            "relative_convergence_delta": relative,
+            "converged": relative <= CONVERGENCE_TOLERANCE,
+            "steps_tried": self._step_counts()[: len(tried)],
+            "relative_convergence_delta_tried": tried,
+            "convergence_delta_tokens": token_deltas.tolist(),
+            "objective_input": ends[0].tolist(),
+            "objective_baseline": ends[1].tolist(),
+        }
+        return Output(scores, tokens, diagnostics=diagnostics)
+
+    def _step_counts(self) -> list[int]:
+        """``[n_steps]``, or the adaptive schedule 32, 64, ... below ``max_steps``, then ``max_steps``."""
+        if self.n_steps is not None:
+            return [self.n_steps]
+        counts = [FIRST_STEPS]
+        while counts[-1] * 2 < self.max_steps:
+            counts.append(counts[-1] * 2)
+        return [c for c in counts if c < self.max_steps] + [self.max_steps]
+
+    def _integral(
+        self, ep: EmbeddedPrompt, x: torch.Tensor, base: torch.Tensor, n_steps: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Signed IG with ``n_steps`` quadrature points: (sequence scores [F], token rows [n, F])."""
+        alphas, weights = quadrature(n_steps, self.quadrature)
         delta = x - base
         rows = base[None] + alphas.to(x)[:, None, None] * delta[None]
         seq = _own_sequence_row(ep) and not self.average
         sums = gradient_sums(
             ep, rows, _factor(ep, seq), weights, sequence=seq, multipliers=delta, clip=self._clip()
         )
-        token_level = sums.sum(-1)
-        scores, tokens = _split(ep, token_level, "row" if seq else ("mean" if self.average else "sum"))
-        ends = _objective_values(ep, torch.stack([x, base]))
-        gap = ends[0] - ends[1]
-        totals = torch.cat([tokens.sum(1), scores.sum()[None]])
+        return _split(ep, sums.sum(-1), "row" if seq else "sum")
+
+    def _completeness(
+        self, scores: torch.Tensor, tokens: torch.Tensor, gap: torch.Tensor
+    ) -> tuple[float, float, torch.Tensor]:
+        """(convergence delta, relative delta, per-token deltas) against ``gap`` = F(x) - F(x') [n + 1].
+
+        Plain IG: sum_i IG_i - (F(x) - F(x')) for the sequence. The AVG variant aggregates the rows
+        through their absolute values, so each row's own gap counts: the mean over tokens of
+        |sum_i IG_{t,i} - (F_t(x) - F_t(x'))|, relative to the mean of |F_t(x) - F_t(x')|.
+        """
+        token_deltas = tokens.sum(1) - gap[:-1]
         if self.average:
-            gap[-1] = gap[:-1].mean()
-        deltas = totals - gap
-        relative = float(deltas[-1].abs() / gap[-1].abs().clamp(min=1e-12))
-        diagnostics = {
-            "convergence_delta": float(deltas[-1]),
-            "relative_convergence_delta": relative,
-            "converged": relative <= CONVERGENCE_TOLERANCE,
-            "convergence_delta_tokens": deltas[:-1].tolist(),
-            "objective_input": ends[0].tolist(),
-            "objective_baseline": ends[1].tolist(),
-        }
-        if relative > CONVERGENCE_TOLERANCE and self._clip() is None:
-            advice = "raise n_steps" + (
-                ", or use baselines='token' (a zero embedding is a hard path for models that normalise their inputs)"
-                if self.baselines == "zero"
-                else ""
-            )
-            warnings.warn(
-                f"{self.name}: the attributions miss F(x) - F(x') by {relative:.0%} (convergence delta "
-                f"{float(deltas[-1]):.4g}) with n_steps={self.n_steps}; {advice}.",
-                ConvergenceWarning,
-                stacklevel=2,
-            )
-        return Output(scores, tokens, diagnostics=diagnostics)
+            delta = float(token_deltas.abs().mean())
+            return delta, delta / max(float(gap[:-1].abs().mean()), 1e-12), token_deltas
+        delta = float(scores.sum() - gap[-1])
+        return delta, abs(delta) / max(float(gap[-1].abs()), 1e-12), token_deltas
+
+    def _warn(self, n_steps: int, delta: float, relative: float) -> None:
+        advice = "raise max_steps" if self.n_steps is None else "raise n_steps (or leave it unset)"
+        if self.baselines == "zero":
+            advice += ", or use baselines='token' (a zero embedding is a hard path for models that normalise their inputs)"
+        warnings.warn(
+            f"{self.name}: the attributions miss F(x) - F(x') by {relative:.0%} (convergence delta "
+            f"{delta:.4g}) with n_steps={n_steps}; {advice}.",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
 
     def _clip(self) -> float | None:
         return None
@@ -210,7 +278,9 @@ class IntegratedGradients(_IntegratedGradients):
     ``convergence_delta_tokens``). By linearity the per-token rows (token t: F_t) sum to the
     sequence scores. The integral uses ``n_steps`` points of the ``quadrature`` rule (Captum's
     ``method``, renamed because ``method`` names the attribution method in :func:`genattr.explain`;
-    same rule names and conventions); the baseline replaces the feature tokens' embeddings only.
+    same rule names and conventions), or, with ``n_steps`` unset, as many as it takes to bring
+    the relative convergence delta under 5% (doubling from 32 up to ``max_steps``; the count
+    used is ``diagnostics['n_steps']``); the baseline replaces the feature tokens' embeddings only.
     It is, by default, the embedding of the call's baseline token (``baseline=`` of explain):
     the zero embedding of the papers is a hard path for models that normalise their inputs
     (RMSNorm, LayerNorm), whose output is flat along most of it and jumps near 0, so that the
@@ -228,16 +298,35 @@ class IntegratedGradients(_IntegratedGradients):
 @register
 class IntegratedGradientsAvg(_IntegratedGradients):
     """IG-AVG ("GiLOT: Interpreting Generative Language Models via Optimal Transport", 2024, Sec. 4.2):
-    integrated gradients of each step's loss log p(y_t | y_<t, x) (one attribution row per target
-    token), averaged over the target tokens for the sequence score.
+    integrated gradients of each target step's own function F_t = log p(y_t | y_<t, x), one row
+    per target token (the rows of ``integrated_gradients``), and as the sequence score the mean
+    over the steps of their absolute values:
 
-    The rows are those of ``integrated_gradients``; only the sequence score differs (the mean of
-    the rows instead of their sum, since IG is linear in F). Completeness holds per row; the
-    sequence delta compares with the mean over tokens of F_t(x) - F_t(x').
+        IG-AVG_i = (1/n) sum_t |IG_{t,i}|,   IG_{t,i} = sum_d (x - x')_{i,d} int_0^1 dF_t / dx_{i,d} d alpha.
+
+    The paper says only that it "calculates the average input token attributions across all
+    steps"; the absolute value before the average is what the authors' code does
+    (``generate_ig_average`` in ``reproduce/llama_variants/interpretor.py`` and ``generate_ig_avg``
+    in ``interpreter.py`` of github.com/holyseven/GiLOT: each step's attribution
+    |sum_d IG * e| is added over the steps), and what makes IG-AVG differ from IG: without it
+    the mean of the rows is IG's sequence score divided by n, the same ranking. A feature that
+    supports one step and opposes another scores by both here, where IG lets them cancel. The
+    scores are magnitudes (never negative); the per-token rows keep their signs. The absolute
+    value applies to the step's attribution of each feature (the sum over its tokens), which is
+    the authors' token-level operation when ``level="token"``. The authors' code sums over the
+    steps where this averages (the same ranking), uses the right Riemann rule with 5 steps and the
+    zero baseline; here ``n_steps``, ``quadrature`` and ``baselines`` are those of
+    ``integrated_gradients``.
+
+    Completeness holds per row; ``diagnostics['convergence_delta']`` is the mean over steps of
+    |sum_i IG_{t,i} - (F_t(x) - F_t(x'))| and ``relative_convergence_delta`` divides it by the
+    mean of |F_t(x) - F_t(x')|.
     """
 
     name = "integrated_gradients_avg"
-    summary = "IG-AVG: integrated gradients of each target step's log-probability, averaged over steps"
+    summary = (
+        "IG-AVG: mean over target steps of the absolute integrated gradients of each step's log-probability"
+    )
     average = True
 
 
@@ -250,7 +339,9 @@ class IntegratedGradientsClipped(_IntegratedGradients):
 
     The paper states the rule for the recurrence Jacobian dh_t/dh_{t-1} of an RNN; a transformer
     has no such recurrence, so the clip applies to the gradient with respect to the input
-    embeddings, the quantity IG integrates. Completeness then holds only when nothing is clipped.
+    embeddings, the quantity IG integrates. Completeness then holds only when nothing is clipped
+    (and no ConvergenceWarning is raised): with ``n_steps`` unset, a clip that binds runs the
+    step schedule to ``max_steps``, so pass ``n_steps`` when clipping.
     """
 
     name = "ig_clipped"
