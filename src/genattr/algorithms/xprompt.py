@@ -81,7 +81,7 @@ from ..errors import InvalidParameterError
 from ..model import Inputs
 from ..problem import Problem
 from ..registry import register
-from .base import Method, Output, Param
+from .base import MAX_ITERATIONS, MAX_SAMPLES, Method, Output, Param
 
 
 def token_owner(problem: Problem) -> torch.Tensor:
@@ -253,12 +253,15 @@ class XPrompt(Method):
     token_matrix = False
     params = {
         "k": Param(3, "number of features removed together (1 <= k <= features)", int, minimum=1),
-        "n_iter": Param(100, "swap iterations N (0 keeps the initial mask)", int, minimum=0),
+        "n_iter": Param(
+            100, "swap iterations N (0 keeps the initial mask)", int, minimum=0, maximum=MAX_ITERATIONS
+        ),
         "proposals_per_step": Param(
             1,
             "distinct new swaps scored per iteration in one batch; the best improving one is kept",
             int,
             minimum=1,
+            maximum=MAX_SAMPLES,
         ),
         "random_init": Param(False, "ablation: initial removed set drawn uniformly, not by gradient", bool),
         "uniform_sampling": Param(False, "ablation: swap features drawn uniformly, not by gradient", bool),
