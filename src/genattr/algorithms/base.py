@@ -20,8 +20,8 @@ MAX_SAMPLES = 100_000
 """Random draws of a sampling method: permutations, coalitions, swap proposals per step."""
 MAX_GRADIENT_POINTS = 1_000
 """Points at which a gradient method evaluates its gradient: path steps or random samples."""
-MAX_BEAMS = 100
-"""Beams per prompt of a beam search."""
+MAX_BEAMS = 256
+"""Beams per prompt of a beam search: each step holds beams x vocabulary logits per prompt."""
 MAX_OUTPUT_POSITIONS = 100
 """Output positions whose distributions over the vocabulary a method holds for every prompt variant."""
 MAX_ITERATIONS = 100_000
