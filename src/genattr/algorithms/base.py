@@ -18,7 +18,7 @@ from ..target import Target
 # ``Param(maximum=...)``, so that an absurd value fails at once with the limit in the message.
 MAX_SAMPLES = 100_000
 """Random draws of a sampling method: permutations, coalitions, swap proposals per step."""
-MAX_GRADIENT_POINTS = 1_000
+MAX_GRADIENT_POINTS = 1024
 """Points at which a gradient method evaluates its gradient: path steps or random samples."""
 MAX_BEAMS = 256
 """Beams per prompt of a beam search: each step holds beams x vocabulary logits per prompt."""
