@@ -11,13 +11,22 @@ import pytest
 import torch
 
 import genattr
+from genattr import problem as problem_module
+from genattr import registry
+from genattr.algorithms import perturbation
+from genattr.algorithms.base import MAX_SAMPLES
 from genattr.algorithms.perturbation import (
+    KernelShapFit,
+    RidgeFit,
     coalition_masks,
     kernel_shap_solve,
+    permutation_blocks,
     shapley_from_table,
     shapley_kernel_weight,
+    shapley_sampling_estimate,
     weighted_ridge,
 )
+from genattr.errors import InvalidParameterError
 from genattr.masking import Masker
 from genattr.problem import Problem
 from genattr.prompt import Prompt
@@ -192,3 +201,186 @@ def test_lime_fits_the_full_prompt_and_weights_by_fraction_kept(llama):
     assert "intercept" in res.diagnostics
     with pytest.raises(genattr.errors.InvalidParameterError, match="kernel_width"):
         genattr.explain(llama, PROMPT, target=TARGET, method="lime", kernel_width=0.0)
+
+
+# --------------------------------------------------------------------- bounded work
+# Integer parameters that set no amount of work: xprompt's k is checked against the prompt's
+# features, and gilot's ot_batch_size is capped by ot.MAX_COST_ENTRIES where it is used.
+UNBOUNDED = {("xprompt", "k"), ("gilot", "ot_batch_size")}
+
+
+def _int_params():
+    for name in registry.names():
+        for key, param in registry.get(name).params.items():
+            kinds = param.kind if isinstance(param.kind, tuple) else (param.kind,)
+            if int in kinds and bool not in kinds and (name, key) not in UNBOUNDED:
+                yield name, key, param
+
+
+def test_every_work_parameter_has_a_limit_stated_when_passed():
+    params = list(_int_params())
+    assert {("shapley_sampling", "n_samples"), ("gilot", "num_beams"), ("xprompt", "n_iter")} <= {
+        (n, k) for n, k, _ in params
+    }
+    for name, key, param in params:
+        assert param.maximum is not None, f"{name}.{key} has no maximum"
+        cls = registry.get(name)
+        assert cls(**{key: int(param.maximum)}).values[key] == param.maximum
+        with pytest.raises(InvalidParameterError, match=f"{key} must be at most {param.maximum}"):
+            cls(**{key: int(param.maximum) + 1})
+
+
+def test_absurd_n_samples_fails_at_once_with_the_limit(llama, monkeypatch):
+    def evaluate(self, keep):
+        raise AssertionError("coalitions were scored before n_samples was checked")
+
+    monkeypatch.setattr(Problem, "evaluate", evaluate)
+    with pytest.raises(InvalidParameterError, match=f"n_samples must be at most {MAX_SAMPLES}, got 10{{12}}"):
+        genattr.explain(llama, SHORT, target=TARGET, method="shapley_sampling", n_samples=10**12)
+
+
+def test_permutations_are_drawn_lazily_and_the_same_however_blocked():
+    """A generator of 10^12 permutations hands out its first block at once, and blocks of any
+    size concatenate to the same permutations."""
+    first = next(permutation_blocks(5, 10**12, 16, torch.Generator().manual_seed(0)))
+    assert first.shape == (16, 5)
+    whole = torch.cat(list(permutation_blocks(6, 40, 40, torch.Generator().manual_seed(1))))
+    for per_block in (1, 7, 39):
+        blocks = list(permutation_blocks(6, 40, per_block, torch.Generator().manual_seed(1)))
+        assert max(len(b) for b in blocks) == per_block
+        torch.testing.assert_close(torch.cat(blocks), whole, rtol=0, atol=0)
+
+
+def _lookup_game(F: int, m: int = 3):
+    """A non-additive game: a random table of 2^F coalition values, looked up by bitmask; it
+    records the rows of every call."""
+    table = torch.randn(2**F, m, generator=torch.Generator().manual_seed(F), dtype=torch.float64)
+    calls = []
+
+    def value(keep: torch.Tensor) -> torch.Tensor:
+        calls.append(len(keep))
+        return table[(keep.long() << torch.arange(F)).sum(1)]
+
+    return table, value, calls
+
+
+def test_shapley_sampling_estimate_is_the_mean_credit_whatever_the_blocks():
+    """Oracle: each permutation's marginal contributions computed one by one from the table; their
+    mean and standard error equal the streamed estimate for any block size, and each call
+    scores at most one block's coalitions."""
+    F, n = 5, 50
+    table, value, calls = _lookup_game(F)
+    credits = torch.zeros(n, F, table.shape[1], dtype=torch.float64)
+    for s, perm in enumerate(torch.cat(list(permutation_blocks(F, n, n, torch.Generator().manual_seed(2))))):
+        mask = 0
+        for i in perm.tolist():
+            credits[s, i] = table[mask | (1 << i)] - table[mask]
+            mask |= 1 << i
+    stderr = credits[:, :, 0].std(0) / math.sqrt(n)
+    for per_block in (1, 8, n):
+        calls.clear()
+        blocks = permutation_blocks(F, n, per_block, torch.Generator().manual_seed(2))
+        mean, err, count = shapley_sampling_estimate(value, blocks)
+        assert count == n and len(calls) == math.ceil(n / per_block)
+        assert max(calls) == per_block * (F + 1)
+        torch.testing.assert_close(mean, credits.mean(0), rtol=0, atol=1e-12)
+        torch.testing.assert_close(err, stderr, rtol=0, atol=1e-12)
+    torch.testing.assert_close(mean.sum(0), table[-1] - table[0], rtol=0, atol=1e-12)
+
+
+def _rows_seen(monkeypatch, lm):
+    """Record the coalitions of every Problem.evaluate call and the rows of every teacher-forced
+    call on ``lm``."""
+    evaluated, seen = [], []
+    original, evaluate = lm.target_log_probs, Problem.evaluate
+
+    def spy(inputs, target_ids):
+        seen.append(len(inputs))
+        return original(inputs, target_ids)
+
+    def evaluate_spy(self, keep):
+        evaluated.append(len(keep))
+        return evaluate(self, keep)
+
+    monkeypatch.setattr(lm, "target_log_probs", spy)
+    monkeypatch.setattr(Problem, "evaluate", evaluate_spy)
+    return evaluated, seen
+
+
+@pytest.mark.parametrize("method", ["shapley_sampling", "kernel_shap", "lime"])
+def test_sampling_methods_score_bounded_blocks_whatever_the_budget(llama, monkeypatch, method):
+    """Drawn and scored 16 coalitions at a time, with the prompt variants built one forward pass at
+    a time under a small budget, no call holds more rows than that, and the scores equal those
+    under the default budget (the draws do not depend on it)."""
+    monkeypatch.setattr(perturbation, "SAMPLE_BLOCK", 16)
+    n = {"shapley_sampling": 12, "kernel_shap": 60, "lime": 60}[method]
+    whole = genattr.explain(llama, PROMPT, target=TARGET, method=method, n_samples=n, seed=4)
+    monkeypatch.setattr(problem_module, "EVALUATION_PASSES", 1)
+    monkeypatch.setattr(llama, "max_batch_tokens", 256)
+    evaluated, seen = _rows_seen(monkeypatch, llama)
+    blocked = genattr.explain(llama, PROMPT, target=TARGET, method=method, n_samples=n, seed=4)
+    length = len(blocked.prompt) + len(blocked.target.ids)
+    assert len(evaluated) > 2 and max(evaluated) <= 16
+    assert len(seen) > 2 and max(seen) <= llama.rows_per_chunk(length)
+    np.testing.assert_allclose(blocked.scores, whole.scores, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(blocked.token_scores, whole.token_scores, rtol=0, atol=1e-5)
+
+
+def test_kernel_shap_enumerates_every_coalition_block_by_block(qwen, monkeypatch):
+    exact = genattr.explain(qwen, SHORT, target=TARGET, method="shapley_exact")
+    monkeypatch.setattr(perturbation, "SAMPLE_BLOCK", 16)
+    res = genattr.explain(qwen, SHORT, target=TARGET, method="kernel_shap", n_samples=2**7)
+    assert res.diagnostics["coalitions"] == 2 ** len(res.features) - 2
+    np.testing.assert_allclose(res.scores, exact.scores, atol=1e-6)
+
+
+def test_streamed_regressions_equal_their_one_table_solutions():
+    """Oracle: the weighted least squares of KernelSHAP solved on the whole table by lstsq on
+    sqrt(w)-scaled rows, and numpy's weighted ridge, against the normal equations added block by block."""
+    F, m = 6, 2
+    gen = torch.Generator().manual_seed(0)
+    keep = torch.rand(300, F, generator=gen) < 0.5
+    values = torch.randn(300, m, generator=gen, dtype=torch.float64)
+    weights = torch.rand(300, generator=gen, dtype=torch.float64) + 0.1
+    v_empty, v_full = (
+        torch.tensor([0.2, -0.1], dtype=torch.float64),
+        torch.tensor([1.0, 0.5], dtype=torch.float64),
+    )
+    Z = keep.double()
+    delta = v_full - v_empty
+    X = (Z[:, :-1] - Z[:, -1:]) * weights.sqrt()[:, None]
+    y = (values - v_empty - Z[:, -1:] * delta) * weights.sqrt()[:, None]
+    head = torch.linalg.lstsq(X, y).solution
+    expected = torch.cat([head, (delta - head.sum(0))[None]])
+    fit = KernelShapFit(F, v_empty, v_full)
+    for part in torch.arange(300).split(70):
+        fit.add(keep[part], values[part], weights[part])
+    torch.testing.assert_close(fit.solve(), expected)
+    alpha = 0.7
+    A = np.hstack([np.ones((300, 1)), Z.numpy()])
+    W = np.diag(weights.numpy())
+    penalty = alpha * np.diag([0.0] + [1.0] * F)
+    beta = np.linalg.solve(A.T @ W @ A + penalty, A.T @ W @ values.numpy())
+    ridge = RidgeFit(F, m)
+    for part in torch.arange(300).split(70):
+        ridge.add(keep[part], values[part], weights[part])
+    coef, intercept = ridge.solve(alpha)
+    np.testing.assert_allclose(coef.numpy(), beta[1:], atol=1e-10)
+    np.testing.assert_allclose(intercept.numpy(), beta[0], atol=1e-10)
+
+
+def test_problem_builds_prompt_variants_a_bounded_chunk_at_a_time(llama, monkeypatch):
+    """Problem.evaluate never turns more coalitions into inputs at once than EVALUATION_PASSES
+    forward passes hold, and the values do not depend on it."""
+    problem = _problem(llama, PROMPT)
+    keep = coalition_masks(problem.n_features)[:200]
+    whole = problem.evaluate(keep)
+    monkeypatch.setattr(problem_module, "EVALUATION_PASSES", 2)
+    monkeypatch.setattr(llama, "max_batch_tokens", 128)
+    built = []
+    original = problem.masker.inputs
+    monkeypatch.setattr(problem.masker, "inputs", lambda k: built.append(len(k)) or original(k))
+    chunked = problem.evaluate(keep)
+    limit = 2 * llama.rows_per_chunk(len(problem.prompt) + len(problem.target.ids))
+    assert len(built) > 1 and max(built) <= limit and sum(built) == len(torch.unique(keep, dim=0))
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-5)

@@ -3,11 +3,20 @@ tokenizer kinds, chat templates with scaffolding excluded, and the errors of bad
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 
 from genattr import tiny
-from genattr.errors import EmptyPromptError, InputError, NoMaskableFeaturesError, UnknownLevelError
+from genattr.errors import (
+    EmptyPromptError,
+    InputError,
+    NoMaskableFeaturesError,
+    UnknownLevelError,
+    UnknownTokensWarning,
+)
 from genattr.prompt import Prompt
+from genattr.zoo.tokenizer import build_tokenizer
 
 TEXT = "The cat sat on the mat. Then a dog runs!\nIs it warm?"
 WORDS = [
@@ -149,3 +158,78 @@ def test_whitespace_only_tokens_join_the_next_word(tokenizers):
     words = prompt.features("word")
     assert [f.text for f in words] == ["cat", "dog"]
     _check_partition(prompt, words)
+
+
+def _without_unknown_warning(tokenizer, text):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnknownTokensWarning)
+        return Prompt.from_text(tokenizer, text)
+
+
+def test_unknown_words_are_features_on_the_word_level_tokenizer():
+    """The zoo's vocabulary is lower-case task words: "Write", "haiku", "about" and "tea." are
+    <unk>, yet each is a feature, and the warning counts the four words."""
+    zoo = build_tokenizer()
+    with pytest.warns(
+        UnknownTokensWarning, match=r"did not know 4 word\(s\).*'Write', 'haiku', 'about', 'tea\.'"
+    ):
+        prompt = Prompt.from_text(zoo, "Write a haiku about tea.")
+    assert [f.text for f in prompt.features("word")] == ["Write", "a", "haiku", "about", "tea."]
+    assert prompt.tokens[0] == "<s>" and not prompt.maskable[0]
+    assert prompt.tokens.count("<unk>") == 4
+
+
+def test_a_prompt_of_only_unknown_words_is_explained_not_rejected(tokenizers):
+    """Emoji, Hebrew and CJK words are all <unk> to the zoo's tokenizer (and, with no byte
+    fallback, to the sentencepiece one): features, not "special tokens"."""
+    text = "🍵 שלום 茶"
+    for tokenizer in (build_tokenizer(), tokenizers["sentencepiece"]):
+        with pytest.warns(UnknownTokensWarning, match=r"did not know 3 word\(s\)"):
+            prompt = Prompt.from_text(tokenizer, text)
+        assert [f.text for f in prompt.features("word")] == ["🍵", "שלום", "茶"]
+
+
+def test_byte_level_bpe_knows_every_word_and_keeps_its_eos_a_control_token(tokenizers):
+    """The byte-level BPE spells any text in bytes, so nothing is unknown; its unknown token is its
+    EOS (as SmolLM2's), and that EOS written in the text stays a control token."""
+    tok = tokenizers["byte_bpe"]
+    assert tok.unk_token_id == tok.eos_token_id
+    prompt = _without_unknown_warning(tok, "tea 🍵 שלום 茶<|endoftext|>")
+    assert [f.text for f in prompt.features("word")] == ["tea", "🍵", "שלום", "茶"]
+    assert prompt.tokens[-1] == "<|endoftext|>" and not prompt.maskable[-1]
+
+
+def _byte_bpe_without_full_alphabet():
+    """A byte-level BPE trained without the 256-byte alphabet, whose unknown token is its EOS:
+    bytes it never saw (an emoji's) come out as <|endoftext|>."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<|endoftext|>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"], show_progress=False)
+    tok.train_from_iterator(tiny.corpus(100), trainer)
+    tok.post_processor = processors.ByteLevel(trim_offsets=True)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", unk_token="<|endoftext|>")
+
+
+def test_unknown_token_that_is_also_eos_is_a_feature_only_where_it_stands_for_a_word():
+    tok = _byte_bpe_without_full_alphabet()
+    with pytest.warns(UnknownTokensWarning, match=r"did not know 1 word\(s\) of the prompt \('🍵'\)"):
+        prompt = Prompt.from_text(tok, "tea 🍵 cat<|endoftext|>")
+    eos = [t for t, token in enumerate(prompt.tokens) if token == "<|endoftext|>"]
+    assert len(eos) == 5  # the emoji's four bytes, then the EOS written in the text
+    assert [prompt.maskable[t] for t in eos] == [True] * 4 + [False]
+    words = prompt.features("word")
+    assert [f.text for f in words] == ["tea", "🍵", "cat"]
+    assert words[1].tokens == tuple(eos[:4])
+    with pytest.raises(NoMaskableFeaturesError, match="only special tokens"):
+        Prompt.from_text(tok, "<|endoftext|>")
+
+
+def test_unknown_words_in_chat_messages_are_features():
+    zoo = build_tokenizer()
+    with pytest.warns(UnknownTokensWarning, match=r"did not know 1 word\(s\)"):
+        prompt = Prompt.from_messages(zoo, [{"role": "user", "content": "a 茶"}])
+    assert [f.text for f in prompt.features("word")] == ["a", "茶"]

@@ -23,7 +23,7 @@ class EmptyPromptError(InputError):
 
 
 class NoMaskableFeaturesError(InputError):
-    """The prompt has no token that may be masked (only special tokens or template scaffolding)."""
+    """The prompt has no token that may be masked (only control tokens or template scaffolding)."""
 
 
 class ContextLengthError(InputError):
@@ -83,3 +83,8 @@ class ConvergenceWarning(GenattrWarning):
 class LowBeamMassWarning(GenattrWarning):
     """GiLOT's beams cover too little probability for the beam-marginalised distribution to be
     reliable (the paper's boundary case, Section 6)."""
+
+
+class UnknownTokensWarning(GenattrWarning):
+    """The tokenizer read words of the prompt as its unknown token: they are features like any
+    other, but the model sees each of them as that one token."""

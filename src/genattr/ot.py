@@ -61,6 +61,8 @@ from .errors import InvalidParameterError
 SOLVERS = ("sinkhorn", "ipot", "exact")
 MAX_COST_ENTRIES = 2**26
 """The most cost-matrix entries built at once (512 MiB in float64): bounds the memory of a chunk."""
+MAX_TOP_K = math.isqrt(MAX_COST_ENTRIES) // 2
+"""The largest ``top_k`` whose union of two supports fits one cost matrix of :data:`MAX_COST_ENTRIES`."""
 
 
 @dataclass
@@ -312,7 +314,7 @@ def vocabulary_ot(
         raise InvalidParameterError(
             f"OT on {width} tokens needs a {width} x {width} cost matrix per problem, more than "
             f"{MAX_COST_ENTRIES} entries; compress the vocabulary with "
-            f"top_k <= {math.isqrt(MAX_COST_ENTRIES) // 2}."
+            f"top_k <= {MAX_TOP_K}."
         )
     batch_size = max(1, min(batch_size, MAX_COST_ENTRIES // (width * width)))
     parts = []
@@ -330,6 +332,7 @@ def entropy(p: torch.Tensor) -> torch.Tensor:
 
 __all__ = [
     "MAX_COST_ENTRIES",
+    "MAX_TOP_K",
     "SOLVERS",
     "OTResult",
     "compress",

@@ -28,6 +28,10 @@ from .segment import Feature
 from .target import Target
 
 OBJECTIVES = ("log_prob", "prob")
+EVALUATION_PASSES = 64
+"""Coalitions are turned into prompt variants this many forward passes' worth at a time (rows under
+the model's ``max_batch_tokens``), so that scoring any number of coalitions holds a bounded number
+of inputs; within such a group, rows sharing a prompt prefix run it once."""
 
 
 @dataclass
@@ -58,8 +62,15 @@ class Problem:
         return torch.ones(rows, self.n_features, dtype=torch.bool)
 
     def token_log_probs(self, keep: torch.Tensor) -> torch.Tensor:
-        """log p(y_t | y_<t, x_S) for each coalition row of ``keep`` [B, F]: [B, n] float32."""
-        return self.lm.target_log_probs(self.masker.inputs(keep), self.target.ids)
+        """log p(y_t | y_<t, x_S) for each coalition row of ``keep`` [B, F]: [B, n] float32, the
+        prompt variants built :data:`EVALUATION_PASSES` forward passes' worth at a time."""
+        keep = torch.as_tensor(keep, dtype=torch.bool).reshape(-1, self.n_features)
+        rows = self.lm.rows_per_chunk(len(self.prompt) + len(self.target.ids)) * EVALUATION_PASSES
+        parts = [
+            self.lm.target_log_probs(self.masker.inputs(keep[i : i + rows]), self.target.ids)
+            for i in range(0, len(keep), rows)
+        ]
+        return torch.cat(parts) if parts else torch.empty(0, len(self.target.ids))
 
     def evaluate(self, keep: torch.Tensor) -> torch.Tensor:
         """Values of coalitions ``keep`` [B, F] as a [B, 1 + n] float64 matrix: column 0 is the

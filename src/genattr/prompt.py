@@ -2,8 +2,11 @@
 
 A :class:`Prompt` is built from plain text (tokenised the way the tokenizer does by default,
 its own special tokens included, so results compare with peers that tokenise the same way)
-or from chat messages (rendered with the tokenizer's chat template). Special tokens and chat
-template scaffolding are never maskable; only the text of the messages is.
+or from chat messages (rendered with the tokenizer's chat template). Control tokens (BOS, EOS,
+PAD and the other special tokens, chat template scaffolding) are never maskable; only the text
+of the messages is. A word the tokenizer does not know (read as its unknown token) is text like
+any other: it is maskable and becomes a feature, and an :class:`~genattr.errors.UnknownTokensWarning`
+says how many such words the prompt holds.
 
 >>> prompt = Prompt.from_text(tokenizer, "The cat sat on the mat.")      # doctest: +SKIP
 >>> [f.text for f in prompt.features("word")]                             # doctest: +SKIP
@@ -13,11 +16,15 @@ template scaffolding are never maskable; only the text of the messages is.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from .errors import EmptyPromptError, InputError, NoMaskableFeaturesError
+from .errors import EmptyPromptError, InputError, NoMaskableFeaturesError, UnknownTokensWarning
 from .segment import Feature, content_span, segment
+
+SHOWN_UNKNOWN_WORDS = 10
+"""How many unknown words the warning quotes (it always counts them all)."""
 
 
 def _encode(tokenizer, text: str, add_special_tokens: bool):
@@ -34,6 +41,55 @@ def _encode(tokenizer, text: str, add_special_tokens: bool):
             "load the tokenizer with use_fast=True."
         ) from exc
     return enc
+
+
+def control_tokens(
+    tokenizer,
+    text: str,
+    ids: Sequence[int],
+    offsets: Sequence[tuple[int, int]],
+    special_tokens_mask: Sequence[int],
+) -> list[bool]:
+    """Which tokens are the tokenizer's control tokens (never maskable, never features).
+
+    A token is a control token when the tokenizer added it (``special_tokens_mask``), when its id
+    is a special id other than the unknown token's, or when its characters spell a special token
+    (``<|im_start|>`` written by a chat template). The last rule decides the unknown token's id:
+    some tokenizers reuse a control token as their unknown token (SmolLM2's ``unk_token_id`` is
+    its ``<|endoftext|>``), so that id is a control token where the text spells it, and an unknown
+    word (ordinary text the tokenizer cannot spell) everywhere else.
+    """
+    special_ids = set(tokenizer.all_special_ids)
+    spelled = set(tokenizer.all_special_tokens)
+    unk = tokenizer.unk_token_id
+    return [
+        bool(added) or (i in special_ids and (i != unk or text[s:e] in spelled))
+        for i, added, (s, e) in zip(ids, special_tokens_mask, offsets, strict=True)
+    ]
+
+
+def _warn_unknown(
+    tokenizer, text: str, ids: Sequence[int], offsets: Sequence[tuple[int, int]], maskable: Sequence[bool]
+) -> None:
+    """Warn with the number of word features (see :mod:`genattr.segment`) holding an unknown token."""
+    unk = tokenizer.unk_token_id
+    unknown = {
+        t
+        for t, (i, m, (s, e)) in enumerate(zip(ids, maskable, offsets, strict=True))
+        if m and i == unk and content_span(text, s, e) is not None
+    }
+    if not unknown:
+        return
+    words = [f.text for f in segment(text, offsets, maskable, "word") if unknown.intersection(f.tokens)]
+    shown = ", ".join(map(repr, words[:SHOWN_UNKNOWN_WORDS]))
+    more = f" and {len(words) - SHOWN_UNKNOWN_WORDS} more" if len(words) > SHOWN_UNKNOWN_WORDS else ""
+    warnings.warn(
+        f"the tokenizer did not know {len(words)} word(s) of the prompt ({shown}{more}): the model reads "
+        f"each as the unknown token {tokenizer.unk_token!r}, so it cannot tell them apart. They are "
+        "features all the same; their scores are those of the unknown token in their place.",
+        UnknownTokensWarning,
+        stacklevel=4,
+    )
 
 
 @dataclass(frozen=True)
@@ -111,19 +167,20 @@ class Prompt:
         add_special_tokens: bool,
         content_spans: list[tuple[int, int]] | None = None,
     ) -> Prompt:
-        """Tokenise ``text``; a token is maskable when it is no special token, covers characters, and
+        """Tokenise ``text``; a token is maskable when it is no control token, covers characters, and
         (for chat input) lies inside one of the messages' ``content_spans``."""
         enc = _encode(tokenizer, text, add_special_tokens)
-        special = set(tokenizer.all_special_ids)
         ids = list(enc["input_ids"])
         offsets = [tuple(o) for o in enc["offset_mapping"]]
+        control = control_tokens(tokenizer, text, ids, offsets, enc["special_tokens_mask"])
         maskable = []
-        for i, sm, (s, e) in zip(ids, enc["special_tokens_mask"], offsets, strict=True):
-            ok = not sm and i not in special and e > s
+        for is_control, (s, e) in zip(control, offsets, strict=True):
+            ok = not is_control and e > s
             if ok and content_spans is not None:
                 inner = content_span(text, s, e) or (s, e)
                 ok = any(cs <= inner[0] and inner[1] <= ce for cs, ce in content_spans)
             maskable.append(ok)
+        _warn_unknown(tokenizer, text, ids, offsets, maskable)
         prompt = cls(
             text,
             tuple(ids),
@@ -139,8 +196,8 @@ class Prompt:
     def _require_maskable(self) -> None:
         if not any(self.maskable):
             raise NoMaskableFeaturesError(
-                "the prompt has no maskable token: it holds only special tokens or template scaffolding; "
-                "give a prompt with ordinary text."
+                "the prompt has no maskable token: it holds only special tokens (BOS, EOS, PAD and other "
+                "control tokens) or chat template scaffolding; give a prompt with ordinary text."
             )
 
     def __len__(self) -> int:

@@ -30,7 +30,7 @@ from ..problem import Problem
 from ..registry import register
 from ._embedding import BASELINES, embedded, gradient_sums
 from .attention import attention_maps, net_attention
-from .base import Method, Output, Param
+from .base import MAX_GRADIENT_POINTS, Method, Output, Param
 
 
 def emphasis_factor(current: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
@@ -68,7 +68,9 @@ class Aieg(Method):
     summary = "AIEG: emphasis-weighted integrated gradients, positive part normalised, times attention"
     needs_gradients = True
     params = {
-        "n_steps": Param(50, "steps N of the path (alpha = k / N)", int, minimum=1),
+        "n_steps": Param(
+            50, "steps N of the path (alpha = k / N)", int, minimum=1, maximum=MAX_GRADIENT_POINTS
+        ),
         "baselines": Param(
             "zero",
             "baseline x': zero embedding (the paper's default) or the baseline token",

@@ -16,7 +16,7 @@ from ..errors import InputError
 from ..problem import Problem
 from ..registry import register
 from ._embedding import BASELINES, EmbeddedPrompt, embedded, objective_factor
-from .base import Method, Output, Param
+from .base import MAX_GRADIENT_POINTS, Method, Output, Param
 
 
 def attention_maps(ep: EmbeddedPrompt) -> torch.Tensor:
@@ -218,7 +218,13 @@ class _Bta(Method):
     needs_gradients = True
     average = False
     params = {
-        "n_steps": Param(20, "steps of the integrated gradient of the last attention map", int, minimum=1),
+        "n_steps": Param(
+            20,
+            "steps of the integrated gradient of the last attention map",
+            int,
+            minimum=1,
+            maximum=MAX_GRADIENT_POINTS,
+        ),
         "baselines": Param(
             "zero",
             "start of the path: zero embedding (GiLOT's scaling k/K e(x)) or the baseline token",

@@ -14,6 +14,19 @@ from ..problem import Problem
 from ..registry import MethodInfo
 from ..target import Target
 
+# Limits on the parameters that set how much work a method does: one constant per concept, used as
+# ``Param(maximum=...)``, so that an absurd value fails at once with the limit in the message.
+MAX_SAMPLES = 100_000
+"""Random draws of a sampling method: permutations, coalitions, swap proposals per step."""
+MAX_GRADIENT_POINTS = 1024
+"""Points at which a gradient method evaluates its gradient: path steps or random samples."""
+MAX_BEAMS = 256
+"""Beams per prompt of a beam search: each step holds beams x vocabulary logits per prompt."""
+MAX_OUTPUT_POSITIONS = 100
+"""Output positions whose distributions over the vocabulary a method holds for every prompt variant."""
+MAX_ITERATIONS = 100_000
+"""Iterations of a search or of an iterative solver."""
+
 
 @dataclass(frozen=True)
 class Param:

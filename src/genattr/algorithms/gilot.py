@@ -65,7 +65,7 @@ from ..model import LanguageModel
 from ..problem import Problem
 from ..registry import register
 from ..target import Target
-from .base import Method, Output, Param
+from .base import MAX_BEAMS, MAX_ITERATIONS, MAX_OUTPUT_POSITIONS, Method, Output, Param
 
 DISTANCES = ("ot", "kl", "js", "tv")
 BEAM_MODES = ("own", "follow")
@@ -123,8 +123,16 @@ class Gilot(Method):
     convergence_check = True
     needs_target = False
     params = {
-        "num_beams": Param(10, "beams b that estimate each position's distribution (Eq. 5)", int, minimum=1),
-        "n_positions": Param(10, "output positions J averaged in Eq. 1", int, minimum=1),
+        "num_beams": Param(
+            10,
+            "beams b that estimate each position's distribution (Eq. 5)",
+            int,
+            minimum=1,
+            maximum=MAX_BEAMS,
+        ),
+        "n_positions": Param(
+            10, "output positions J averaged in Eq. 1", int, minimum=1, maximum=MAX_OUTPUT_POSITIONS
+        ),
         "beams": Param(
             "own",
             "own: each masked prompt runs its own beam search (Eq. 4); follow: masked prompts are scored "
@@ -141,6 +149,7 @@ class Gilot(Method):
             "OT on the union of each distribution's top-k tokens (None: whole vocabulary)",
             int,
             minimum=1,
+            maximum=ot.MAX_TOP_K,
             optional=True,
         ),
         "embeddings": Param(
@@ -148,9 +157,11 @@ class Gilot(Method):
         ),
         "reg": Param(0.05, "Sinkhorn entropic regularisation", float, minimum=1e-4),
         "beta": Param(1.0, "IPOT proximal step beta", float, minimum=1e-3),
-        "inner_iter": Param(5, "IPOT Sinkhorn sweeps per proximal step", int, minimum=1),
+        "inner_iter": Param(
+            5, "IPOT Sinkhorn sweeps per proximal step", int, minimum=1, maximum=MAX_ITERATIONS
+        ),
         "tol": Param(1e-6, "Sinkhorn / IPOT tolerance on the marginal error", float, minimum=0.0),
-        "max_iter": Param(1000, "Sinkhorn / IPOT iteration cap", int, minimum=1),
+        "max_iter": Param(1000, "Sinkhorn / IPOT iteration cap", int, minimum=1, maximum=MAX_ITERATIONS),
         "ot_batch_size": Param(32, "OT problems solved together (raise on a GPU)", int, minimum=1),
         "smoothing": Param(1e-10, "kl: additive smoothing eps of both distributions", float, minimum=1e-300),
         "mass_threshold": Param(

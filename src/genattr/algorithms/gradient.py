@@ -34,7 +34,7 @@ from ._embedding import (
     objective_factor,
     quadrature,
 )
-from .base import Method, Output, Param
+from .base import MAX_GRADIENT_POINTS, Method, Output, Param
 
 ACTIVATIONS = (
     torch.nn.ReLU,
@@ -166,10 +166,15 @@ class _IntegratedGradients(Method):
             "interpolation steps of the path integral (unset: doubled from 32 until converged, up to max_steps)",
             int,
             minimum=1,
+            maximum=MAX_GRADIENT_POINTS,
             optional=True,
         ),
         "max_steps": Param(
-            256, "the most steps the adaptive schedule (n_steps unset) may reach", int, minimum=2
+            256,
+            "the most steps the adaptive schedule (n_steps unset) may reach",
+            int,
+            minimum=2,
+            maximum=MAX_GRADIENT_POINTS,
         ),
         "quadrature": Param("gausslegendre", "quadrature rule (Captum's `method`)", str, choices=QUADRATURES),
         "baselines": Param(
@@ -380,7 +385,9 @@ class GradientShap(Method):
     stochastic = True
     convergence_check = True
     params = {
-        "n_samples": Param(5, "random (baseline, alpha, noise) draws", int, minimum=1),
+        "n_samples": Param(
+            5, "random (baseline, alpha, noise) draws", int, minimum=1, maximum=MAX_GRADIENT_POINTS
+        ),
         "stdevs": Param(
             0.0, "standard deviation of the Gaussian noise added to the embeddings", float, minimum=0.0
         ),
@@ -432,7 +439,7 @@ class SmoothGrad(Method):
     needs_gradients = True
     stochastic = True
     params = {
-        "n_samples": Param(50, "noisy samples", int, minimum=1),
+        "n_samples": Param(50, "noisy samples", int, minimum=1, maximum=MAX_GRADIENT_POINTS),
         "stdevs": Param(
             None,
             "noise standard deviation (default: 15% of the embeddings' range)",

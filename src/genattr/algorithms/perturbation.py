@@ -1,9 +1,14 @@
 """Perturbation methods: remove features, re-score the target, attribute the change.
 
-Every method here evaluates its coalitions (which features are kept) in one batched call
-through :meth:`genattr.problem.Problem.evaluate`, and attributes the sequence objective and every
+Every method here evaluates its coalitions (which features are kept) in batched calls through
+:meth:`genattr.problem.Problem.evaluate`, and attributes the sequence objective and every
 target token's value with the same linear estimator, so that for the ``log_prob`` objective the
 per-token rows sum exactly to the sequence scores.
+
+The sampling methods draw and score their coalitions :data:`SAMPLE_BLOCK` at a time and keep
+only running sums (Shapley means and variances, the normal equations of the regressions), so
+their memory does not grow with ``n_samples``; draws made block by block are the same whatever
+the memory budget, and so are the results.
 
 The estimators are pure functions of a value table (coalitions -> values), tested against
 independent oracles: the Shapley formula by enumeration, the efficiency axiom, and exact
@@ -13,15 +18,23 @@ recovery of an additive value function.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 
 import torch
 
 from ..errors import InvalidParameterError, TooManyFeaturesError
 from ..problem import Problem
 from ..registry import register
-from .base import Method, Output, Param
+from .base import MAX_SAMPLES, Method, Output, Param
 
 MAX_EXACT_FEATURES = 12
+SAMPLE_BLOCK = 4096
+"""Coalitions a sampling method draws and scores at a time. A constant rather than a function of
+the memory budget, so that the random draws do not depend on ``max_batch_tokens``;
+:meth:`~genattr.problem.Problem.evaluate` runs each block in chunks under that budget."""
+
+Values = Callable[[torch.Tensor], torch.Tensor]
+"""A value function: coalitions ``keep`` [B, F] -> values [B, m] (e.g. ``Problem.evaluate``)."""
 
 
 def _split(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -30,9 +43,10 @@ def _split(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # --------------------------------------------------------------------- pure estimators
-def coalition_masks(n_features: int) -> torch.Tensor:
-    """All 2^F coalitions as a bool matrix [2^F, F]; row ``s`` keeps feature ``i`` iff bit ``i`` of ``s`` is set."""
-    rows = torch.arange(2**n_features)[:, None]
+def coalition_masks(n_features: int, start: int = 0, stop: int | None = None) -> torch.Tensor:
+    """Coalitions ``start``..``stop`` (default all 2^F) as a bool matrix [rows, F]; row ``s`` keeps
+    feature ``i`` iff bit ``i`` of ``s`` is set."""
+    rows = torch.arange(start, 2**n_features if stop is None else stop)[:, None]
     return ((rows >> torch.arange(n_features)[None]) & 1).bool()
 
 
@@ -64,6 +78,41 @@ def shapley_kernel_weight(size: int, n_features: int) -> float:
     return (n_features - 1) / (math.comb(n_features, size) * size * (n_features - size))
 
 
+class KernelShapFit:
+    """Weighted least squares for KernelSHAP under the efficiency constraint sum_i phi_i = v(x) - v(empty),
+    streamed: blocks of coalitions are added to the normal equations, so memory does not grow
+    with their number.
+
+    Minimises sum_z w(z) (v(z) - v(empty) - z . phi)^2 with the constraint substituted for the
+    last feature (phi_F = delta - sum_{j<F} phi_j, delta = v(x) - v(empty)): with
+    X = z_{<F} - z_F and y = v(z) - v(empty) - z_F delta, it accumulates X^T W X and X^T W y and
+    solves them by least squares (the minimum-norm solution where they are singular).
+    """
+
+    def __init__(self, n_features: int, v_empty: torch.Tensor, v_full: torch.Tensor) -> None:
+        self.v_empty = v_empty.double()
+        self.delta = v_full.double() - self.v_empty
+        m = self.delta.shape[0]
+        self.xtx = torch.zeros(n_features - 1, n_features - 1, dtype=torch.float64)
+        self.xty = torch.zeros(n_features - 1, m, dtype=torch.float64)
+
+    def add(self, keep: torch.Tensor, values: torch.Tensor, weights: torch.Tensor) -> None:
+        """Add coalitions ``keep`` [S, F] with their ``values`` [S, m] and ``weights`` [S]."""
+        Z = keep.double()
+        y = values.double() - self.v_empty - Z[:, -1:] * self.delta[None]
+        X = Z[:, :-1] - Z[:, -1:]
+        wX = weights.double()[:, None] * X
+        self.xtx += wX.T @ X
+        self.xty += wX.T @ y
+
+    def solve(self) -> torch.Tensor:
+        """phi [F, m]."""
+        if self.xtx.shape[0] == 0:
+            return self.delta[None].clone()
+        head = torch.linalg.lstsq(self.xtx, self.xty, driver="gelsd").solution
+        return torch.cat([head, (self.delta - head.sum(0))[None]], 0)
+
+
 def kernel_shap_solve(
     keep: torch.Tensor,
     values: torch.Tensor,
@@ -71,37 +120,98 @@ def kernel_shap_solve(
     v_full: torch.Tensor,
     weights: torch.Tensor,
 ) -> torch.Tensor:
-    """Weighted least squares for KernelSHAP under the efficiency constraint sum_i phi_i = v(x) - v(empty).
+    """:class:`KernelShapFit` on one table: ``keep`` [S, F], ``values`` [S, m] -> phi [F, m]."""
+    fit = KernelShapFit(keep.shape[1], v_empty, v_full)
+    fit.add(keep, values, weights)
+    return fit.solve()
 
-    Minimises sum_z w(z) (v(z) - v(empty) - z . phi)^2 with the constraint substituted for the
-    last feature (phi_F = delta - sum_{j<F} phi_j). ``keep`` [S, F], ``values`` [S, m]. Returns [F, m].
+
+class RidgeFit:
+    """Weighted ridge regression with an unpenalised intercept, streamed through its sufficient
+    statistics (sum w, sum w z, sum w y, sum w z z^T, sum w z y^T).
+
+    Minimises sum_z w(z) (v(z) - b - z . c)^2 + alpha |c|^2, solved in closed form after centring
+    on the weighted means: (Zc^T W Zc + alpha I) c = Zc^T W Yc, b = mean(y) - mean(z) . c.
     """
-    Z = keep.double()
-    F = Z.shape[1]
-    delta = (v_full - v_empty).double()
-    y = values.double() - v_empty.double() - Z[:, -1:] * delta[None]
-    if F == 1:
-        return delta[None].clone()
-    X = Z[:, :-1] - Z[:, -1:]
-    sw = weights.double().sqrt()[:, None]
-    head = torch.linalg.lstsq(X * sw, y * sw, driver="gelsd").solution
-    return torch.cat([head, (delta - head.sum(0))[None]], 0)
+
+    def __init__(self, n_features: int, m: int) -> None:
+        self.sw = torch.zeros((), dtype=torch.float64)
+        self.sz = torch.zeros(n_features, dtype=torch.float64)
+        self.sy = torch.zeros(m, dtype=torch.float64)
+        self.szz = torch.zeros(n_features, n_features, dtype=torch.float64)
+        self.szy = torch.zeros(n_features, m, dtype=torch.float64)
+
+    def add(self, keep: torch.Tensor, values: torch.Tensor, weights: torch.Tensor) -> None:
+        """Add coalitions ``keep`` [S, F] with their ``values`` [S, m] and ``weights`` [S]."""
+        Z, Y, w = keep.double(), values.double(), weights.double()
+        wZ = w[:, None] * Z
+        self.sw += w.sum()
+        self.sz += wZ.sum(0)
+        self.sy += (w[:, None] * Y).sum(0)
+        self.szz += wZ.T @ Z
+        self.szy += wZ.T @ Y
+
+    def solve(self, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(coefficients [F, m], intercept [m])."""
+        zm, ym = self.sz / self.sw, self.sy / self.sw
+        gram = self.szz - self.sw * torch.outer(zm, zm) + alpha * torch.eye(len(zm), dtype=torch.float64)
+        coef = torch.linalg.lstsq(gram, self.szy - self.sw * torch.outer(zm, ym), driver="gelsd").solution
+        return coef, ym - zm @ coef
 
 
 def weighted_ridge(
     keep: torch.Tensor, values: torch.Tensor, weights: torch.Tensor, alpha: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weighted ridge regression with an unpenalised intercept: returns (coefficients [F, m], intercept [m]).
+    """:class:`RidgeFit` on one table: returns (coefficients [F, m], intercept [m])."""
+    fit = RidgeFit(keep.shape[1], values.shape[1])
+    fit.add(keep, values, weights)
+    return fit.solve(alpha)
 
-    Minimises sum_z w(z) (v(z) - b - z . c)^2 + alpha |c|^2, solved in closed form after centring
-    on the weighted means.
+
+def permutation_blocks(
+    n_features: int, n: int, per_block: int, gen: torch.Generator
+) -> Iterator[torch.Tensor]:
+    """``n`` random permutations of the F features, ``per_block`` at a time as [p, F] tensors.
+
+    Drawn one by one, so that the permutations are the same however they are blocked.
     """
-    Z, Y, w = keep.double(), values.double(), weights.double()
-    zm, ym = (w[:, None] * Z).sum(0) / w.sum(), (w[:, None] * Y).sum(0) / w.sum()
-    Zc, Yc = Z - zm, Y - ym
-    gram = Zc.T @ (w[:, None] * Zc) + alpha * torch.eye(Z.shape[1], dtype=torch.float64)
-    coef = torch.linalg.lstsq(gram, Zc.T @ (w[:, None] * Yc), driver="gelsd").solution
-    return coef, ym - zm @ coef
+    for start in range(0, n, per_block):
+        yield torch.stack(
+            [torch.randperm(n_features, generator=gen) for _ in range(min(per_block, n - start))]
+        )
+
+
+def shapley_sampling_estimate(
+    value: Values, blocks: Iterator[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Shapley value sampling over blocks of permutations [p, F]: (mean credits [F, m], the
+    standard error of column 0 [F] (NaN from fewer than two permutations), permutations used).
+
+    In permutation pi, feature pi_k is credited v(pi_1..pi_k) - v(pi_1..pi_(k-1)). The mean and
+    the sum of squared deviations of the credits are merged block by block (Chan et al.'s
+    parallel update), so that only [F, m] running sums are held.
+    """
+    count, mean, m2 = 0, None, None
+    for perms in blocks:
+        p, F = perms.shape
+        prefix = torch.zeros(p, F + 1, F, dtype=torch.bool)
+        for k in range(1, F + 1):
+            prefix[torch.arange(p)[:, None], k, perms[:, :k]] = True
+        values = value(prefix.view(-1, F)).view(p, F + 1, -1)
+        credits = torch.zeros(p, F, values.shape[2], dtype=torch.float64)
+        credits.scatter_(1, perms[:, :, None].expand(-1, -1, values.shape[2]), values[:, 1:] - values[:, :-1])
+        block_mean = credits.mean(0)
+        block_m2 = ((credits[:, :, 0] - block_mean[:, 0]) ** 2).sum(0)
+        if mean is None:
+            count, mean, m2 = p, block_mean, block_m2
+            continue
+        total = count + p
+        delta = block_mean - mean
+        mean = mean + delta * (p / total)
+        m2 = m2 + block_m2 + delta[:, 0] ** 2 * (count * p / total)
+        count = total
+    stderr = (m2 / (count - 1)).sqrt() / math.sqrt(count) if count > 1 else torch.full_like(m2, math.nan)
+    return mean, stderr, count
 
 
 # --------------------------------------------------------------------- methods
@@ -162,8 +272,9 @@ class ShapleySampling(Method):
 
     For ``n_samples`` random permutations, each feature is credited with v(P + i) - v(P), P the
     features before it; the average estimates the Shapley value. Every permutation's credits sum
-    to v(x) - v(empty), so efficiency holds exactly. All coalitions of all permutations are
-    scored in one batched call; ``diagnostics['stderr']`` is each score's standard error.
+    to v(x) - v(empty), so efficiency holds exactly. The permutations are drawn and their
+    coalitions scored a block at a time (:data:`SAMPLE_BLOCK` coalitions, see
+    :func:`shapley_sampling_estimate`); ``diagnostics['stderr']`` is each score's standard error.
     """
 
     name = "shapley_sampling"
@@ -171,23 +282,14 @@ class ShapleySampling(Method):
     summary = "Shapley values estimated from random feature permutations (exactly efficient)"
     stochastic = True
     convergence_check = True
-    params = {"n_samples": Param(25, "permutations sampled", int, minimum=1)}
+    params = {"n_samples": Param(25, "permutations sampled", int, minimum=1, maximum=MAX_SAMPLES)}
 
     def attribute(self, problem: Problem) -> Output:
-        F, n = problem.n_features, self.n_samples
-        gen = problem.generator()
-        perms = torch.stack([torch.randperm(F, generator=gen) for _ in range(n)])
-        keep = torch.zeros(n, F + 1, F, dtype=torch.bool)
-        for k in range(1, F + 1):
-            keep[torch.arange(n)[:, None], k, perms[:, :k]] = True
-        values = problem.evaluate(keep.view(-1, F)).view(n, F + 1, -1)
-        credits = values[:, 1:] - values[:, :-1]
-        per_sample = torch.zeros(n, F, values.shape[2], dtype=torch.float64)
-        per_sample.scatter_(1, perms[:, :, None].expand(-1, -1, values.shape[2]), credits)
-        scores, tokens = _split(per_sample.mean(0))
-        stderr = (
-            per_sample[:, :, 0].std(0, unbiased=True) / math.sqrt(n) if n > 1 else torch.full((F,), math.nan)
-        )
+        F = problem.n_features
+        per_block = max(1, SAMPLE_BLOCK // (F + 1))
+        blocks = permutation_blocks(F, self.n_samples, per_block, problem.generator())
+        mean, stderr, _ = shapley_sampling_estimate(problem.evaluate, blocks)
+        scores, tokens = _split(mean)
         return Output(scores, tokens, diagnostics={"stderr": stderr.tolist()})
 
 
@@ -214,6 +316,23 @@ class ShapleyExact(Method):
         return Output(scores, tokens)
 
 
+def kernel_coalition_blocks(n_features: int, n: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
+    """``n`` coalitions drawn from the Shapley kernel in complementary pairs, :data:`SAMPLE_BLOCK` at a time.
+
+    Per pair, a size s in 1..F-1 with probability proportional to (F - 1) / (s (F - s)), then the
+    s kept features uniformly; the pair is that coalition and its complement.
+    """
+    F = n_features
+    sizes = torch.arange(1, F)
+    size_p = (F - 1) / (sizes * (F - sizes)).double()
+    for start in range(0, n, SAMPLE_BLOCK):
+        rows = min(SAMPLE_BLOCK, n - start)
+        half = (rows + 1) // 2
+        drawn = sizes[torch.multinomial(size_p / size_p.sum(), half, replacement=True, generator=gen)]
+        keep = torch.rand(half, F, generator=gen).argsort(1) < drawn[:, None]
+        yield torch.cat([keep, ~keep])[:rows]
+
+
 @register
 class KernelShap(Method):
     """KernelSHAP (Lundberg and Lee, 2017): Shapley values as a weighted linear regression over
@@ -222,43 +341,58 @@ class KernelShap(Method):
     With ``n_samples >= 2^F - 2`` every proper coalition is used with its kernel weight and the
     result equals the exact Shapley values; otherwise coalitions are drawn from the kernel
     (size by (F - 1) / (s (F - s)), then uniformly), in complementary pairs, with unit weights.
+    Either way they are scored :data:`SAMPLE_BLOCK` at a time into the normal equations
+    (:class:`KernelShapFit`).
     """
 
     name = "kernel_shap"
     family = "perturbation"
     summary = "Shapley values by Shapley-kernel weighted regression with exact efficiency"
     stochastic = True
-    params = {"n_samples": Param(128, "coalitions sampled (all of them when >= 2^F - 2)", int, minimum=2)}
+    params = {
+        "n_samples": Param(
+            128, "coalitions sampled (all of them when >= 2^F - 2)", int, minimum=2, maximum=MAX_SAMPLES
+        )
+    }
 
     def attribute(self, problem: Problem) -> Output:
         F = problem.n_features
-        ends = torch.stack([torch.zeros(F, dtype=torch.bool), torch.ones(F, dtype=torch.bool)])
-        if F == 1:
-            values = problem.evaluate(ends)
-            scores, tokens = _split((values[1] - values[0])[None])
-            return Output(scores, tokens)
-        if F <= 30 and self.n_samples >= 2**F - 2:
-            keep = coalition_masks(F)[1:-1]
-            weights = torch.tensor(
-                [shapley_kernel_weight(int(s), F) for s in keep.sum(1)], dtype=torch.float64
-            )
-        else:
-            keep = self._sample(F, self.n_samples, problem.generator())
-            weights = torch.ones(len(keep), dtype=torch.float64)
-        values = problem.evaluate(torch.cat([ends, keep]))
-        phi = kernel_shap_solve(keep, values[2:], values[0], values[1], weights)
-        scores, tokens = _split(phi)
-        return Output(scores, tokens, diagnostics={"coalitions": len(keep)})
+        ends = problem.evaluate(
+            torch.stack([torch.zeros(F, dtype=torch.bool), torch.ones(F, dtype=torch.bool)])
+        )
+        fit, coalitions = KernelShapFit(F, ends[0], ends[1]), 0
+        for keep, weights in self._blocks(F, problem.generator()):
+            fit.add(keep, problem.evaluate(keep), weights)
+            coalitions += len(keep)
+        scores, tokens = _split(fit.solve())
+        return Output(scores, tokens, diagnostics={"coalitions": coalitions})
 
-    @staticmethod
-    def _sample(F: int, n: int, gen: torch.Generator) -> torch.Tensor:
-        sizes = torch.arange(1, F)
-        size_p = (F - 1) / (sizes * (F - sizes)).double()
-        half = (n + 1) // 2
-        drawn = sizes[torch.multinomial(size_p / size_p.sum(), half, replacement=True, generator=gen)]
-        order = torch.rand(half, F, generator=gen).argsort(1)
-        keep = order < drawn[:, None]
-        return torch.cat([keep, ~keep])[:n]
+    def _blocks(self, F: int, gen: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(coalitions, weights): every proper coalition with its kernel weight when ``n_samples``
+        covers them all, else coalitions drawn from the kernel with unit weights."""
+        if F == 1:
+            return
+        if self.n_samples < 2**F - 2:
+            for keep in kernel_coalition_blocks(F, self.n_samples, gen):
+                yield keep, torch.ones(len(keep), dtype=torch.float64)
+            return
+        for start in range(1, 2**F - 1, SAMPLE_BLOCK):
+            keep = coalition_masks(F, start, min(start + SAMPLE_BLOCK, 2**F - 1))
+            yield (
+                keep,
+                torch.tensor([shapley_kernel_weight(int(s), F) for s in keep.sum(1)], dtype=torch.float64),
+            )
+
+
+def lime_coalition_blocks(n_features: int, n: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
+    """LIME's ``n`` coalitions, :data:`SAMPLE_BLOCK` at a time: the full prompt first, then
+    coalitions removing a number of features uniform in 1..F, which ones uniformly."""
+    F = n_features
+    for start in range(0, n, SAMPLE_BLOCK):
+        rows = min(n, start + SAMPLE_BLOCK) - max(start, 1)
+        removed = torch.randint(1, F + 1, (rows,), generator=gen)
+        keep = torch.rand(rows, F, generator=gen).argsort(1) >= removed[:, None]
+        yield torch.cat([torch.ones(1, F, dtype=torch.bool), keep]) if start == 0 else keep
 
 
 @register
@@ -270,7 +404,8 @@ class Lime(Method):
     pi(z) = exp(-d(z)^2 / (2 w^2)) on d(z) = 1 - sqrt(|z| / F), the cosine distance between the
     full prompt's indicator and z, i.e. a kernel on the fraction kept (w = 0.25 is LIME's text
     default: kernel_width=25 on 100 d). A ridge regression with intercept (``alpha``, LIME's
-    default 1.0) is fitted; its coefficients are the scores.
+    default 1.0) is fitted (:class:`RidgeFit`, the coalitions scored :data:`SAMPLE_BLOCK` at a
+    time); its coefficients are the scores.
     """
 
     name = "lime"
@@ -280,20 +415,17 @@ class Lime(Method):
     )
     stochastic = True
     params = {
-        "n_samples": Param(128, "random coalitions", int, minimum=2),
+        "n_samples": Param(128, "random coalitions", int, minimum=2, maximum=MAX_SAMPLES),
         "kernel_width": Param(0.25, "kernel width w on the cosine distance", float, minimum=1e-6),
         "alpha": Param(1.0, "ridge penalty (0 = ordinary weighted least squares)", float, minimum=0.0),
     }
 
     def attribute(self, problem: Problem) -> Output:
-        F, n = problem.n_features, self.n_samples
-        gen = problem.generator()
-        removed = torch.randint(1, F + 1, (n - 1,), generator=gen)
-        order = torch.rand(n - 1, F, generator=gen).argsort(1)
-        keep = torch.cat([problem.all_kept(), order >= removed[:, None]])
-        values = problem.evaluate(keep)
-        distance = 1 - (keep.sum(1).double() / F).sqrt()
-        weights = torch.exp(-(distance**2) / (2 * self.kernel_width**2))
-        coef, intercept = weighted_ridge(keep, values, weights, self.alpha)
+        F = problem.n_features
+        fit = RidgeFit(F, 1 + len(problem.target))
+        for keep in lime_coalition_blocks(F, self.n_samples, problem.generator()):
+            distance = 1 - (keep.sum(1).double() / F).sqrt()
+            fit.add(keep, problem.evaluate(keep), torch.exp(-(distance**2) / (2 * self.kernel_width**2)))
+        coef, intercept = fit.solve(self.alpha)
         scores, tokens = _split(coef)
         return Output(scores, tokens, diagnostics={"intercept": float(intercept[0])})

@@ -93,7 +93,7 @@ from ..errors import InvalidParameterError
 from ..model import Inputs
 from ..problem import Problem
 from ..registry import register
-from .base import Method, Output, Param
+from .base import MAX_ITERATIONS, MAX_SAMPLES, Method, Output, Param
 
 GUIDANCES = ("probability", "log_probability")
 
@@ -280,12 +280,15 @@ class XPrompt(Method):
     token_matrix = False
     params = {
         "k": Param(3, "number of features removed together (1 <= k <= features)", int, minimum=1),
-        "n_iter": Param(100, "swap iterations N (0 keeps the initial mask)", int, minimum=0),
+        "n_iter": Param(
+            100, "swap iterations N (0 keeps the initial mask)", int, minimum=0, maximum=MAX_ITERATIONS
+        ),
         "proposals_per_step": Param(
             1,
             "distinct new swaps scored per iteration in one batch; the best improving one is kept",
             int,
             minimum=1,
+            maximum=MAX_SAMPLES,
         ),
         "guidance": Param(
             "probability",
