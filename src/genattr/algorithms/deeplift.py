@@ -17,14 +17,15 @@ from four kinds of operation, and each gets a rule that makes the identity exact
 * elementwise nonlinearities (SiLU, GELU, tanh, exp, log, rsqrt, powers, ...): the Rescale rule,
   m = (f(z) - f(z')) / (z - z') (the paper's Sec. 3.5.2), f'(z) where z and z' nearly coincide;
 * products of two varying tensors (the gated MLP's SiLU(a) * b, RMS/layer normalisation's
-  z * rsqrt(var), attention's q k^T and P v): the rule for elementwise products of the paper's
-  appendix, each factor's multiplier the mean of the other factor's two values,
-  d(ab) = (b + b')/2 da + (a + a')/2 db, which is exact (the Shapley split of the interaction
-  term da db between the two factors); for matrix products the same with the matrices;
+  z * rsqrt(var), attention's q k^T and P v): the product rule, each factor's multiplier the
+  mean of the other factor's two values, d(ab) = (b + b')/2 da + (a + a')/2 db, which is exact
+  (it splits the interaction term da db equally between the factors: their Shapley values as
+  two players); for matrix products the same with the matrices;
 * the operations composed of these, which are written out so that the rules apply to their
-  parts: softmax(z) = e / sum(e) with e = exp(z - c) (c a shift shared by x and x'), log-softmax
-  = z - c - log(sum exp(z - c)), layer normalisation (z - mean) * rsqrt(mean((z - mean)^2) + eps),
-  RMS normalisation z * rsqrt(mean(z^2) + eps), division a * (1/b) and fused attention.
+  parts: log-softmax z - c - log(sum exp(z - c)) (c a shift shared by x and x'), softmax as the
+  exp of it, layer normalisation (z - mean) * rsqrt(mean((z - mean)^2) + eps), RMS
+  normalisation z * rsqrt(mean(z^2) + eps), division a * (1/b) and fused attention
+  softmax(q k^T * scale + mask) v.
 
 The rules act on the ``torch`` operations themselves (through a ``TorchFunctionMode``), so they
 cover any model written with these operations, whatever its classes (Captum's DeepLift, whose
@@ -37,12 +38,16 @@ the plain model. An operation on varying inputs that no rule covers keeps its lo
 is listed in ``diagnostics['unruled_operations']`` and summation-to-delta then only holds
 approximately (the method warns when the gap exceeds 5%).
 
-Departures from the paper: the product rule and the decomposition of softmax and normalisation
-into elementwise steps are choices among several exact ones (the paper's RevealCancel rule and
-Ali et al., 2022, "XAI for Transformers", who hold attention and normalisation constant, are
-others; the latter gives up summation-to-delta for a reference other than zero). An activation
-written as a composition (GPT-2's tanh-approximated GELU, x (1 + tanh(...)) / 2) gets the rules
-at its parts rather than one Rescale for the whole.
+Departures from the paper, which defines rules for linear layers and elementwise activations
+only: the product rule and the decomposition of softmax and normalisation into elementwise
+steps are choices among several that keep summation-to-delta exact. Holding attention
+probabilities and normalisation scales constant (Ali et al., 2022, "XAI for Transformers") drops
+their share of F(x) - F(x') and so gives summation-to-delta up; the plain gradient there
+(Captum's DeepLift) misses it worst where the model is confident: on the zoo, whose output
+softmax is saturated at the input, the activations-only rule summed to about 0 while F moved by
+about 11 nats. An activation written as a composition (GPT-2's tanh-approximated GELU,
+x (1 + tanh(...)) / 2) gets the rules at its parts rather than one Rescale for the whole. The
+RevealCancel rule is not implemented.
 """
 
 from __future__ import annotations
@@ -97,14 +102,14 @@ ELEMENTWISE = frozenset(
 def rescale(f: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, z_ref: torch.Tensor) -> Pair:
     """Rescale rule: f(z) in value, multiplier m = (f(z) - f(z')) / (z - z') in the backward pass.
 
-    Where |z - z'| <= sqrt(eps) (1 + |z|) the secant is numerically unreliable and the local
-    derivative f'(z) is used (they differ by O(|z - z'| f'') there)."""
+    Where |z - z'| <= sqrt(eps) max(|z|, |z'|) (eps the dtype's precision) the secant is a
+    ratio of rounding errors and the local derivative f'(z) is used instead: the two differ by
+    about f''(z) (z - z')^2 / 2, of the order of eps |f(z)| for the functions here."""
     with torch.no_grad():
         value, value_ref = f(z.detach()), f(z_ref)
         dz = z.detach() - z_ref
-        small = ~torch.isfinite(dz) | (
-            dz.abs() <= math.sqrt(torch.finfo(dz.dtype).eps) * (1 + z.detach().abs())
-        )
+        scale = torch.maximum(z.detach().abs(), z_ref.abs())
+        small = ~torch.isfinite(dz) | (dz.abs() <= math.sqrt(torch.finfo(dz.dtype).eps) * scale)
         secant = (value - value_ref) / torch.where(small, torch.ones_like(dz), dz)
     if bool(small.any()):
         with torch.enable_grad():
@@ -418,7 +423,7 @@ class DeepLift(Method):
 
     name = "deeplift"
     family = "gradient"
-    summary = "DeepLIFT: Rescale and product rules at every operation, multipliers times (x - x'), sums to F(x) - F(x')"
+    summary = "DeepLIFT, Rescale and product rules at every operation: multipliers times (x - x'), summing to F(x) - F(x')"
     needs_gradients = True
     convergence_check = True
     params = {
