@@ -184,7 +184,7 @@ def _linearisation_gap(rule, shapes, scale, dtype=torch.float64, positive=False)
     zs = [torch.randn(s, generator=gen, dtype=dtype) * scale for s in shapes]
     refs = [torch.randn(s, generator=gen, dtype=dtype) * scale for s in shapes]
     if positive:
-        zs, refs = [z.abs() + 1e-3 for z in zs], [r.abs() + 1e-3 for r in refs]
+        zs, refs = [z.abs() + 1e-6 for z in zs], [r.abs() + 1e-6 for r in refs]
     y, y_ref = rule(*zip(zs, refs, strict=True))
     jac = torch.autograd.functional.jacobian(lambda *z: rule(*zip(z, refs, strict=True))[0], tuple(zs))
     lin = sum(j.reshape(y.numel(), -1) @ (z - r).reshape(-1) for j, z, r in zip(jac, zs, refs, strict=True))
@@ -213,12 +213,15 @@ def test_each_rule_is_an_exact_linearisation_of_its_operation(name):
 
 
 @pytest.mark.parametrize("f", [torch.rsqrt, torch.log, torch.reciprocal, torch.exp])
-def test_the_rescale_rule_is_exact_near_zero(f):
-    """Inputs down to 1e-3, where rsqrt, log and 1/z curve sharply: the secant is used, not the
-    local derivative, wherever the two points are told apart."""
-    gap, moved = _linearisation_gap(lambda p: rescale(f, *p), [(50,)], scale=1.0, positive=True)
-    assert moved > 0.1
-    assert gap <= 1e-12 * moved
+def test_the_rescale_rule_is_exact_near_zero_in_float32(f):
+    """Inputs of order 1e-4 in float32 (a normalisation's variance on a reference near zero),
+    where rsqrt, log and 1/z curve sharply and z - z' is below sqrt(eps): the secant is still
+    used wherever the two points are told apart, not the local derivative."""
+    gap, moved = _linearisation_gap(
+        lambda p: rescale(f, *p), [(50,)], scale=1e-4, dtype=torch.float32, positive=True
+    )
+    assert moved > 1e-4
+    assert gap <= 1e-4 * moved
 
 
 def test_softmax_stays_exact_in_float32_when_the_reference_row_is_dominated_elsewhere():
