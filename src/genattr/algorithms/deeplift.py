@@ -66,7 +66,7 @@ from ..problem import Problem
 from ..registry import register
 from ._embedding import BASELINES, EmbeddedPrompt, _batched_gradients, _head_input, embedded
 from .base import Method, Output, Param
-from .gradient import CONVERGENCE_TOLERANCE, _split
+from .gradient import CONVERGENCE_TOLERANCE, _own_sequence_row, _split
 
 Pair = tuple[torch.Tensor, torch.Tensor]
 """A tensor on the input (in the autograd graph, carrying multipliers) and its value on the reference."""
@@ -438,7 +438,7 @@ class DeepLift(Method):
     def attribute(self, problem: Problem) -> Output:
         ep = embedded(problem)
         x, base = ep.embeds, ep.baseline(self.baselines)
-        sequence = ep.objective != "log_prob"
+        sequence = _own_sequence_row(ep)
         grads, before, after, rules = multipliers(ep, x, base, sequence)
         token_level = (grads * (x - base)[None]).sum(-1)
         scores, tokens = _split(ep, token_level, "row" if sequence else "sum")
