@@ -1,7 +1,7 @@
 """Gradient methods against oracles: IG completeness on real tiny transformers (the right-hand side
 from a naive Hugging Face loop), IG in closed form on a model quadratic in the embeddings, finite
-differences, DeepLIFT's exact summation-to-delta where the Rescale rule is exact, the model left
-as found, and Captum's LayerIntegratedGradients and DeepLift as peer implementations."""
+differences, the model left as found, and Captum's LayerIntegratedGradients as a peer
+implementation (DeepLIFT: tests/test_deeplift.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import genattr
-from genattr.algorithms.gradient import CONVERGENCE_TOLERANCE, _RescaleRule
+from genattr.algorithms.gradient import CONVERGENCE_TOLERANCE
 from genattr.errors import ConvergenceWarning, InvalidParameterError
 from genattr.model import Inputs, LanguageModel
 from genattr.registry import methods
@@ -248,45 +248,6 @@ def test_gradient_shap_estimates_integrated_gradients_and_is_seeded(llama):
     assert "convergence_delta" in a.diagnostics
 
 
-# --------------------------------------------------------------------- DeepLIFT
-def test_rescale_rule_gives_exact_summation_to_delta_on_an_mlp():
-    """On linear layers around elementwise activations the Rescale rule is exact:
-    sum_i (x - x')_i m_i = f(x) - f(x'), where the plain gradient is not."""
-    torch.manual_seed(0)
-    from transformers.activations import NewGELUActivation
-
-    mlp = torch.nn.Sequential(
-        torch.nn.Linear(6, 8),
-        NewGELUActivation(),
-        torch.nn.Linear(8, 8),
-        torch.nn.SiLU(),
-        torch.nn.Linear(8, 1),
-    )
-    x, ref = torch.randn(1, 6) * 3, torch.randn(1, 6)
-    with _RescaleRule(mlp) as rule:
-        f_ref = mlp(ref).detach()
-        rule.recording = False
-        xg = x.clone().requires_grad_(True)
-        f_x = mlp(xg)
-        (m,) = torch.autograd.grad(f_x.sum(), xg)
-    assert len(rule.modules) == 2
-    assert float(((x - ref) * m).sum()) == pytest.approx(float(f_x.detach() - f_ref), rel=1e-5)
-    xg = x.clone().requires_grad_(True)
-    (g,) = torch.autograd.grad(mlp(xg).sum(), xg)
-    assert float(((x - ref) * g).sum()) != pytest.approx(float(f_x.detach() - f_ref), rel=1e-2)
-    assert torch.allclose(f_x, mlp(x))  # the hooks leave forward values unchanged
-
-
-def test_deeplift_rescales_every_activation_of_real_models(lm):
-    res = _explain(lm, "deeplift", baselines="zero")
-    layers = lm.model.config.num_hidden_layers
-    assert res.diagnostics["rescaled_activations"] == layers
-    np.testing.assert_allclose(res.token_scores.sum(0), res.scores, atol=1e-9)
-    assert np.isfinite(res.diagnostics["convergence_delta"])
-    same = _explain(lm, "deeplift", baselines="token")
-    assert not np.allclose(same.scores, res.scores)
-
-
 # --------------------------------------------------------------------- hygiene
 @pytest.mark.parametrize("method", GRADIENT_METHODS + ["bta", "bta_avg"])
 def test_gradient_methods_leave_the_model_as_found(llama, method):
@@ -368,49 +329,3 @@ def test_ig_rows_match_captum_layer_integrated_gradients(lms, rule):
         if rule == "riemann_trapezoid":  # Captum's steps are 1/K where the trapezoid rule's are 1/(K-1)
             theirs = theirs * 16 / 15
         np.testing.assert_allclose(res.token_scores, theirs, rtol=1e-3, atol=1e-5 * np.abs(theirs).max())
-
-
-@pytest.mark.bench
-@pytest.mark.filterwarnings("ignore::UserWarning")  # Captum's notices about hooks and requires_grad
-def test_deeplift_matches_captum_deeplift_with_the_rescale_rule_on_hf_activations(lm):
-    """Captum's DeepLift, told that the Hugging Face activation classes are elementwise
-    nonlinearities (its ``nonlinear`` Rescale rule), as a peer implementation."""
-    pytest.importorskip("captum")
-    from captum.attr import DeepLift
-    from captum.attr._core import deep_lift
-
-    res = _explain(lm, "deeplift", level="token", baselines="zero")
-    ids, target = list(res.prompt.input_ids), list(res.target.ids)
-    n = len(target)
-
-    class Wrapper(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.inner = lm.model
-
-        def forward(self, embeds):
-            return lm.log_probs_from_embeddings(embeds, Inputs.from_ids(ids, embeds.shape[0]), target)
-
-    x = lm.embed(torch.tensor([ids]))[0].detach()
-    covered = torch.zeros(len(ids), 1)
-    covered[[f.tokens[0] for f in res.features]] = 1
-    base = x * (1 - covered)
-    kinds = {type(m) for m in lm.model.modules() if _RescaleRule(lm.model).modules.count(m)}
-    added = [k for k in kinds if k not in deep_lift.SUPPORTED_NON_LINEAR]
-    for k in added:
-        deep_lift.SUPPORTED_NON_LINEAR[k] = deep_lift.nonlinear
-    try:
-        attr = DeepLift(Wrapper()).attribute(
-            x[None].expand(n, -1, -1).contiguous(),
-            baselines=base[None].expand(n, -1, -1).contiguous(),
-            target=list(range(n)),
-        )
-    finally:
-        for k in added:
-            del deep_lift.SUPPORTED_NON_LINEAR[k]
-    positions = [f.tokens[0] for f in res.features]
-    theirs = attr.sum(-1)[:, positions].double().detach().numpy()
-    tolerance = {"rtol": 1e-3, "atol": 1e-5 * np.abs(theirs).max()}
-    np.testing.assert_allclose(res.token_scores, theirs, **tolerance)
-    plain = _explain(lm, "input_x_gradient", level="token").token_scores  # (x - 0) times the plain gradient
-    assert not np.allclose(plain, theirs, **tolerance)  # the Rescale rule makes a visible difference

@@ -7,6 +7,7 @@ from . import (  # noqa: F401  # noqa: F401
     aieg,
     attention,
     baseline,
+    deeplift,
     gilot,  # noqa: F401
     gradient,
     perturbation,
