@@ -224,3 +224,9 @@ def test_divergences_match_scipy():
 def test_bad_parameters_raise_typed_errors(llama, params, match):
     with pytest.raises(InvalidParameterError, match=match):
         genattr.explain(llama, PROMPT, method="gilot", **params)
+
+
+def test_a_target_given_to_gilot_is_refused(llama):
+    """GiLOT explains the model's own likely outputs: a target would be silently ignored."""
+    with pytest.raises(InvalidParameterError, match="gilot takes no target"):
+        genattr.explain(llama, PROMPT, target=" and", method="gilot", num_beams=2, n_positions=2)

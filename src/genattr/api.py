@@ -84,6 +84,10 @@ def explain(
     >>> res.top(3)                                                            # doctest: +SKIP
     """
     method_cls = registry.get(method)
+    if target is not None and not method_cls.needs_target:
+        raise InvalidParameterError(
+            f"{method} takes no target: it explains the model's own likely outputs; pass target=None."
+        )
     algorithm = method_cls(**params)
     if isinstance(lm, str):
         lm = load(lm)

@@ -217,7 +217,7 @@ def evaluate_one(
         res = explain(
             lm,
             item.prompt,
-            target=item.target,
+            target=item.target if registry.get(method).needs_target else None,
             method=method,
             level=level,
             seed=seed,
