@@ -1,4 +1,4 @@
-"""The ``genattr`` command line: explain | methods | render | benchmark | demo.
+"""The ``genattr`` command line: explain | methods | models | render | benchmark | demo.
 
 Exit status 0 on success, 2 with a one-line message on bad input (never a traceback for the
 errors of :mod:`genattr.errors`). torch and transformers are imported only by the commands that
@@ -126,6 +126,13 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    from .catalog import models_table
+
+    print(models_table())
+    return 0
+
+
 def cmd_render(args: argparse.Namespace) -> int:
     from .result import Attribution, write_atomic
 
@@ -195,7 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     ex = sub.add_parser("explain", help="attribute a continuation to the prompt's features")
     ex.add_argument("prompt", help="the prompt text")
-    ex.add_argument("--model", default="zoo", help="a local model directory, a hub id, or zoo (default)")
+    ex.add_argument(
+        "--model",
+        default="zoo",
+        help="a model name (zoo, the default; smollm2: see `genattr models`), a GGUF "
+        "file, a local model directory or a hub id",
+    )
     ex.add_argument(
         "--method", default="leave_one_out", metavar="NAME", help="attribution method (see `genattr methods`)"
     )
@@ -236,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     me.add_argument("--markdown", action="store_true", help="print the README's table of methods")
     me.set_defaults(func=cmd_methods)
 
+    mo = sub.add_parser("models", help="list the models loadable by name (--model NAME), installed or not")
+    mo.set_defaults(func=cmd_models)
+
     re_ = sub.add_parser("render", help="render a saved result")
     re_.add_argument("file", help="a JSON file written by `genattr explain --json`")
     re_.add_argument("--html", help="write a self-contained HTML page to this file")
@@ -243,7 +258,12 @@ def build_parser() -> argparse.ArgumentParser:
     re_.set_defaults(func=cmd_render)
 
     be = sub.add_parser("benchmark", help="faithfulness and ground-truth benchmark of methods")
-    be.add_argument("--model", default="zoo", help="a model directory, a hub id, or zoo (default)")
+    be.add_argument(
+        "--model",
+        default="zoo",
+        help="a model name (zoo, the default; see `genattr models`), a GGUF file, "
+        "a model directory or a hub id",
+    )
     be.add_argument("--methods", default="all", help="comma-separated method names, or all")
     be.add_argument("--data", required=True, help="comma-separated zoo:TASK specs and/or JSONL files")
     be.add_argument("--metrics", default="curves,erasure,similarity,ground_truth")
