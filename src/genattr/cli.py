@@ -265,7 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
         "a model directory or a hub id",
     )
     be.add_argument("--methods", default="all", help="comma-separated method names, or all")
-    be.add_argument("--data", required=True, help="comma-separated zoo:TASK specs and/or JSONL files")
+    be.add_argument(
+        "--data",
+        required=True,
+        help="comma-separated zoo:TASK specs, prompt sets (gilot, xprompt-alpaca, sst2, counsel-chat) and/or JSONL files",
+    )
     be.add_argument("--metrics", default="curves,erasure,similarity,ground_truth")
     be.add_argument("--out", required=True, help="output directory (resumable)")
     be.add_argument("--n", type=int, default=None, help="examples per dataset (zoo: default 10)")
