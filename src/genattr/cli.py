@@ -186,7 +186,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     _configure_transformers(args.verbose)
-    run_demo(out=args.out, quick=args.quick)
+    run_demo(out=args.out, quick=args.quick, model=args.model, include_system=args.include_system)
     return 0
 
 
@@ -288,7 +288,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     de = sub.add_parser("demo", help="run the demo on the embedded default model")
     de.add_argument("--out", default="demo.html", help="the HTML report to write")
-    de.add_argument("--quick", action="store_true", help="fewer examples")
+    de.add_argument("--quick", action="store_true", help="fewer examples, fewer steps")
+    de.add_argument(
+        "--model",
+        default="smollm2",
+        help="smollm2 (default): explain a real answer; zoo: every method against ground truth",
+    )
+    de.add_argument(
+        "--include-system",
+        action="store_true",
+        help="make the chat template's default system message a feature",
+    )
     de.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     de.set_defaults(func=cmd_demo)
     return parser
