@@ -42,6 +42,7 @@ bench: setup
 	$(BIN)/python bench/gradients.py
 	$(BIN)/python bench/gilot.py
 	$(BIN)/python bench/xprompt.py
+	$(BIN)/python bench/real.py
 
 # A fresh venv at $(1) with torch from $(TORCH), then genattr with the newest releases its ranges
 # admit, or the versions the constraints file $(2) pins.
