@@ -141,3 +141,32 @@ def test_a_template_without_a_default_system_message_has_none():
         "{% if add_generation_prompt %}<|assistant|>{% endif %}"
     )
     assert default_system_message(tokenizer, [{"role": "user", "content": "red cat"}]) is None
+
+
+def test_a_build_replaces_a_stale_entry_but_not_one_another_process_finished(tmp_path, monkeypatch):
+    monkeypatch.setenv(catalog.CACHE_ENV, str(tmp_path / "cache"))
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"weights")
+    final = tmp_path / "cache" / "gguf" / f"m-{hashlib.sha256(b'weights').hexdigest()[:16]}"
+    final.mkdir(parents=True)
+    (final / "half-written.safetensors").write_text("")  # an interrupted build: no completion mark
+
+    def build(source, target, sha256):
+        (target / "model.safetensors").write_text("ours")
+        (target / catalog.COMPLETE).write_text("{}")
+
+    monkeypatch.setattr(catalog, "_dequantise", build)
+    assert catalog.cached_gguf(gguf) == final
+    assert sorted(p.name for p in final.iterdir()) == [catalog.COMPLETE, "model.safetensors"]
+    assert [p.name for p in final.parent.iterdir()] == [final.name]  # no temporary directory left
+
+    def racing(source, target, sha256):
+        build(source, target, sha256)
+        (final / "model.safetensors").write_text("theirs")  # another process finished meanwhile
+        (final / catalog.COMPLETE).write_text("{}")
+
+    (final / catalog.COMPLETE).unlink()
+    monkeypatch.setattr(catalog, "_dequantise", racing)
+    assert catalog.cached_gguf(gguf) == final
+    assert (final / "model.safetensors").read_text() == "theirs"
+    assert [p.name for p in final.parent.iterdir()] == [final.name]

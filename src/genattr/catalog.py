@@ -180,9 +180,10 @@ def cached_gguf(gguf: str | os.PathLike, sha256: str | None = None) -> Path:
     building = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
         _dequantise(gguf, building, actual)
-        if final.exists():  # a stale, incomplete directory from an older interrupted build
-            shutil.rmtree(final)
-        os.replace(building, final)
+        if not final.joinpath(COMPLETE).is_file():  # else another process finished first: keep its copy
+            if final.exists():  # a stale, incomplete directory from an interrupted build
+                shutil.rmtree(final)
+            os.replace(building, final)
     finally:
         shutil.rmtree(building, ignore_errors=True)
     return final
