@@ -203,6 +203,7 @@ def test_beam_marginals_equal_an_independent_eq5_implementation(smol):
         torch.testing.assert_close(search.marginals[0, :J].double(), expected, atol=1e-4, rtol=0)
 
 
+@pytest.mark.filterwarnings("ignore::genattr.errors.ConvergenceWarning")  # 4 steps miss completeness
 @pytest.mark.parametrize("method", registry.names())
 def test_every_method_runs_on_the_real_model_with_finite_scores(smol, method):
     started = time.perf_counter()
