@@ -141,6 +141,17 @@ def test_a_template_without_a_default_system_message_has_none():
         "{% if add_generation_prompt %}<|assistant|>{% endif %}"
     )
     assert default_system_message(tokenizer, [{"role": "user", "content": "red cat"}]) is None
+    tokenizer.chat_template = (  # a template that refuses system messages (as Gemma's does)
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system role') }}"
+        "{% endif %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+    )
+    assert default_system_message(tokenizer, [{"role": "user", "content": "red cat"}]) is None
+    assert [
+        f.text for f in Prompt.from_messages(tokenizer, [{"role": "user", "content": "red cat"}]).features()
+    ] == [
+        "red",
+        "cat",
+    ]
 
 
 def test_a_build_replaces_a_stale_entry_but_not_one_another_process_finished(tmp_path, monkeypatch):

@@ -16,6 +16,8 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from jinja2 import TemplateError
+
 from .errors import EmptyPromptError, InputError, NoMaskableFeaturesError
 from .segment import Feature, content_span, segment
 
@@ -52,11 +54,14 @@ def default_system_message(
         return None
     render = [dict(m) for m in messages]
     plain = tokenizer.apply_chat_template(render, tokenize=False, add_generation_prompt=add_generation_prompt)
-    marked = tokenizer.apply_chat_template(
-        [{"role": "system", "content": _SENTINEL}, *render],
-        tokenize=False,
-        add_generation_prompt=add_generation_prompt,
-    )
+    try:
+        marked = tokenizer.apply_chat_template(
+            [{"role": "system", "content": _SENTINEL}, *render],
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+        )
+    except TemplateError:  # a template without a system role has no default system message either
+        return None
     if marked.count(_SENTINEL) != 1:
         return None
     before, after = marked.split(_SENTINEL)
