@@ -16,8 +16,6 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from jinja2 import TemplateError
-
 from .errors import EmptyPromptError, InputError, NoMaskableFeaturesError
 from .segment import Feature, content_span, segment
 
@@ -50,6 +48,8 @@ def default_system_message(
     template adds a default system message exactly when the rendering without one is
     ``before + s + after`` with a non-empty ``s`` (then ``s`` is that message).
     """
+    from jinja2 import TemplateError
+
     if any(m["role"] == "system" for m in messages):
         return None
     render = [dict(m) for m in messages]
@@ -130,9 +130,10 @@ class Prompt:
         text = tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=add_generation_prompt
         )
-        default = default_system_message(tokenizer, messages, add_generation_prompt=add_generation_prompt)
-        if include_default_system and default:
-            messages = [{"role": "system", "content": default}, *messages]
+        if include_default_system:
+            default = default_system_message(tokenizer, messages, add_generation_prompt=add_generation_prompt)
+            if default:
+                messages = [{"role": "system", "content": default}, *messages]
         content_spans, cursor = [], 0
         for m in messages:
             content = str(m["content"])
