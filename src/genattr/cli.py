@@ -1,4 +1,4 @@
-"""The ``genattr`` command line: explain | methods | render | benchmark | demo.
+"""The ``genattr`` command line: explain | methods | models | render | benchmark | demo.
 
 Exit status 0 on success, 2 with a one-line message on bad input (never a traceback for the
 errors of :mod:`genattr.errors`, and for a bad argument one line instead of the usage block).
@@ -193,6 +193,13 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    from .catalog import models_table
+
+    print(models_table())
+    return 0
+
+
 def cmd_render(args: argparse.Namespace) -> int:
     from .result import Attribution, check_writable, write_atomic
 
@@ -250,7 +257,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     check_writable(args.out)
     _configure_transformers(args.verbose)
-    run_demo(out=args.out, quick=args.quick)
+    run_demo(out=args.out, quick=args.quick, model=args.model, include_system=args.include_system)
     return 0
 
 
@@ -266,7 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     ex = sub.add_parser("explain", help="attribute a continuation to the prompt's features")
     ex.add_argument("prompt", help="the prompt text")
-    ex.add_argument("--model", default="zoo", help="a local model directory, a hub id, or zoo (default)")
+    ex.add_argument(
+        "--model",
+        default="zoo",
+        help="a model name (zoo, the default; smollm2: see `genattr models`), a GGUF "
+        "file, a local model directory or a hub id",
+    )
     ex.add_argument(
         "--method", default="leave_one_out", metavar="NAME", help="attribution method (see `genattr methods`)"
     )
@@ -312,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     me.add_argument("--markdown", action="store_true", help="print the README's table of methods")
     me.set_defaults(func=cmd_methods)
 
+    mo = sub.add_parser("models", help="list the models loadable by name (--model NAME), installed or not")
+    mo.set_defaults(func=cmd_models)
+
     re_ = sub.add_parser("render", help="render a saved result")
     re_.add_argument("file", help="a JSON file written by `genattr explain --json`")
     re_.add_argument("--html", help="write a self-contained HTML page to this file")
@@ -319,9 +334,18 @@ def build_parser() -> argparse.ArgumentParser:
     re_.set_defaults(func=cmd_render)
 
     be = sub.add_parser("benchmark", help="faithfulness and ground-truth benchmark of methods")
-    be.add_argument("--model", default="zoo", help="a model directory, a hub id, or zoo (default)")
+    be.add_argument(
+        "--model",
+        default="zoo",
+        help="a model name (zoo, the default; see `genattr models`), a GGUF file, "
+        "a model directory or a hub id",
+    )
     be.add_argument("--methods", default="all", help="comma-separated method names, or all")
-    be.add_argument("--data", required=True, help="comma-separated zoo:TASK specs and/or JSONL files")
+    be.add_argument(
+        "--data",
+        required=True,
+        help="comma-separated zoo:TASK specs, prompt sets (gilot, xprompt-alpaca, sst2, counsel-chat) and/or JSONL files",
+    )
     be.add_argument("--metrics", default="curves,erasure,similarity,ground_truth")
     be.add_argument("--out", required=True, help="output directory (resumable)")
     be.add_argument("--n", type=int, default=None, help="examples per dataset (zoo: default 10)")
@@ -340,7 +364,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     de = sub.add_parser("demo", help="run the demo on the embedded default model")
     de.add_argument("--out", default="demo.html", help="the HTML report to write")
-    de.add_argument("--quick", action="store_true", help="fewer examples")
+    de.add_argument("--quick", action="store_true", help="fewer examples, fewer steps")
+    de.add_argument(
+        "--model",
+        default="smollm2",
+        help="smollm2 (default): explain a real answer; zoo: every method against ground truth",
+    )
+    de.add_argument(
+        "--include-system",
+        action="store_true",
+        help="make the chat template's default system message a feature",
+    )
     de.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     de.set_defaults(func=cmd_demo)
     return parser

