@@ -8,7 +8,7 @@ TORCH := requirements/torch.txt
 LATEST := .venv-latest
 OLDEST := .venv-oldest
 
-.PHONY: setup demo test lint bench test-latest test-oldest lock clean
+.PHONY: setup demo test lint bench mutants test-latest test-oldest lock clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,12 @@ bench: setup
 	$(BIN)/python bench/gradients.py
 	$(BIN)/python bench/gilot.py
 	$(BIN)/python bench/xprompt.py
+
+# Mutation testing of the numerical core ([tool.mutmut] in pyproject.toml); long: an hour or more on 2 cores.
+mutants: setup
+	$(BIN)/pip install --quiet -c $(LOCK) -e '.[dev,mutation]'
+	$(BIN)/mutmut run --max-children $(or $(JOBS),2)
+	$(BIN)/mutmut results
 
 # A fresh venv at $(1) with torch from $(TORCH), then genattr with the newest releases its ranges
 # admit, or the versions the constraints file $(2) pins.
@@ -71,4 +77,4 @@ lock:
 	mv $(LOCK).tmp $(LOCK)
 
 clean:
-	rm -rf $(VENV) $(LATEST) $(OLDEST) build dist src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LATEST) $(OLDEST) mutants build dist src/*.egg-info .pytest_cache .ruff_cache
