@@ -216,3 +216,37 @@ def test_similarity_random_baseline_is_the_mean_over_random_masks_of_size_k(word
 def test_similarity_refuses_k_outside_the_features(word_lm, k):
     with pytest.raises(genattr.errors.InputError, match="k must be between 1"):
         F.similarity(word_lm, _attribution(word_lm), k=k, encoder="model")
+
+
+def test_masker_follows_the_attribution_unless_told_otherwise(word_lm):
+    res = _attribution(word_lm)
+    res.params = {**res.params, "mask": "replace", "baseline": "eos"}
+    eos = word_lm.tokenizer.eos_token_id
+    m = F.masker_for(word_lm, res)
+    assert (m.strategy, m.baseline_id) == ("replace", eos)
+    m = F.masker_for(word_lm, res, "delete", 4)
+    assert (m.strategy, m.baseline_id) == ("delete", 4)
+    m = F.masker_for(word_lm, res, baseline=0)
+    assert (m.strategy, m.baseline_id) == ("replace", 0)
+    res.params = {}
+    m = F.masker_for(word_lm, res)
+    assert (m.strategy, m.baseline_id) == ("attention", word_lm.tokenizer.pad_token_id)
+    assert [f.index for f in m.features] == list(range(5))
+
+
+def test_similarity_refuses_an_empty_original_generation(word_lm, monkeypatch):
+    res = _attribution(word_lm)
+    monkeypatch.setattr(
+        word_lm, "generate", lambda inputs, n, **kw: Generation([[]] + [[5]] * (len(inputs) - 1), [], [])
+    )
+    with pytest.raises(genattr.errors.InputError, match="empty"):
+        F.similarity(word_lm, res, k=1, n_random=0, encoder="model")
+
+
+def test_curves_area_and_abpc_on_an_uneven_curve():
+    curves = F.Curves([0.0, 0.25, 0.5, 0.75, 1.0], [0.0, 0.4, 0.4, 0.8, 1.0], [0.0, 0.0, 0.2, 0.2, 0.6], "y")
+    morf = 0.25 * (0.2 + 0.4 + 0.6 + 0.9)
+    lerf = 0.25 * (0.0 + 0.1 + 0.2 + 0.4)
+    assert curves.auc_morf == pytest.approx(100 * morf, rel=1e-12)
+    assert curves.auc_lerf == pytest.approx(100 * lerf, rel=1e-12)
+    assert curves.abpc == pytest.approx(100 * (morf - lerf), rel=1e-12)
