@@ -34,6 +34,9 @@ from genattr.target import resolve_target
         ("one two three four", [(14, 18), (4, 7)], "one three"),
         ("one two", [(0, 3), (4, 7)], ""),
         ("ab", [(0, 1)], "b"),
+        ("MAX b.", [(4, 5)], "MAX."),
+        ("a XY", [(0, 1)], "XY"),
+        ("a\tXY", [(0, 1)], "XY"),
     ],
 )
 def test_delete_spans_takes_one_neighbouring_whitespace_run(text, spans, expected):

@@ -81,6 +81,8 @@ def test_ipot_checks_every_check_every_steps_and_at_the_last():
     assert bool(stopped.converged.all()) and stopped.iterations % 7 == 0 and stopped.iterations < 1000
     capped = ot.ipot(p, q, C, beta=1.0, inner_iter=1, tol=0.0, max_iter=15, check_every=10)
     assert capped.iterations == 15 and not bool(capped.converged.any())
+    once = ot.ipot(p, q, C, max_iter=1)  # stopped before any convergence check could pass
+    assert once.iterations == 1 and once.converged.tolist() == [False, False]
     tight = ot.ipot(p, q, C, beta=1.0, inner_iter=5, tol=1e-5, max_iter=1000, check_every=1)
     assert tight.iterations <= stopped.iterations
     exact = ot.exact(p, q, C).cost
@@ -173,10 +175,10 @@ def test_compression_pads_the_narrower_problems_with_zero_mass_repeats():
     assert sorted(support[1].tolist()) == [0, 1, 3, 4]
     torch.testing.assert_close(a[0, :2], torch.tensor([0.5, 0.3]) / 0.8)
     torch.testing.assert_close(b[1], q[1, support[1]] / q[1, support[1]].sum())
-    full, fa, fb = ot.compress(p, q, 5)
+    full, fa, fb = ot.compress(3 * p, 2 * q, 5)  # unnormalised: renormalised on the whole vocabulary
     assert full.tolist() == [list(range(5))] * 2
     torch.testing.assert_close(fa, p / p.sum(1, keepdim=True))
-    torch.testing.assert_close(fb, q)
+    torch.testing.assert_close(fb, q / q.sum(1, keepdim=True))
 
 
 def test_vocabulary_ot_chunks_by_the_cost_matrix_budget(monkeypatch):
@@ -210,7 +212,11 @@ def test_vocabulary_ot_solves_in_the_requested_dtype():
     unit = ot.unit_embeddings(torch.randn(8, 3, generator=g))
     p = torch.randn(2, 8, generator=g).softmax(1)
     q = torch.randn(2, 8, generator=g).softmax(1)
-    assert ot.vocabulary_ot(p, q, unit, top_k=2, solver="ipot").cost.dtype == torch.float64
+    default = ot.vocabulary_ot(p, q, unit, top_k=2)  # IPOT in float64
+    assert default.cost.dtype == torch.float64 and default.iterations > 1
+    torch.testing.assert_close(
+        default.cost, ot.vocabulary_ot(p, q, unit, top_k=2, solver="exact").cost, rtol=1e-5, atol=0
+    )
     assert (
         ot.vocabulary_ot(p, q, unit, top_k=2, solver="exact", dtype=torch.float32).cost.dtype == torch.float32
     )
@@ -221,3 +227,19 @@ def test_entropy_equals_scipy():
     np.testing.assert_allclose(
         ot.entropy(p).numpy(), [scipy_entropy(r) for r in p.numpy()], rtol=1e-12, atol=0
     )
+
+
+def test_exact_reports_the_marginal_error_of_the_plan_it_got(monkeypatch):
+    p, q, C = _pair(n=3, B=1)
+    emd = ot.pot.emd
+
+    def off_plan(a, b, M, **kw):  # the optimal plan with mass moved off both marginals
+        plan, log = emd(a, b, M, **kw)
+        plan = plan.copy()
+        plan[0, 0] += 0.01
+        plan[1, 2] += 0.02
+        return plan, log
+
+    monkeypatch.setattr(ot.pot, "emd", off_plan)
+    res = ot.exact(p, q, C)
+    assert float(res.marginal_error[0]) == pytest.approx(2 * (0.01 + 0.02), abs=1e-12)

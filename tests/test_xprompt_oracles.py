@@ -163,7 +163,11 @@ def test_fresh_swaps_are_distinct_unscored_and_run_out():
     swaps = X._fresh_swaps(w, removed, scorer, 100, torch.Generator().manual_seed(0))
     assert len(swaps) == 4 * 2 - 1 == len(set(swaps)) and (1, 0) not in swaps
     assert all(not removed[kept] and removed[back] for kept, back in swaps)
-    scorer([key ^ X._bits(s) for s in swaps])
+    scorer([key ^ X._bits(s) for s in swaps[1:]])
+    assert X._fresh_swaps(w, removed, scorer, 3, torch.Generator().manual_seed(0)) == [
+        swaps[0]
+    ]  # the last one
+    scorer([key ^ X._bits(swaps[0])])
     assert X._fresh_swaps(w, removed, scorer, 3, torch.Generator().manual_seed(0)) == []
     assert sorted(scorer.scored_swaps(key)) == sorted([(1, 0), *swaps])
     tokens = scorer.tokens([key, 0])
