@@ -70,6 +70,10 @@ def test_baseline_ids_and_names():
         resolve_baseline(tok, "mask", 10)
     with pytest.raises(UnknownMaskError, match="unknown baseline 'zero'"):
         resolve_baseline(tok, "zero", 10)
+    bare = SimpleNamespace(eos_token_id=6)  # a tokenizer without the other attributes at all
+    assert resolve_baseline(bare, None, 10) == 6
+    with pytest.raises(UnknownMaskError, match="no unk token; use one of eos"):
+        resolve_baseline(bare, "unk", 10)
 
 
 PROMPT = "red blue green cat dog"  # BOS + five word features on the word-level model
