@@ -250,3 +250,50 @@ def test_curves_area_and_abpc_on_an_uneven_curve():
     assert curves.auc_morf == pytest.approx(100 * morf, rel=1e-12)
     assert curves.auc_lerf == pytest.approx(100 * lerf, rel=1e-12)
     assert curves.abpc == pytest.approx(100 * (morf - lerf), rel=1e-12)
+
+
+def test_mean_kl_counts_zero_probabilities_as_zero():
+    p_log = torch.tensor([[0.0, -math.inf], [math.log(0.25), math.log(0.75)]], dtype=torch.float64)
+    q_log = torch.tensor(
+        [[math.log(0.5), math.log(0.5)], [math.log(0.5), math.log(0.5)]], dtype=torch.float64
+    )
+    expected = (math.log(2) + 0.25 * math.log(0.5) + 0.75 * math.log(1.5)) / 2
+    assert F._mean_kl(p_log, q_log) == pytest.approx(expected, rel=1e-12)
+
+
+def test_similarity_removes_up_to_every_feature(word_lm):
+    out = F.similarity(word_lm, _attribution(word_lm), k=5, max_new_tokens=2, n_random=1, encoder="model")
+    assert out["k"] == 5 and out["random_kl"] == pytest.approx(out["kl"], rel=1e-9)  # one mask of all five
+
+
+def test_protocol_defaults(word_lm, monkeypatch):
+    """Each protocol's documented defaults, read off the calls it makes."""
+    res = _attribution(word_lm)
+    calls = []
+    generate, embedder = word_lm.generate, F.make_embedder
+    monkeypatch.setattr(
+        word_lm,
+        "generate",
+        lambda inputs, n, **kw: calls.append(("generate", len(inputs), n)) or generate(inputs, n, **kw),
+    )
+    monkeypatch.setattr(
+        F, "make_embedder", lambda kind, lm: calls.append(("embedder", kind)) or embedder(kind, lm)
+    )
+    curves = F.perturbation_curves(word_lm, res)
+    assert curves.fractions == pytest.approx([i / 10 for i in range(11)])
+    assert calls[0][2] == 20 and calls[1] == ("embedder", "model")
+    calls.clear()
+    out = F.similarity(word_lm, res)
+    assert out["k"] == 3 and calls[0] == ("generate", 1 + 1 + 5, 20) and calls[1] == ("embedder", "sentence")
+    gen = torch.Generator().manual_seed(0)
+    draws = [sorted(torch.randperm(5, generator=gen)[:3].tolist()) for _ in range(5)]
+    kl = []
+    for removed in draws:
+        scores = [1.0] * 5
+        for i in removed:
+            scores[i] = 2.0
+        kl.append(
+            F.similarity(word_lm, _attribution(word_lm, scores), k=3, n_random=0, encoder="model")["kl"]
+        )
+    assert out["random_kl"] == pytest.approx(np.mean(kl), rel=1e-6)
+    assert F.erasure(word_lm, res)["percents"] == [1, 5, 10, 20, 50]

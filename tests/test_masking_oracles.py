@@ -37,6 +37,12 @@ from genattr.target import resolve_target
         ("MAX b.", [(4, 5)], "MAX."),
         ("a XY", [(0, 1)], "XY"),
         ("a\tXY", [(0, 1)], "XY"),
+        ("xy\tz w", [(3, 4)], "xy\tw"),
+        ("xy\nz w", [(3, 4)], "xy\nw"),
+        ("a b \nc", [(2, 3)], "a \nc"),
+        ("x ab", [(2, 3)], "x b"),
+        ("a\tb.", [(2, 3)], "a."),
+        ("a\n b.", [(3, 4)], "a\n."),
     ],
 )
 def test_delete_spans_takes_one_neighbouring_whitespace_run(text, spans, expected):
@@ -107,7 +113,7 @@ def test_replacing_strategies_build_ids_visibility_and_positions(word_lm, strate
 
 
 def test_delete_strategy_retokenises_and_left_pads(word_lm):
-    m = _masker(word_lm, "delete")
+    m = _masker(word_lm, "delete", baseline="eos")
     pad = m.baseline_id
     ids = list(m.prompt.input_ids)
     keep = torch.tensor([[True] * 5, [True, False, True, True, False], [False] * 5])
@@ -160,3 +166,13 @@ def test_generator_is_seeded_by_the_problem_and_none_means_zero(word_lm):
     problem = _problem(word_lm)
     assert problem.all_kept(3).tolist() == [[True] * 5] * 3 and problem.all_kept().shape == (1, 5)
     assert problem.n_features == 5
+
+
+def test_delete_strategy_keeps_the_prompts_choice_of_special_tokens(word_lm):
+    prompt = Prompt.from_text(word_lm.tokenizer, PROMPT, add_special_tokens=False)
+    m = Masker(word_lm, prompt, prompt.features("word"), "delete")
+    inputs = m.inputs(torch.tensor([[True, False, True, True, True]]))
+    assert (
+        inputs.input_ids[0].tolist()
+        == word_lm.tokenizer("red green cat dog", add_special_tokens=False)["input_ids"]
+    )

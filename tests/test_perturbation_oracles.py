@@ -109,6 +109,16 @@ def test_shapley_sampling_averages_the_credits_of_the_permutations_it_scored():
     np.testing.assert_allclose(out.diagnostics["stderr"], stderr, rtol=1e-10)
     orders = {tuple(blocks[s].sum(0).tolist()) for s in range(n)}
     assert len(orders) > 1  # the permutations differ
+    pair = TableProblem(5, seed=2)
+    two = ShapleySampling(n_samples=2).attribute(pair)
+    (keep,) = pair.seen
+    v = pair.evaluate(keep)[:, 0].numpy().reshape(2, 6)
+    blocks = keep.view(2, 6, 5)
+    c = np.zeros((2, 5))
+    for s in range(2):
+        for k in range(1, 6):
+            c[s, int((blocks[s, k] & ~blocks[s, k - 1]).nonzero())] = v[s, k] - v[s, k - 1]
+    np.testing.assert_allclose(two.diagnostics["stderr"], np.abs(c[0] - c[1]) / 2, rtol=1e-10)  # std/sqrt(2)
     single = ShapleySampling(n_samples=1).attribute(TableProblem(5))
     assert all(math.isnan(x) for x in single.diagnostics["stderr"])
 
@@ -139,6 +149,10 @@ def test_kernel_shap_with_every_coalition_is_exact_shapley():
     np.testing.assert_allclose(out.scores, _permutation_shapley(problem)[:, 0], rtol=1e-8, atol=1e-10)
     assert out.diagnostics == {"coalitions": 14}
     sampled = KernelShap(n_samples=13).attribute(TableProblem(4))
+    two = TableProblem(2)
+    np.testing.assert_allclose(
+        KernelShap().attribute(two).scores, _permutation_shapley(two)[:, 0], rtol=1e-10
+    )
     assert sampled.diagnostics == {"coalitions": 13}
 
 
