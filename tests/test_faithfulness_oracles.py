@@ -60,13 +60,13 @@ def test_erasure_equals_hand_computed_values_on_a_table_model(word_lm, monkeypat
         return (torch.tensor(values, dtype=torch.float64)[:, None] * split).float()
 
     monkeypatch.setattr(word_lm, "target_log_probs", table_log_probs)
-    percents = (1, 20, 40, 60)
+    percents = (1, 20, 20.1, 40, 60)
     out = F.erasure(word_lm, res, percents=percents)
 
     full = _table_log_likelihood([True] * 5)
     expected = {k: [] for k in ("log_odds", "comprehensiveness", "sufficiency")}
     expected |= {"comprehensiveness_clipped": [], "sufficiency_clipped": []}
-    for n in (1, 1, 2, 3):  # ceil(k F / 100), at least one feature
+    for n in (1, 1, 2, 2, 3):  # ceil(k F / 100), at least one feature
         without = _table_log_likelihood([i >= n for i in range(5)])
         only = _table_log_likelihood([i < n for i in range(5)])
         comp = math.exp(full) - math.exp(without)
@@ -297,3 +297,30 @@ def test_protocol_defaults(word_lm, monkeypatch):
         )
     assert out["random_kl"] == pytest.approx(np.mean(kl), rel=1e-6)
     assert F.erasure(word_lm, res)["percents"] == [1, 5, 10, 20, 50]
+
+
+def test_protocols_remove_features_with_the_mask_asked_for(word_lm, monkeypatch):
+    res = _attribution(word_lm)  # made with the default attention mask
+    seen = []
+    generate, log_probs = word_lm.generate, word_lm.target_log_probs
+    monkeypatch.setattr(
+        word_lm, "generate", lambda inputs, n, **kw: seen.append(inputs) or generate(inputs, n, **kw)
+    )
+    monkeypatch.setattr(
+        word_lm, "target_log_probs", lambda inputs, t: seen.append(inputs) or log_probs(inputs, t)
+    )
+    F.perturbation_curves(word_lm, res, step=0.5, max_new_tokens=2, mask="replace")
+    F.erasure(word_lm, res, percents=(40,), mask="replace")
+    assert len(seen) == 2 and all(bool(inputs.visible.all()) for inputs in seen)  # replaced, never hidden
+    seen.clear()
+    F.perturbation_curves(word_lm, res, step=0.5, max_new_tokens=2)
+    F.erasure(word_lm, res, percents=(40,))
+    assert len(seen) == 2 and not any(bool(inputs.visible.all()) for inputs in seen)
+
+
+def test_perturbation_curves_with_one_step_and_a_sentence_encoder(word_lm):
+    curves = F.perturbation_curves(
+        word_lm, _attribution(word_lm), step=1.0, max_new_tokens=2, embedder="sentence"
+    )
+    assert curves.fractions == [0.0, 1.0] and curves.morf[0] == pytest.approx(0.0, abs=1e-6)
+    assert curves.morf[1] == pytest.approx(curves.lerf[1], abs=1e-12)  # removing everything, either way

@@ -86,6 +86,10 @@ def test_shapley_exact_equals_the_permutation_formula_and_refuses_thirteen_featu
     np.testing.assert_allclose(out.token_scores, oracle[:, 1:].T, rtol=1e-10, atol=1e-12)
     table = problem.evaluate(coalition_masks(4))
     np.testing.assert_allclose(shapley_from_table(table, 4).numpy(), oracle, rtol=1e-10, atol=1e-12)
+    twelve = TableProblem(12)
+    out = ShapleyExact().attribute(twelve)  # the largest allowed
+    ends = twelve.evaluate(torch.stack([torch.zeros(12, dtype=torch.bool), torch.ones(12, dtype=torch.bool)]))
+    assert float(out.scores.sum()) == pytest.approx(float(ends[1, 0] - ends[0, 0]), rel=1e-9)
     with pytest.raises(TooManyFeaturesError, match="at most 12"):
         ShapleyExact().attribute(TableProblem(13))
 
