@@ -243,3 +243,14 @@ def test_exact_reports_the_marginal_error_of_the_plan_it_got(monkeypatch):
     monkeypatch.setattr(ot.pot, "emd", off_plan)
     res = ot.exact(p, q, C)
     assert float(res.marginal_error[0]) == pytest.approx(2 * (0.01 + 0.02), abs=1e-12)
+
+
+def test_vocabulary_ot_compresses_to_the_top_100_by_default():
+    g = torch.Generator().manual_seed(8)
+    V = 300
+    unit = ot.unit_embeddings(torch.randn(V, 4, generator=g))
+    p = (0.5 * torch.randn(1, V, generator=g)).softmax(1)
+    q = (0.5 * torch.randn(1, V, generator=g)).softmax(1)
+    costs = {k: float(ot.vocabulary_ot(p, q, unit, top_k=k, solver="exact").cost[0]) for k in (100, 101)}
+    assert abs(costs[100] - costs[101]) > 1e-6
+    assert float(ot.vocabulary_ot(p, q, unit, solver="exact").cost[0]) == pytest.approx(costs[100], abs=1e-9)
