@@ -198,7 +198,11 @@ def test_vocabulary_ot_chunks_by_the_cost_matrix_budget(monkeypatch):
     assert calls == [2, 2, 1]
     torch.testing.assert_close(chunked.cost, whole.cost)
     calls.clear()
-    monkeypatch.setattr(ot, "MAX_COST_ENTRIES", 35)  # not even one: one problem at a time
+    monkeypatch.setattr(ot, "MAX_COST_ENTRIES", 36)  # exactly one 6 x 6 problem: one at a time
+    one_by_one = ot.vocabulary_ot(p, q, unit, top_k=3, solver="exact", batch_size=4)
+    assert calls == [1] * 5
+    torch.testing.assert_close(one_by_one.cost, whole.cost)
+    monkeypatch.setattr(ot, "MAX_COST_ENTRIES", 35)  # not even one
     with pytest.raises(InvalidParameterError, match="top_k"):
         ot.vocabulary_ot(p, q, unit, top_k=3, solver="exact")
     with pytest.raises(InvalidParameterError, match=r"\[B, V\]"):
@@ -254,3 +258,12 @@ def test_vocabulary_ot_compresses_to_the_top_100_by_default():
     costs = {k: float(ot.vocabulary_ot(p, q, unit, top_k=k, solver="exact").cost[0]) for k in (100, 101)}
     assert abs(costs[100] - costs[101]) > 1e-6
     assert float(ot.vocabulary_ot(p, q, unit, solver="exact").cost[0]) == pytest.approx(costs[100], abs=1e-9)
+
+
+def test_compression_to_the_single_most_likely_token():
+    p = torch.tensor([[0.6, 0.3, 0.1], [0.2, 0.2, 0.6]])
+    q = torch.tensor([[0.1, 0.7, 0.2], [0.1, 0.3, 0.6]])
+    support, a, b = ot.compress(p, q, 1)
+    assert support.tolist() == [[0, 1], [2, 2]]
+    torch.testing.assert_close(a, torch.tensor([[2 / 3, 1 / 3], [1.0, 0.0]]))
+    torch.testing.assert_close(b, torch.tensor([[0.125, 0.875], [1.0, 0.0]]))
