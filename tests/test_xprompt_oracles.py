@@ -173,3 +173,21 @@ def test_fresh_swaps_are_distinct_unscored_and_run_out():
     tokens = scorer.tokens([key, 0])
     torch.testing.assert_close(tokens[0], _tokens([0, 3]), atol=1e-6, rtol=0)
     torch.testing.assert_close(scorer([0]), _tokens([]).sum()[None], atol=1e-5, rtol=0)
+
+
+def test_fresh_swaps_follow_the_product_of_the_two_softmaxes_and_the_seed():
+    scorer = X._Scorer(TableProblem())
+    w = torch.tensor([1.5, 0.0, -1.0, 0.5, 2.0, 0.0], dtype=torch.float64)
+    removed = torch.tensor([False, False, False, True, True, False])  # kept 0, 1, 2, 5; removed 3, 4
+    gen = torch.Generator().manual_seed(1)
+    n = 6000
+    counts = {}
+    for _ in range(n):
+        ((kept, back),) = X._fresh_swaps(w, removed, scorer, 1, gen)
+        counts[kept, back] = counts.get((kept, back), 0) + 1
+    pairs = [(k, b) for k in (0, 1, 2, 5) for b in (3, 4)]
+    p = torch.tensor([float(w[k] + w[b]) for k, b in pairs]).softmax(0).numpy()
+    observed = np.array([counts.get(pair, 0) for pair in pairs])
+    assert np.all(np.abs(observed - n * p) < 5 * np.sqrt(n * p * (1 - p)))
+    draws = [X._fresh_swaps(w, removed, scorer, 4, torch.Generator().manual_seed(s)) for s in (3, 3, 4)]
+    assert draws[0] == draws[1] != draws[2]
