@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from genattr.algorithms.perturbation import Lime
+from genattr.target import Target
 
 
 class TableProblem:
@@ -18,6 +19,7 @@ class TableProblem:
 
     def __init__(self, n_features: int, seed: int = 0) -> None:
         self.n_features, self.seed, self.seen = n_features, seed, []
+        self.target = Target((7, 8), " a b", (" a", " b"), False)  # two target tokens
         g = torch.Generator().manual_seed(100 + n_features)
         self.w = torch.randn(n_features, generator=g, dtype=torch.float64)
         self.pairs = torch.randn(n_features, n_features, generator=g, dtype=torch.float64).triu(1)
@@ -53,7 +55,7 @@ def _oracle(keep: torch.Tensor, values: torch.Tensor, width: float, alpha: float
 def test_lime_equals_the_kernel_weighted_ridge_on_its_coalitions(F, width, alpha):
     problem = TableProblem(F, seed=F)
     out = Lime(n_samples=60, kernel_width=width, alpha=alpha).attribute(problem)
-    (keep,) = problem.seen
+    keep = torch.cat(problem.seen)  # every block of coalitions scored
     coef = _oracle(keep, problem.evaluate(keep), width, alpha)
     np.testing.assert_allclose(out.scores, coef[:, 0], rtol=1e-7, atol=1e-9)
     np.testing.assert_allclose(out.token_scores, coef[:, 1:].T, rtol=1e-7, atol=1e-9)
@@ -64,7 +66,7 @@ def test_lime_equals_the_kernel_weighted_ridge_on_its_coalitions(F, width, alpha
 def test_lime_intercept_is_the_fitted_value_of_the_empty_coalition():
     problem = TableProblem(5)
     out = Lime(n_samples=40, alpha=0.0).attribute(problem)
-    (keep,) = problem.seen
+    keep = torch.cat(problem.seen)  # every block of coalitions scored
     Z = keep.numpy().astype(np.float64)
     d = 1 - np.sqrt(Z.sum(1) / 5)
     pi = np.exp(-(d**2) / (2 * 0.25**2))
@@ -77,7 +79,7 @@ def test_lime_samples_the_full_prompt_then_uniform_sizes_and_uniform_members():
     F, n = 4, 8001
     problem = TableProblem(F, seed=3)
     Lime(n_samples=n).attribute(problem)
-    (keep,) = problem.seen
+    keep = torch.cat(problem.seen)  # every block of coalitions scored
     assert keep.shape == (n, F) and bool(keep[0].all())
     removed = (~keep[1:]).long()
     sizes = removed.sum(1)

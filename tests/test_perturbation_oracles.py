@@ -98,7 +98,7 @@ def test_shapley_sampling_averages_the_credits_of_the_permutations_it_scored():
     problem = TableProblem(5, seed=2)
     n = 6
     out = ShapleySampling(n_samples=n).attribute(problem)
-    (keep,) = problem.seen
+    keep = torch.cat(problem.seen)
     values = problem.evaluate(keep).numpy().reshape(n, 6, 3)
     blocks = keep.view(n, 6, 5)
     credits = np.zeros((n, 5, 3))
@@ -115,7 +115,7 @@ def test_shapley_sampling_averages_the_credits_of_the_permutations_it_scored():
     assert len(orders) > 1  # the permutations differ
     pair = TableProblem(5, seed=2)
     two = ShapleySampling(n_samples=2).attribute(pair)
-    (keep,) = pair.seen
+    keep = torch.cat(pair.seen)
     v = pair.evaluate(keep)[:, 0].numpy().reshape(2, 6)
     blocks = keep.view(2, 6, 5)
     c = np.zeros((2, 5))
@@ -164,7 +164,7 @@ def test_kernel_shap_sampled_is_the_constrained_least_squares_fit_on_its_coaliti
     F = 6
     problem = TableProblem(F, seed=4)
     out = KernelShap(n_samples=31).attribute(problem)
-    (keep,) = problem.seen
+    keep = torch.cat(problem.seen)
     assert not bool(keep[0].any()) and bool(keep[1].all())
     inner = keep[2:]
     assert len(inner) == 31
@@ -181,20 +181,22 @@ def test_kernel_shap_sampled_is_the_constrained_least_squares_fit_on_its_coaliti
         np.testing.assert_allclose(got, phi, rtol=1e-7, atol=1e-9)
 
 
-def test_kernel_shap_samples_sizes_from_the_shapley_kernel():
-    F, n = 5, 6000
-    keep = KernelShap._sample(F, n, torch.Generator().manual_seed(0))
-    assert keep.shape == (n, F)
-    sizes = keep[: n // 2].sum(1)
+def test_kernel_shap_samples_sizes_from_the_shapley_kernel_in_complementary_pairs():
+    F, n = 12, 4000  # fewer than the 2^12 - 2 proper coalitions: sampled
+    problem = TableProblem(F)
+    KernelShap(n_samples=n).attribute(problem)
+    inner = torch.cat(problem.seen)[2:]
+    assert len(inner) == n
+    rows = {tuple(r) for r in inner.tolist()}
+    assert all(tuple(not x for x in r) in rows for r in rows)  # every coalition with its complement
+    sizes = inner.sum(1).numpy()
     p = np.array([(F - 1) / (s * (F - s)) for s in range(1, F)])
     p /= p.sum()
-    counts = np.bincount(sizes.numpy(), minlength=F)[1:]
-    sd = np.sqrt(n / 2 * p * (1 - p))
-    assert np.all(np.abs(counts - n / 2 * p) < 5 * sd)
-    share = keep[: n // 2][sizes == 2].double().mean(0)  # within a size, members uniform
-    assert float((share - 2 / F).abs().max()) < 0.05
-    odd = KernelShap._sample(F, 7, torch.Generator().manual_seed(0))
-    assert odd.shape == (7, F) and torch.equal(odd[4:], ~odd[:3])
+    counts = np.bincount(sizes, minlength=F)[1:]
+    sd = np.sqrt(n / 2 * p * (1 - p)) * np.sqrt(2)  # pairs: each draw counted twice (s and F - s)
+    assert np.all(np.abs(counts - n * p) < 5 * sd)
+    share = inner[sizes == 3].double().mean(0)  # within a size, members uniform
+    assert float((share - 3 / F).abs().max()) < 0.06
 
 
 def test_kernel_shap_of_one_feature_is_the_whole_difference():
