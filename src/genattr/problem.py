@@ -47,7 +47,7 @@ class Problem:
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
             raise InvalidParameterError(
-                f"unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}."
+                f"unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}."  # pragma: no mutate
             )
 
     @property

@@ -311,8 +311,8 @@ class XPrompt(Method):
         F, k = problem.n_features, self.k
         if k > F:
             raise InvalidParameterError(
-                f"xprompt: k={k} but the prompt has only {F} maskable features at this level; "
-                f"pass k <= {F} or a finer level (level='token')."
+                f"xprompt: k={k} but the prompt has only {F} maskable features at this level; "  # pragma: no mutate
+                f"pass k <= {F} or a finer level (level='token')."  # pragma: no mutate
             )
         gen = problem.generator()
         use_gradient = not (self.random_init and self.uniform_sampling)

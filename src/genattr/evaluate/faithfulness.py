@@ -116,7 +116,9 @@ def perturbation_curves(
 ) -> Curves:
     """MoRF and LeRF curves of ``res`` (see the module docstring)."""
     if not 0 < step <= 1 or abs(round(1 / step) * step - 1) > 1e-9:
-        raise InputError(f"step must divide 1 into equal parts (0.1, 0.2, 0.25, ...), got {step}.")
+        raise InputError(
+            f"step must divide 1 into equal parts (0.1, 0.2, 0.25, ...), got {step}."  # pragma: no mutate
+        )
     F = len(res.features)
     fractions = [i * step for i in range(round(1 / step) + 1)]
     counts = [int(math.floor(f * F + 0.5)) for f in fractions]
@@ -147,7 +149,9 @@ def erasure(
 ) -> dict:
     """ERASER-style log-odds, comprehensiveness and sufficiency at each top-k% and their AOPC."""
     if res.target is None or not res.target.ids:
-        raise InputError("erasure needs the attribution's explained output (its target tokens).")
+        raise InputError(
+            "erasure needs the attribution's explained output (its target tokens)."  # pragma: no mutate
+        )
     F = len(res.features)
     order = ranking(res.scores)
     counts = [min(F, max(1, math.ceil(p * F / 100))) for p in percents]
@@ -201,7 +205,9 @@ def similarity(
     ``n_random`` random k-subsets (keys prefixed ``random_``)."""
     F = len(res.features)
     if not 1 <= k <= F:
-        raise InputError(f"k must be between 1 and the number of features ({F}), got {k}.")
+        raise InputError(
+            f"k must be between 1 and the number of features ({F}), got {k}."  # pragma: no mutate
+        )
     gen = torch.Generator().manual_seed(seed)
     top = _without(F, ranking(res.scores)[:k])
     randoms = [_without(F, torch.randperm(F, generator=gen)[:k].tolist()) for _ in range(n_random)]
@@ -211,8 +217,8 @@ def similarity(
     y = generation.token_ids[0]
     if not y:
         raise InputError(
-            "the model's original generation is empty (it wrote EOS first); similarity "
-            "needs a non-empty generation to compare with."
+            "the model's original generation is empty (it wrote EOS first); similarity "  # pragma: no mutate
+            "needs a non-empty generation to compare with."  # pragma: no mutate
         )
     texts = [lm.tokenizer.decode(ids) for ids in generation.token_ids]
     lp = lm.target_distributions(masker.inputs(rows), y)
