@@ -26,28 +26,6 @@ PROMPT = "The cat sat on the mat. Then a dog runs!"
 WORD_PROMPT = "red cat sat"
 
 
-def _exact_marginals(lm, prompt_ids, J) -> torch.Tensor:
-    """Oracle: p(Y_j), j = 1..J, by enumerating every prefix (one batched HF call per depth, EOS
-    absorbing); no beam search, no genattr code path. Returns [J, V] float64."""
-    V, eos = lm.vocab_size, torch.tensor(lm.eos_ids)
-    prefixes = torch.zeros(1, 0, dtype=torch.long)
-    log_p = torch.zeros(1, dtype=torch.float64)
-    out = []
-    for _ in range(J):
-        ids = torch.cat([torch.tensor(prompt_ids).expand(len(prefixes), -1), prefixes], 1)
-        with torch.no_grad():
-            dist = lm.model(input_ids=ids).logits[:, -1].double().softmax(-1)
-        if prefixes.shape[1]:
-            ended = torch.isin(prefixes[:, -1], eos)
-            dist[ended] = torch.nn.functional.one_hot(prefixes[ended, -1], V).double()
-        out.append((log_p.exp()[:, None] * dist).sum(0))
-        log_p = (log_p[:, None] + dist.log()).reshape(-1)
-        prefixes = torch.cat(
-            [prefixes.repeat_interleave(V, 0), torch.arange(V).repeat(len(prefixes))[:, None]], 1
-        )
-    return torch.stack(out)
-
-
 def _oracle_token_scores(lm, res, J, distance) -> np.ndarray:
     """L(p_m(Y_j), p_m/a(Y_j)) for every position and feature, from the enumerated distributions."""
     prompt = res.prompt
@@ -232,13 +210,15 @@ def test_a_target_given_to_gilot_is_refused(llama):
         genattr.explain(llama, PROMPT, target=" and", method="gilot", num_beams=2, n_positions=2)
 
 
-def _exact_marginals_hidden(lm, input_ids, visible, J) -> torch.Tensor:
-    """Oracle for the ``attention`` mask: p(Y_j), j = 1..J, by enumeration (as
-    :func:`_exact_marginals`) with the hidden tokens left out of the sequence and every other token
-    at its own position (position ids given explicitly, so the model sees the gaps). No position
-    attends to a hidden token, so leaving it out changes nothing else; the one exception is the
-    last prompt position, which predicts Y_1 from its own (baseline) token even when hidden: it is
-    in the sequence for the first step only. No attention mask, no genattr code path."""
+def _exact_marginals(lm, input_ids, J, visible=None) -> torch.Tensor:
+    """Oracle: p(Y_j), j = 1..J [J, V] float64, by enumerating every prefix (one batched HF call per
+    depth, EOS absorbing); no beam search, no genattr code path. For the ``attention`` mask,
+    ``visible`` marks the tokens kept: hidden tokens are left out of the sequence and every other
+    token stays at its own position (position ids given explicitly, so the model sees the gaps).
+    No position attends to a hidden token, so leaving it out changes nothing else; the one
+    exception is the last prompt position, which predicts Y_1 from its own (baseline) token even
+    when hidden: it is in the sequence for the first step only. No attention mask."""
+    visible = [True] * len(input_ids) if visible is None else visible
     V, eos, L = lm.vocab_size, torch.tensor(lm.eos_ids), len(input_ids)
     seen = [i for i in range(L) if visible[i]]
     first = seen if visible[-1] else [*seen, L - 1]
@@ -292,7 +272,7 @@ def test_gilot_with_the_default_attention_mask_equals_enumeration(word_lm, dista
         keep[0, f] = False
         inputs = masker.inputs(keep)
         assert not bool(inputs.visible[0, list(res.features[f].tokens)].any())
-        masked = _exact_marginals_hidden(lm, inputs.input_ids[0].tolist(), inputs.visible[0].tolist(), J)
+        masked = _exact_marginals(lm, inputs.input_ids[0].tolist(), J, inputs.visible[0].tolist())
         for j in range(J):
             if distance == "ot":
                 p, q = full[j].numpy(), masked[j].numpy()
