@@ -133,7 +133,11 @@ def _corrupt(path, how: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "how, message", [("truncated", "file not fully covered"), ("header", "header too large")]
+    "how, message",  # safetensors' own words differ between releases
+    [
+        ("truncated", "(?:file not fully covered|MetadataIncompleteBuffer)"),
+        ("header", "(?i:header ?too ?large)"),
+    ],
 )
 def test_corrupt_safetensors(model_dirs, tmp_path, how, message):
     copy = shutil.copytree(model_dirs["llama"], tmp_path / "model")
