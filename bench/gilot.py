@@ -37,7 +37,7 @@ from transformers import GenerationConfig
 
 import genattr
 from common import load_model, time_calls, token_exact_texts
-from genattr import ot
+from genattr.algorithms.gilot import ot
 from genattr.masking import Masker
 from genattr.prompt import Prompt
 

@@ -9,7 +9,7 @@ import ot as pot
 import pytest
 import torch
 
-from genattr import ot
+from genattr.algorithms.gilot import ot
 from genattr.errors import InvalidParameterError
 
 

@@ -32,7 +32,7 @@ prompt's keys and values (the model's prefix sharing). With ``beams="follow"`` t
 instead on the full prompt's beams, as the authors' reproduction code does: the whole tree of
 beams is teacher-forced in one pass per chunk under a tree attention mask
 (:meth:`~genattr.model.LanguageModel.score_beam_tree`). The features x positions distance
-problems are solved as batches (:mod:`genattr.ot`).
+problems are solved as batches (:mod:`genattr.algorithms.gilot.ot`).
 
 The result's ``scores`` are S per feature, its ``token_scores`` the J x features matrix of
 L(p_m(Y_j), p_{m/a}(Y_j)), its rows labelled by the full prompt's most probable output (the best
@@ -59,13 +59,13 @@ import warnings
 
 import torch
 
-from .. import ot
-from ..errors import ConvergenceWarning, InvalidParameterError, LowBeamMassWarning
-from ..model import LanguageModel
-from ..problem import Problem
-from ..registry import register
-from ..target import Target
-from .base import MAX_BEAMS, MAX_ITERATIONS, MAX_OUTPUT_POSITIONS, Method, Output, Param
+from ...errors import ConvergenceWarning, InvalidParameterError, LowBeamMassWarning
+from ...model import LanguageModel
+from ...problem import Problem
+from ...registry import register
+from ...target import Target
+from ..base import MAX_BEAMS, MAX_ITERATIONS, MAX_OUTPUT_POSITIONS, Method, Output, Param
+from . import ot
 
 DISTANCES = ("ot", "kl", "js", "tv")
 BEAM_MODES = ("own", "follow")

@@ -56,7 +56,7 @@ import ot as pot
 import torch
 from ot.batch import bregman_log_projection_batch
 
-from .errors import InvalidParameterError
+from ...errors import InvalidParameterError
 
 SOLVERS = ("sinkhorn", "ipot", "exact")
 MAX_COST_ENTRIES = 2**26
