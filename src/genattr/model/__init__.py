@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .errors import (
+from ..errors import (
     ContextLengthError,
     EmptyTargetError,
     InvalidParameterError,
@@ -988,7 +988,7 @@ def load(
         return LanguageModel(model, tokenizer, max_batch_tokens=max_batch_tokens)
     if path_or_id is None:
         raise InvalidParameterError("give a model path or hub id, or model= and tokenizer=.")
-    from .catalog import resolve
+    from ..catalog import resolve
 
     source = resolve(os.path.expanduser(os.fspath(path_or_id)), from_pretrained_kwargs.pop("gguf_file", None))
     if not os.path.isdir(source) and (os.path.exists(source) or not _HUB_ID.fullmatch(source)):
