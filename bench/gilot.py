@@ -38,6 +38,7 @@ from transformers import GenerationConfig
 import genattr
 from common import load_model, time_calls, token_exact_texts
 from genattr.algorithms.gilot import ot
+from genattr.algorithms.gilot.beams import beam_search
 from genattr.masking import Masker
 from genattr.prompt import Prompt
 
@@ -123,7 +124,7 @@ def solver_table(lm, prompt: Prompt, repeats: int) -> None:
     F = len(features)
     keep = torch.ones(F + 1, F, dtype=torch.bool)
     keep[torch.arange(1, F + 1), torch.arange(F)] = False
-    search = lm.beam_search(Masker(lm, prompt, features).inputs(keep), BEAMS, POSITIONS)
+    search = beam_search(lm, Masker(lm, prompt, features).inputs(keep), BEAMS, POSITIONS)
     V = lm.vocab_size
     p = search.marginals[0][None].expand(F, -1, -1).reshape(-1, V)
     q = search.marginals[1:].reshape(-1, V)
@@ -232,7 +233,7 @@ def main() -> None:
         before = lm.usage.copy()
         lm.share_prefix = share
         try:
-            lm.beam_search(inputs, BEAMS, POSITIONS)
+            beam_search(lm, inputs, BEAMS, POSITIONS)
         finally:
             lm.share_prefix = True
         usage[share] = lm.usage.since(before)

@@ -10,6 +10,7 @@ import torch
 
 import genattr
 import genattr.model
+from genattr.algorithms.gilot.beams import beam_search
 from genattr.errors import ContextLengthError, ModelLoadError, NumericalError
 from genattr.masking import Masker
 from genattr.model import Inputs, LanguageModel, _prefix_cuts
@@ -231,12 +232,12 @@ def test_beam_marginals_equal_enumeration_when_beams_cover_every_prefix(word_lm)
     V = lm.vocab_size
     prompt = Prompt.from_text(lm.tokenizer, "red cat sat")
     exact = _exact_marginals(lm, prompt.input_ids, J)
-    full = lm.beam_search(Inputs.from_ids(prompt.input_ids), num_beams=V ** (J - 1), max_new_tokens=J)
+    full = beam_search(lm, Inputs.from_ids(prompt.input_ids), num_beams=V ** (J - 1), max_new_tokens=J)
     torch.testing.assert_close(full.marginals[0].double(), exact, atol=1e-5, rtol=0)
     torch.testing.assert_close(full.mass[0], torch.ones(J), atol=1e-5, rtol=0)
     errors = []
     for b in (1, 3, V, 4 * V, V * V):
-        est = lm.beam_search(Inputs.from_ids(prompt.input_ids), num_beams=b, max_new_tokens=J)
+        est = beam_search(lm, Inputs.from_ids(prompt.input_ids), num_beams=b, max_new_tokens=J)
         assert torch.all(est.mass[0, 1:] <= 1 + 1e-6)
         errors.append(float((est.marginals[0, -1].double() - exact[-1]).abs().sum()))
     assert errors[-1] < 1e-4
@@ -251,11 +252,11 @@ def test_beam_search_batches_prompts_and_matches_single_runs(llama):
     keep[1, 2] = False
     keep[2, 5] = False
     inputs = masker.inputs(keep)
-    batched = llama.beam_search(inputs, num_beams=4, max_new_tokens=4)
+    batched = beam_search(llama, inputs, num_beams=4, max_new_tokens=4)
     assert batched.marginals.shape == (3, 4, llama.vocab_size)
     torch.testing.assert_close(batched.marginals.sum(-1), torch.ones(3, 4), atol=1e-5, rtol=0)
     for i in range(3):
-        single = llama.beam_search(inputs.rows(slice(i, i + 1)), num_beams=4, max_new_tokens=4)
+        single = beam_search(llama, inputs.rows(slice(i, i + 1)), num_beams=4, max_new_tokens=4)
         torch.testing.assert_close(single.marginals[0], batched.marginals[i], atol=1e-5, rtol=0)
         assert torch.equal(single.sequences[0], batched.sequences[i])
     # The best beam's log-probability is the teacher-forced score of its sequence.

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import genattr.model
+from genattr.algorithms.gilot.beams import beam_search, score_beam_tree
 from genattr.errors import InvalidParameterError
 from genattr.masking import Masker
 from genattr.prompt import Prompt
@@ -28,12 +29,12 @@ def test_shared_prefix_beam_search_equals_the_plain_one(lm, strategy, monkeypatc
     inputs = _leave_one_out_inputs(lm, PROMPT, strategy)
     monkeypatch.setattr(lm, "share_prefix", False)
     before = lm.usage.copy()
-    plain = lm.beam_search(inputs, num_beams=3, max_new_tokens=4)
+    plain = beam_search(lm, inputs, num_beams=3, max_new_tokens=4)
     plain_tokens = lm.usage.since(before)["tokens_processed"]
     monkeypatch.setattr(lm, "share_prefix", True)
     monkeypatch.setattr(genattr.model, "PREFILL_CALL_TOKENS", 0)  # cut the prefix tree wherever it pays
     before = lm.usage.copy()
-    shared = lm.beam_search(inputs, num_beams=3, max_new_tokens=4)
+    shared = beam_search(lm, inputs, num_beams=3, max_new_tokens=4)
     shared_tokens = lm.usage.since(before)["tokens_processed"]
     torch.testing.assert_close(shared.marginals, plain.marginals, atol=1e-5, rtol=0)
     torch.testing.assert_close(shared.mass, plain.mass, atol=1e-6, rtol=1e-4)
@@ -45,14 +46,14 @@ def test_shared_prefix_beam_search_equals_the_plain_one(lm, strategy, monkeypatc
     assert shared_tokens >= plain_tokens - (F + 1) * L
     # Several chunks, each sharing within itself, give the same search.
     monkeypatch.setattr(lm, "max_batch_tokens", 5 * (L + 4) * 3)
-    chunked = lm.beam_search(inputs, num_beams=3, max_new_tokens=4)
+    chunked = beam_search(lm, inputs, num_beams=3, max_new_tokens=4)
     torch.testing.assert_close(chunked.marginals, plain.marginals, atol=1e-5, rtol=0)
     assert torch.equal(chunked.sequences, plain.sequences)
 
 
 def test_beam_tree_in_extras_traces_the_sequences(llama):
     inputs = _leave_one_out_inputs(llama, PROMPT, "attention").rows(slice(0, 3))
-    out = llama.beam_search(inputs, num_beams=4, max_new_tokens=5)
+    out = beam_search(llama, inputs, num_beams=4, max_new_tokens=5)
     tokens, parents, logp = (out.extras[k] for k in ("beam_tokens", "beam_parents", "beam_log_probs"))
     assert tokens.shape == parents.shape == logp.shape == (3, 5, 4)
     for row in range(3):
@@ -69,17 +70,17 @@ def test_beam_tree_in_extras_traces_the_sequences(llama):
 def test_scoring_a_rows_own_tree_reproduces_its_beam_search(lm):
     inputs = _leave_one_out_inputs(lm, PROMPT, "attention")
     J = 4
-    search = lm.beam_search(inputs, num_beams=3, max_new_tokens=J)
+    search = beam_search(lm, inputs, num_beams=3, max_new_tokens=J)
     for row in (0, 2):
         tree = [search.extras[k][row, : J - 1] for k in ("beam_tokens", "beam_parents", "beam_log_probs")]
-        scored = lm.score_beam_tree(
-            inputs.rows(slice(row, row + 1)), tree[0], tree[1], tree[2] > float("-inf")
+        scored = score_beam_tree(
+            lm, inputs.rows(slice(row, row + 1)), tree[0], tree[1], tree[2] > float("-inf")
         )
         torch.testing.assert_close(scored.marginals[0], search.marginals[row], atol=1e-5, rtol=0)
         torch.testing.assert_close(scored.mass[0], search.mass[row], atol=1e-6, rtol=1e-4)
         torch.testing.assert_close(scored.extras["node_log_probs"][0], tree[2], atol=1e-4, rtol=0)
     before = lm.usage.copy()
-    lm.score_beam_tree(inputs, tree[0], tree[1])
+    score_beam_tree(lm, inputs, tree[0], tree[1])
     assert lm.usage.since(before)["forward_passes"] == 2  # prefill + one pass over the whole tree
 
 
@@ -117,9 +118,9 @@ def _naive_tree_marginals(lm, prompt_ids, tokens, parents):
 def test_score_beam_tree_matches_a_naive_oracle_under_masked_prompts(word_lm):
     lm = word_lm
     inputs = _leave_one_out_inputs(lm, "red cat sat up", "replace")
-    search = lm.beam_search(inputs.rows(slice(0, 1)), num_beams=4, max_new_tokens=4)
+    search = beam_search(lm, inputs.rows(slice(0, 1)), num_beams=4, max_new_tokens=4)
     tokens, parents = search.extras["beam_tokens"][0, :3], search.extras["beam_parents"][0, :3]
-    scored = lm.score_beam_tree(inputs, tokens, parents)
+    scored = score_beam_tree(lm, inputs, tokens, parents)
     for row in range(len(inputs)):
         marginals, mass = _naive_tree_marginals(lm, inputs.input_ids[row].tolist(), tokens, parents)
         torch.testing.assert_close(scored.marginals[row].double(), marginals, atol=1e-5, rtol=0)
@@ -132,10 +133,10 @@ def test_score_beam_tree_rejects_bad_trees(llama):
     inputs = _leave_one_out_inputs(llama, PROMPT, "attention").rows(slice(0, 1))
     tokens = torch.tensor([[5, 6], [7, 8]])
     with pytest.raises(InvalidParameterError, match="depth, width"):
-        llama.score_beam_tree(inputs, tokens, torch.zeros(3, 2, dtype=torch.long))
+        score_beam_tree(llama, inputs, tokens, torch.zeros(3, 2, dtype=torch.long))
     with pytest.raises(InvalidParameterError, match="parents in"):
-        llama.score_beam_tree(inputs, tokens, torch.tensor([[-1, -1], [0, 2]]))
+        score_beam_tree(llama, inputs, tokens, torch.tensor([[-1, -1], [0, 2]]))
     with pytest.raises(InvalidParameterError, match="valid node"):
-        llama.score_beam_tree(
-            inputs, tokens, torch.tensor([[-1, -1], [0, 1]]), torch.tensor([[1, 1], [0, 0]])
+        score_beam_tree(
+            llama, inputs, tokens, torch.tensor([[-1, -1], [0, 1]]), torch.tensor([[1, 1], [0, 0]])
         )

@@ -12,6 +12,7 @@ import pytest
 import torch
 from transformers.utils import logging as hf_logging
 
+from genattr.algorithms.gilot.beams import beam_search
 from genattr.masking import Masker
 from genattr.model import Inputs, LanguageModel, returned_cache
 from genattr.prompt import Prompt
@@ -29,7 +30,7 @@ def _work(lm: LanguageModel):
     return (
         lm.target_log_probs(variants, target),  # shared prefixes: caches gathered and extended
         lm.generate(Inputs.from_ids(prompt.input_ids), 5).token_ids,
-        lm.beam_search(Inputs.from_ids(prompt.input_ids), 3, 3).marginals,
+        beam_search(lm, Inputs.from_ids(prompt.input_ids), 3, 3).marginals,
     )
 
 

@@ -25,13 +25,13 @@ How it runs
 -----------
 The full prompt and every variant with one feature removed (by the call's masking strategy;
 ``attention`` replaces the tokens and hides them, as the paper does) go through **one batched
-beam search** (:meth:`~genattr.model.LanguageModel.beam_search`): all prompts x beams advance
+beam search** (:func:`~genattr.algorithms.gilot.beams.beam_search`): all prompts x beams advance
 in one forward pass per step, p(Y_j | beam) is read off the scores of the search itself (no
 second teacher-forced pass), and the prompt positions before a removed feature reuse the full
 prompt's keys and values (the model's prefix sharing). With ``beams="follow"`` the variants are scored
 instead on the full prompt's beams, as the authors' reproduction code does: the whole tree of
 beams is teacher-forced in one pass per chunk under a tree attention mask
-(:meth:`~genattr.model.LanguageModel.score_beam_tree`). The features x positions distance
+(:func:`~genattr.algorithms.gilot.beams.score_beam_tree`). The features x positions distance
 problems are solved as batches (:mod:`genattr.algorithms.gilot.ot`).
 
 The result's ``scores`` are S per feature, its ``token_scores`` the J x features matrix of
@@ -66,6 +66,7 @@ from ...registry import register
 from ...target import Target
 from ..base import MAX_BEAMS, MAX_ITERATIONS, MAX_OUTPUT_POSITIONS, Method, Output, Param
 from . import ot
+from .beams import beam_search, score_beam_tree
 
 DISTANCES = ("ot", "kl", "js", "tv")
 BEAM_MODES = ("own", "follow")
@@ -180,12 +181,13 @@ class Gilot(Method):
         inputs = problem.masker.inputs(keep)
         started = time.perf_counter()
         if self.beams == "own":
-            search = lm.beam_search(inputs, b, J)
+            search = beam_search(lm, inputs, b, J)
             marginals, mass = search.marginals, search.mass
         else:
-            search = lm.beam_search(inputs.rows(slice(0, 1)), b, J)
+            search = beam_search(lm, inputs.rows(slice(0, 1)), b, J)
             tree = {k: v[0, : J - 1] for k, v in search.extras.items()}
-            scored = lm.score_beam_tree(
+            scored = score_beam_tree(
+                lm,
                 inputs,
                 tree["beam_tokens"],
                 tree["beam_parents"],
