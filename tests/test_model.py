@@ -13,7 +13,8 @@ import genattr.model
 from genattr.algorithms.gilot.beams import beam_search
 from genattr.errors import ContextLengthError, ModelLoadError, NumericalError
 from genattr.masking import Masker
-from genattr.model import Inputs, LanguageModel, _prefix_cuts
+from genattr.model import Inputs, LanguageModel
+from genattr.model.prefix import _prefix_cuts
 from genattr.prompt import Prompt
 
 from .conftest import ARCHS, naive_log_probs
@@ -319,7 +320,7 @@ def test_prefix_tree_scoring_of_shapley_coalitions_is_exact_whatever_the_chunks(
     monkeypatch.setattr(lm, "share_prefix", True)
     for budget, call_tokens in [(10**6, 0), (10**6, 128), (7 * (inputs.length + len(target)), 16)]:
         monkeypatch.setattr(lm, "max_batch_tokens", budget)
-        monkeypatch.setattr(genattr.model, "PREFILL_CALL_TOKENS", call_tokens)
+        monkeypatch.setattr(genattr.model.prefix, "PREFILL_CALL_TOKENS", call_tokens)
         before = lm.usage.copy()
         shared = lm.target_log_probs(inputs, target)
         shared_tokens = lm.usage.since(before)["tokens_processed"]
@@ -364,11 +365,14 @@ def test_prefix_cuts_minimise_the_cost_over_every_cut_set():
         assert cost(_prefix_cuts(same, L, n, call)) == best
 
 
-def test_doctests_of_the_model_module_hold():
+def test_doctests_of_the_model_package_hold():
     import doctest
+    import importlib
+    import pkgutil
 
-    result = doctest.testmod(genattr.model)
-    assert result.attempted >= 2 and result.failed == 0
+    names = [m.name for m in pkgutil.iter_modules(genattr.model.__path__, "genattr.model.")]
+    results = [doctest.testmod(importlib.import_module(name)) for name in ["genattr.model", *names]]
+    assert sum(r.attempted for r in results) >= 2 and sum(r.failed for r in results) == 0
 
 
 @pytest.mark.parametrize("strategy", ["attention", "replace"])

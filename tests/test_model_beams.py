@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import genattr.model
+import genattr.model.prefix
 from genattr.algorithms.gilot.beams import beam_search, score_beam_tree
 from genattr.errors import InvalidParameterError
 from genattr.masking import Masker
@@ -32,7 +32,9 @@ def test_shared_prefix_beam_search_equals_the_plain_one(lm, strategy, monkeypatc
     plain = beam_search(lm, inputs, num_beams=3, max_new_tokens=4)
     plain_tokens = lm.usage.since(before)["tokens_processed"]
     monkeypatch.setattr(lm, "share_prefix", True)
-    monkeypatch.setattr(genattr.model, "PREFILL_CALL_TOKENS", 0)  # cut the prefix tree wherever it pays
+    monkeypatch.setattr(
+        genattr.model.prefix, "PREFILL_CALL_TOKENS", 0
+    )  # cut the prefix tree wherever it pays
     before = lm.usage.copy()
     shared = beam_search(lm, inputs, num_beams=3, max_new_tokens=4)
     shared_tokens = lm.usage.since(before)["tokens_processed"]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import genattr
-import genattr.model
+import genattr.model.prefix
 from genattr import tiny
 from genattr.algorithms.gilot.beams import beam_search, score_beam_tree
 from genattr.errors import UnsupportedModelError
@@ -55,7 +55,9 @@ def _leave_one_out(lm, strategy):
 def test_hidden_tokens_under_a_sliding_window_match_the_models_own_masking(sliding_lm, share, monkeypatch):
     lm = sliding_lm
     monkeypatch.setattr(lm, "share_prefix", share)
-    monkeypatch.setattr(genattr.model, "PREFILL_CALL_TOKENS", 0)  # cut the prefix tree wherever it pays
+    monkeypatch.setattr(
+        genattr.model.prefix, "PREFILL_CALL_TOKENS", 0
+    )  # cut the prefix tree wherever it pays
     inputs = _leave_one_out(lm, "attention")
     target = torch.tensor(lm.tokenizer(" up down yes", add_special_tokens=False)["input_ids"])
     n = len(target)

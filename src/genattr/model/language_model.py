@@ -1,0 +1,254 @@
+"""The :class:`LanguageModel` class: a Hugging Face causal LM and its tokenizer behind one counted,
+checked forward pass, with the scoring, decoding and prefix-sharing of the sibling modules."""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+
+from ..errors import ContextLengthError, InvalidParameterError, NumericalError
+from . import decoding, prefix, scoring
+from .batch import Inputs, Usage
+from .masks import AttentionMasks
+
+DEFAULT_MAX_BATCH_TOKENS = 8192
+"""Default memory budget: the most tokens (rows x sequence length) one forward pass may hold."""
+
+
+class LanguageModel:
+    """A causal language model and its tokenizer, as genattr's methods see them.
+
+    >>> lm = LanguageModel(model, tokenizer)                             # doctest: +SKIP
+    >>> lm.target_log_probs(Inputs.from_ids(prompt_ids), target_ids)     # doctest: +SKIP
+    tensor([[-2.31, -0.52, ...]])
+    """
+
+    def __init__(
+        self, model, tokenizer, *, max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS, name: str | None = None
+    ) -> None:
+        if max_batch_tokens < 1:
+            raise InvalidParameterError(f"max_batch_tokens must be at least 1, got {max_batch_tokens}.")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_batch_tokens = int(max_batch_tokens)
+        self.name = name or getattr(model.config, "_name_or_path", "") or type(model).__name__
+        self.usage = Usage()
+        self.progress: Callable[[int, int], None] | None = None
+        self.share_prefix = True  # reuse a common prompt prefix's keys and values when scoring (exact)
+        self._cache_shareable: bool | None = None  # whether the model's cache can be cut and joined by rows
+        self._masks = AttentionMasks.for_config(model.config)
+        params = inspect.signature(model.forward).parameters
+        self._keeps_logits = "logits_to_keep" in params
+        # transformers 5.24 renamed forward's ``past_key_values`` to ``cache`` (the old name warns).
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        self.eos_ids = self._eos_ids()
+
+    # ----------------------------------------------------------------- properties
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model.get_output_embeddings().weight.shape[0]
+
+    @property
+    def context_length(self) -> int | None:
+        cfg = self.model.config
+        for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+            value = getattr(cfg, key, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
+
+    @property
+    def embedding_matrix(self) -> torch.Tensor:
+        """The input embedding matrix [V, d]."""
+        return self.model.get_input_embeddings().weight
+
+    @property
+    def output_embedding_matrix(self) -> torch.Tensor:
+        """The output (unembedding) matrix [V, d]."""
+        return self.model.get_output_embeddings().weight
+
+    @property
+    def attn_implementation(self) -> str | None:
+        return getattr(self.model.config, "_attn_implementation", None)
+
+    def _eos_ids(self) -> list[int]:
+        ids = set()
+        for source in (
+            self.tokenizer.eos_token_id,
+            getattr(self.model.generation_config, "eos_token_id", None)
+            if getattr(self.model, "generation_config", None) is not None
+            else None,
+        ):
+            if isinstance(source, int):
+                ids.add(source)
+            elif isinstance(source, (list, tuple)):
+                ids.update(int(i) for i in source)
+        return sorted(ids)
+
+    # ----------------------------------------------------------------- checks and chunking
+    def check_length(self, total: int, what: str = "prompt + target") -> None:
+        """Raise :class:`ContextLengthError` if ``total`` tokens exceed the context window."""
+        limit = self.context_length
+        if limit is not None and total > limit:
+            raise ContextLengthError(
+                f"{what} is {total} tokens but the model's context window is {limit}; shorten the prompt or "
+                "the target (genattr never truncates silently)."
+            )
+
+    def rows_per_chunk(self, row_tokens: int) -> int:
+        """How many rows of ``row_tokens`` tokens one forward pass may hold under the budget."""
+        return max(1, self.max_batch_tokens // max(1, row_tokens))
+
+    def chunks(self, n_rows: int, row_tokens: int) -> Iterator[slice]:
+        """Row slices covering ``n_rows`` rows, each within the memory budget (the one chunking path)."""
+        size = self.rows_per_chunk(row_tokens)
+        for start in range(0, n_rows, size):
+            stop = min(n_rows, start + size)
+            yield slice(start, stop)
+            if self.progress is not None:
+                self.progress(stop, n_rows)
+
+    # ----------------------------------------------------------------- the forward pass
+    def attention_mask(self, visible: torch.Tensor, query_index: torch.Tensor):
+        """Additive 4-D mask [B, 1, Q, K] (one per layer type where they differ, see
+        :class:`~genattr.model.masks.AttentionMasks`): query ``q`` (at key index ``query_index[q]``)
+        sees key ``k`` iff ``k <= q`` and key ``k`` is visible or is the query itself."""
+        return self._masks.causal(visible, query_index, self.dtype, self.device)
+
+    def forward(
+        self,
+        *,
+        input_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        visible: torch.Tensor,
+        positions: torch.Tensor,
+        cache=None,
+        use_cache: bool = False,
+        logits_to_keep: int = 0,
+        output_attentions: bool = False,
+        sees: torch.Tensor | None = None,
+        key_positions: torch.Tensor | None = None,
+    ):
+        """One forward pass of the model (counted). ``visible`` covers every key so far (cache + new).
+
+        The cache goes in under the name the installed transformers expects (``cache`` from 5.24,
+        ``past_key_values`` before); read the returned one with
+        :func:`~genattr.model.prefix.returned_cache`.
+
+        ``sees``, a boolean [B, Q, K] (query q attends to key k), replaces the causal pattern built
+        from ``visible`` (for patterns that are not causal over one sequence: a tree of beams);
+        ``key_positions`` [B, K] then gives every key's position (for sliding windows). A cache
+        is always a plain :class:`~transformers.DynamicCache` holding every key, so that custom
+        masks and shared prefixes see all of them (the window is in the mask).
+        """
+        from transformers import DynamicCache
+
+        q_len = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        batch = visible.shape[0]
+        total = visible.shape[1]
+        mask = None
+        if sees is not None:
+            mask = self._masks.build(sees, positions, key_positions, self.dtype, self.device)
+        elif not bool(visible.all()):
+            mask = self.attention_mask(visible, torch.arange(total - q_len, total, device=visible.device))
+        if use_cache and cache is None:
+            cache = DynamicCache()
+        kwargs = {
+            "attention_mask": mask,
+            "position_ids": positions.to(self.device),
+            "use_cache": use_cache,
+            self._cache_arg: cache,
+        }
+        if output_attentions:
+            kwargs["output_attentions"] = True
+        if self._keeps_logits and logits_to_keep:
+            kwargs["logits_to_keep"] = logits_to_keep
+        if input_ids is not None:
+            kwargs["input_ids"] = input_ids.to(self.device)
+        else:
+            kwargs["inputs_embeds"] = inputs_embeds
+        start = time.perf_counter()
+        out = self.model(**kwargs)
+        self.usage.seconds += time.perf_counter() - start
+        self.usage.forward_passes += 1
+        self.usage.tokens_processed += batch * q_len
+        # A finite sum (one cheap pass) rules out NaN and inf; only otherwise is every entry checked.
+        if not torch.isfinite(out.logits.sum()) and not torch.isfinite(out.logits).all():
+            raise NumericalError(
+                "the model produced NaN or infinite logits; check the model's weights and dtype "
+                "(float16 overflows easily on CPU: load with dtype='float32')."
+            )
+        return out
+
+    def prefill(self, rows: Inputs):
+        """Forward pass over prompt rows with a KV cache: (last-position logits [r, V], cache), each
+        distinct prompt prefix run once (:func:`~genattr.model.prefix.prefill`)."""
+        return prefix.prefill(self, rows)
+
+    # ----------------------------------------------------------------- scoring
+    def target_log_probs(self, inputs: Inputs, target_ids) -> torch.Tensor:
+        """Teacher-forced log p(y_t | prompt variant, y_<t): [B, n] float32
+        (:func:`~genattr.model.scoring.target_log_probs`)."""
+        return scoring.target_log_probs(self, inputs, target_ids)
+
+    def target_distributions(self, inputs: Inputs, target_ids) -> torch.Tensor:
+        """Teacher-forced next-token log-distributions at each target position: [B, n, V] float32
+        (:func:`~genattr.model.scoring.target_distributions`)."""
+        return scoring.target_distributions(self, inputs, target_ids)
+
+    # ----------------------------------------------------------------- gradients
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Input embeddings of ``input_ids`` [B, L] -> [B, L, d] (part of the autograd graph)."""
+        return self.model.get_input_embeddings()(input_ids.to(self.device))
+
+    def log_probs_from_embeddings(
+        self,
+        prompt_embeds: torch.Tensor,
+        inputs: Inputs,
+        target_ids,
+        output_attentions: bool = False,
+        return_logits: bool = False,
+    ):
+        """Differentiable teacher-forced log-probs [B, n] of the target given prompt embeddings
+        [B, L, d] (:func:`~genattr.model.scoring.log_probs_from_embeddings`)."""
+        return scoring.log_probs_from_embeddings(
+            self, prompt_embeds, inputs, target_ids, output_attentions, return_logits
+        )
+
+    # ----------------------------------------------------------------- attention
+    @contextmanager
+    def eager_attention(self):
+        """Temporarily switch the model to eager attention (needed to read attention weights)."""
+        before = self.attn_implementation
+        if before == "eager":
+            yield
+            return
+        self.model.set_attn_implementation("eager")
+        try:
+            yield
+        finally:
+            self.model.set_attn_implementation(before)
+
+    def attention_maps(self, inputs: Inputs, target_ids) -> torch.Tensor:
+        """Attention probabilities [B, layers, heads, T, T] over prompt + target[:-1]
+        (:func:`~genattr.model.scoring.attention_maps`)."""
+        return scoring.attention_maps(self, inputs, target_ids)
+
+    # ----------------------------------------------------------------- decoding
+    def generate(
+        self, inputs: Inputs, max_new_tokens: int, *, stop_at_eos: bool = True
+    ) -> decoding.Generation:
+        """Greedy continuation of every row (:func:`~genattr.model.decoding.generate`)."""
+        return decoding.generate(self, inputs, max_new_tokens, stop_at_eos=stop_at_eos)

@@ -1,0 +1,160 @@
+"""Shared prompt prefixes: each distinct prefix of a batch's rows run once, its keys and values
+gathered into every row that starts with it.
+
+In a causal LM the keys and values of a prefix depend on that prefix alone, so rows that agree on
+their first s positions (tokens and visibility) can share them. The rows' prefixes form a tree;
+:func:`shared_prefixes` cuts it at the depths :func:`_prefix_cuts` chooses and runs each level
+in one forward pass. Exact: leave-one-out variants then run only their positions from the
+removed feature on; Shapley coalitions about 35% fewer tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from .batch import Inputs
+
+if TYPE_CHECKING:
+    from .language_model import LanguageModel
+
+PREFILL_CALL_TOKENS = 128
+"""The cost of one more forward pass, in tokens, when rows share prompt prefixes (see :func:`_prefix_cuts`)."""
+
+
+def returned_cache(output):
+    """The key/value cache a model's forward returned, under either name (``cache`` from
+    transformers 5.24, ``past_key_values`` before), without touching the deprecated alias."""
+    names = {f.name for f in dataclasses.fields(output)}
+    return getattr(output, "cache" if "cache" in names else "past_key_values")
+
+
+def _lexicographic_order(key: torch.Tensor) -> torch.Tensor:
+    """Row indices of a [B, L] integer tensor in lexicographic order of its rows."""
+    return torch.from_numpy(np.lexsort(key.numpy().T[::-1]).copy())
+
+
+def _gather_cache(cache, index: torch.Tensor):
+    """A :class:`~transformers.DynamicCache` whose row i is row ``index[i]`` of a plain ``cache``."""
+    from transformers import DynamicCache
+
+    index = index.to(cache.layers[0].keys.device)
+    return DynamicCache(ddp_cache_data=[(layer.keys[index], layer.values[index]) for layer in cache.layers])
+
+
+def _prefix_cuts(same: list[int], length: int, n: int, call_tokens: int) -> list[int]:
+    """Depths 0 < s_1 < ... < s_K <= ``length`` - 1 at which to cut the prefix tree of sorted rows,
+    minimising the tokens run plus ``call_tokens`` per forward pass (dynamic programming).
+
+    ``same[i]`` is the common prefix length of rows i and i + 1 (sorted), so the tree has
+    D(s) = 1 + #{i : same[i] < s} distinct prefixes of length s. Level k runs D(s_k) x
+    (s_k - s_(k-1)) tokens and the rows then run their last ``length`` + ``n`` - 1 - s_K
+    positions (prompt and target). D is constant between consecutive values of ``same``, so the
+    best cuts lie at those values (cutting later at the same width costs no more).
+
+    >>> _prefix_cuts([5, 5, 2], 8, 1, 0)   # four rows: two distinct prefixes up to 5, one to 2
+    [2, 5]
+    >>> _prefix_cuts([1], 8, 4, 100)       # sharing one position does not pay for a call
+    []
+    """
+    rows, total = len(same) + 1, length + n - 1
+    candidates = np.array(sorted({min(v, length - 1) for v in same if v > 0} | {length - 1}))
+    if candidates[0] < 1:
+        return []
+    width = 1 + np.searchsorted(np.sort(same), candidates, side="left")  # D(c): rows whose same < c, plus one
+    best = np.empty(len(candidates))
+    parent = np.full(len(candidates), -1)
+    for j, (c, d) in enumerate(zip(candidates, width, strict=True)):
+        best[j] = d * c + call_tokens
+        if j:
+            step = best[:j] + d * (c - candidates[:j]) + call_tokens
+            i = int(step.argmin())
+            if step[i] < best[j]:
+                best[j], parent[j] = step[i], i
+    finish = best + rows * (total - candidates) + call_tokens
+    j = int(finish.argmin())
+    if finish[j] >= rows * total + call_tokens:
+        return []
+    cuts = []
+    while j >= 0:
+        cuts.append(int(candidates[j]))
+        j = int(parent[j])
+    return cuts[::-1]
+
+
+def _plain_cache(cache) -> bool:
+    """Whether ``cache`` is a plain :class:`~transformers.DynamicCache` (full-length keys and values per
+    layer), the only kind whose prefixes genattr shares between rows."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    return type(cache) is DynamicCache and all(type(layer) is DynamicLayer for layer in cache.layers)
+
+
+def sharing_order(lm: LanguageModel, inputs: Inputs) -> torch.Tensor:
+    """The order in which to take the rows, so that rows with common prefixes fall in one chunk
+    and share them: lexicographic when ``lm.share_prefix``, else as given."""
+    if not lm.share_prefix:
+        return torch.arange(len(inputs))
+    return _lexicographic_order(inputs.input_ids * 2 + inputs.visible.long())
+
+
+def shared_prefixes(lm: LanguageModel, rows: Inputs, n: int = 1) -> tuple[int, object | None]:
+    """(s, a cache of each row's first s positions), running each distinct prompt prefix once;
+    (0, None) where rows cannot share. ``n``: the positions each row runs after its prompt.
+
+    The prefix tree of the rows is cut at depths 0 < s_1 < ... < s_K (chosen by
+    :func:`_prefix_cuts` to minimise tokens run plus :data:`PREFILL_CALL_TOKENS` per call),
+    and each level runs, in one forward pass, the positions s_(k-1)..s_k of each distinct
+    prefix of length s_k on its parent's cache. Rows must share their positions (not
+    left-padded ``delete`` variants), and the model's cache must be a plain
+    :class:`~transformers.DynamicCache` (checked on first use).
+    """
+    if not lm.share_prefix or len(rows) < 2 or lm._cache_shareable is False:
+        return 0, None
+    if not bool((rows.positions == rows.positions[:1]).all()):
+        return 0, None
+    key = rows.input_ids * 2 + rows.visible.long()
+    order = _lexicographic_order(key)
+    key = key[order]
+    same = (key[1:] == key[:-1]).long().cumprod(1).sum(1)  # common prefix with the row before
+    cuts = _prefix_cuts(same.tolist(), rows.length, n, PREFILL_CALL_TOKENS)
+    node = torch.zeros(len(rows), dtype=torch.long)  # each sorted row's prefix at the current level
+    past, done = None, 0
+    for s in cuts:
+        starts = torch.cat([torch.ones(1, dtype=torch.bool), same < s])
+        first = starts.nonzero().squeeze(1)
+        level = rows.rows(order[first])
+        out = lm.forward(
+            input_ids=level.input_ids[:, done:s],
+            visible=level.visible[:, :s],
+            positions=level.positions[:, done:s],
+            cache=None if past is None else _gather_cache(past, node[first]),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        past, done, node = returned_cache(out), s, starts.long().cumsum(0) - 1
+        lm._cache_shareable = _plain_cache(past)
+        if not lm._cache_shareable:
+            return 0, None
+    if past is None:
+        return 0, None
+    return done, _gather_cache(past, node[torch.argsort(order)])
+
+
+def prefill(lm: LanguageModel, rows: Inputs):
+    """Forward pass over prompt rows with a KV cache: (last-position logits [r, V], cache), each
+    distinct prompt prefix run once (see :func:`shared_prefixes`)."""
+    done, past = shared_prefixes(lm, rows)
+    out = lm.forward(
+        input_ids=rows.input_ids[:, done:],
+        visible=rows.visible,
+        positions=rows.positions[:, done:],
+        cache=past,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    return out.logits[:, -1], returned_cache(out)
