@@ -27,7 +27,7 @@ import genattr
 from genattr import registry
 from genattr.errors import TooManyFeaturesError
 from genattr.evaluate.datasets import records
-from genattr.model import Inputs
+from genattr.model import Batch
 from genattr.prompt import Prompt
 
 PROMPT_TOKENS, TARGET_TOKENS = (45, 55), 16
@@ -71,7 +71,7 @@ def main() -> None:
     lm = genattr.load("smollm2")
     print(f"loaded smollm2 in {time.perf_counter() - started:.1f} s, {torch.get_num_threads()} threads")
     messages, prompt = chat_prompt(lm)
-    answer = lm.generate(Inputs.from_ids(prompt.input_ids), TARGET_TOKENS, stop_at_eos=False).token_ids[0]
+    answer = lm.generate(Batch.from_ids(prompt.input_ids), TARGET_TOKENS, stop_at_eos=False).token_ids[0]
     print(
         f"prompt ({len(prompt)} tokens, {len(prompt.features('word'))} word features): {messages[0]['content']!r}"
     )

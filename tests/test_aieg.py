@@ -11,7 +11,7 @@ import torch
 
 import genattr
 from genattr.algorithms.aieg import emphasis_factor, pos_norm
-from genattr.model import Inputs
+from genattr.model import Batch
 
 PROMPT = "The cat sat on the mat."
 TARGET = " and the bird sings"
@@ -51,7 +51,7 @@ def _naive_aieg(lm, res, n_steps: int, logits: bool) -> tuple[np.ndarray, np.nda
 
     def f_and_grad(alpha: float, t: int):
         row = (base + alpha * (x - base))[None].clone().requires_grad_(True)
-        out = lm.log_probs_from_embeddings(row, Inputs.from_ids(ids), target, return_logits=logits)[0, t]
+        out = lm.log_probs_from_embeddings(row, Batch.from_ids(ids), target, return_logits=logits)[0, t]
         value = out if logits else out.exp()
         (g,) = torch.autograd.grad(value, row)
         return float(value.detach()), g[0]

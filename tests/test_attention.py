@@ -75,7 +75,7 @@ def test_rollout_rows_sum_to_one_and_follow_the_abnar_zuidema_recursion(lm):
 
 @pytest.mark.parametrize("method", ["attention", "attention_rollout", "bta"])
 def test_the_default_attention_implementation_is_restored(llama, method):
-    ids = genattr.model.Inputs.from_ids(llama.tokenizer(PROMPT)["input_ids"])
+    ids = genattr.model.Batch.from_ids(llama.tokenizer(PROMPT)["input_ids"])
     before = llama.target_log_probs(ids, [5, 6, 7])
     implementation = llama.attn_implementation
     _explain(llama, method, **({"n_steps": 2} if method == "bta" else {}))

@@ -128,7 +128,7 @@ def test_result_structure_target_and_diagnostics(lm):
     np.testing.assert_allclose(res.scores, res.token_scores.mean(0), rtol=1e-12)
     assert bool((res.token_scores >= -1e-9).all())
     prompt = Prompt.from_text(lm.tokenizer, PROMPT)
-    full = beam_search(lm, genattr.Inputs.from_ids(prompt.input_ids), b, J)
+    full = beam_search(lm, genattr.Batch.from_ids(prompt.input_ids), b, J)
     assert list(res.target.ids) == full.sequences[0, 0].tolist() and res.target.generated
     np.testing.assert_allclose(res.diagnostics["beam_mass"], full.mass[0].numpy(), rtol=1e-4, atol=1e-7)
     d = res.diagnostics

@@ -14,7 +14,7 @@ import torch
 import genattr
 from genattr.algorithms.gradient import CONVERGENCE_TOLERANCE
 from genattr.errors import ConvergenceWarning, InvalidParameterError
-from genattr.model import Inputs, LanguageModel
+from genattr.model import Batch, LanguageModel
 from genattr.registry import methods
 from genattr.zoo import examples
 
@@ -200,7 +200,7 @@ def test_input_x_gradient_equals_finite_differences(lm):
         rows[0, f.tokens[0]] *= 1 + h
         rows[1, f.tokens[0]] *= 1 - h
         with torch.no_grad():
-            lp = lm.log_probs_from_embeddings(rows, Inputs.from_ids(ids, 2), target).double()
+            lp = lm.log_probs_from_embeddings(rows, Batch.from_ids(ids, 2), target).double()
         columns.append((lp[0] - lp[1]) / (2 * h))
     fd = torch.stack(columns, 1).numpy()
     np.testing.assert_allclose(res.token_scores, fd, rtol=0, atol=max(1e-4, 5e-3 * np.abs(fd).max()))
@@ -211,7 +211,7 @@ def test_saliency_is_the_gradient_norm_and_smoothgrad_without_noise_equals_it(qw
     res = _explain(qwen, "saliency", level="token")
     ids, target = list(res.prompt.input_ids), list(res.target.ids)
     x = qwen.embed(torch.tensor([ids])).detach().requires_grad_(True)
-    lp = qwen.log_probs_from_embeddings(x, Inputs.from_ids(ids), target)[0]
+    lp = qwen.log_probs_from_embeddings(x, Batch.from_ids(ids), target)[0]
     positions = [f.tokens[0] for f in res.features]
     for t in range(len(target)):
         (g,) = torch.autograd.grad(lp[t], x, retain_graph=True)

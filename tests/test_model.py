@@ -13,7 +13,7 @@ import genattr.model
 from genattr.algorithms.gilot.beams import beam_search
 from genattr.errors import ContextLengthError, ModelLoadError, NumericalError
 from genattr.masking import Masker
-from genattr.model import Inputs, LanguageModel
+from genattr.model import Batch, LanguageModel
 from genattr.model.prefix import _prefix_cuts
 from genattr.prompt import Prompt
 
@@ -47,7 +47,7 @@ def test_load_wraps_objects_and_bfloat16_scores_in_float32(model_dirs):
     lm = genattr.load(model_dirs["llama"], dtype="bfloat16")
     assert lm.dtype == torch.bfloat16
     prompt = Prompt.from_text(lm.tokenizer, PROMPT)
-    lp = lm.target_log_probs(Inputs.from_ids(prompt.input_ids), _target(lm))
+    lp = lm.target_log_probs(Batch.from_ids(prompt.input_ids), _target(lm))
     assert lp.dtype == torch.float32
     wrapped = genattr.load(model=lm.model, tokenizer=lm.tokenizer)
     assert isinstance(wrapped, LanguageModel) and wrapped.model is lm.model
@@ -57,16 +57,16 @@ def test_teacher_forcing_in_one_pass_equals_step_by_step_oracle(lm):
     prompt = Prompt.from_text(lm.tokenizer, PROMPT)
     target = _target(lm)
     before = lm.usage.forward_passes
-    lp = lm.target_log_probs(Inputs.from_ids(prompt.input_ids), target)
+    lp = lm.target_log_probs(Batch.from_ids(prompt.input_ids), target)
     assert lm.usage.forward_passes == before + 1
     torch.testing.assert_close(lp[0], naive_log_probs(lm, prompt.input_ids, target), atol=1e-5, rtol=0)
 
 
 def test_teacher_forcing_equals_greedy_generation_scores(lm):
     prompt = Prompt.from_text(lm.tokenizer, PROMPT)
-    gen = lm.generate(Inputs.from_ids(prompt.input_ids), 6, stop_at_eos=False)
+    gen = lm.generate(Batch.from_ids(prompt.input_ids), 6, stop_at_eos=False)
     assert len(gen.token_ids[0]) == 6
-    lp = lm.target_log_probs(Inputs.from_ids(prompt.input_ids), gen.token_ids[0])
+    lp = lm.target_log_probs(Batch.from_ids(prompt.input_ids), gen.token_ids[0])
     torch.testing.assert_close(lp[0], torch.tensor(gen.log_probs[0]), atol=1e-5, rtol=0)
     # Greedy: every generated token is the argmax of the oracle's next-token distribution.
     ids = list(prompt.input_ids)
@@ -148,7 +148,7 @@ def test_hidden_positions_match_the_models_own_padding_mask(lm):
 def test_target_distributions_agree_with_log_probs(llama):
     prompt = Prompt.from_text(llama.tokenizer, PROMPT)
     target = _target(llama)
-    inputs = Inputs.from_ids(prompt.input_ids, 2)
+    inputs = Batch.from_ids(prompt.input_ids, 2)
     dist = llama.target_distributions(inputs, target)
     assert dist.shape == (2, len(target), llama.vocab_size)
     torch.testing.assert_close(dist.exp().sum(-1), torch.ones(2, len(target)), atol=1e-5, rtol=0)
@@ -161,7 +161,7 @@ def test_per_row_targets(llama):
     t1, t2 = _target(llama, " and the bird"), _target(llama, " or a cat runs")
     n = min(len(t1), len(t2))
     rows = torch.tensor([t1[:n], t2[:n]])
-    both = llama.target_log_probs(Inputs.from_ids(prompt.input_ids, 2), rows)
+    both = llama.target_log_probs(Batch.from_ids(prompt.input_ids, 2), rows)
     torch.testing.assert_close(both[1], naive_log_probs(llama, prompt.input_ids, t2[:n]), atol=1e-5, rtol=0)
 
 
@@ -175,7 +175,7 @@ def test_generation_stops_at_eos(model_dirs):
         return output
 
     lm.model.lm_head.register_forward_hook(favour_eos)
-    gen = lm.generate(Inputs.from_ids(prompt.input_ids), 5)
+    gen = lm.generate(Batch.from_ids(prompt.input_ids), 5)
     assert gen.token_ids == [[]] and gen.stopped == [True]
     with pytest.raises(genattr.errors.EmptyTargetError, match="greedy continuation is empty"):
         genattr.explain(lm, PROMPT, target=None)
@@ -195,7 +195,7 @@ def test_context_length_is_checked_with_both_numbers(llama):
     with pytest.raises(
         ContextLengthError, match=rf"{len(prompt) + len(too_long)} tokens .* context window is 256"
     ):
-        llama.target_log_probs(Inputs.from_ids(prompt.input_ids), too_long)
+        llama.target_log_probs(Batch.from_ids(prompt.input_ids), too_long)
 
 
 def _exact_marginals(lm, prompt_ids, J):
@@ -233,12 +233,12 @@ def test_beam_marginals_equal_enumeration_when_beams_cover_every_prefix(word_lm)
     V = lm.vocab_size
     prompt = Prompt.from_text(lm.tokenizer, "red cat sat")
     exact = _exact_marginals(lm, prompt.input_ids, J)
-    full = beam_search(lm, Inputs.from_ids(prompt.input_ids), num_beams=V ** (J - 1), max_new_tokens=J)
+    full = beam_search(lm, Batch.from_ids(prompt.input_ids), num_beams=V ** (J - 1), max_new_tokens=J)
     torch.testing.assert_close(full.marginals[0].double(), exact, atol=1e-5, rtol=0)
     torch.testing.assert_close(full.mass[0], torch.ones(J), atol=1e-5, rtol=0)
     errors = []
     for b in (1, 3, V, 4 * V, V * V):
-        est = beam_search(lm, Inputs.from_ids(prompt.input_ids), num_beams=b, max_new_tokens=J)
+        est = beam_search(lm, Batch.from_ids(prompt.input_ids), num_beams=b, max_new_tokens=J)
         assert torch.all(est.mass[0, 1:] <= 1 + 1e-6)
         errors.append(float((est.marginals[0, -1].double() - exact[-1]).abs().sum()))
     assert errors[-1] < 1e-4
@@ -269,7 +269,7 @@ def test_beam_search_batches_prompts_and_matches_single_runs(llama):
 def test_forward_from_embeddings_matches_and_has_gradients(lm):
     prompt = Prompt.from_text(lm.tokenizer, PROMPT)
     target = _target(lm)
-    inputs = Inputs.from_ids(prompt.input_ids)
+    inputs = Batch.from_ids(prompt.input_ids)
     embeds = lm.embed(inputs.input_ids).detach().requires_grad_(True)
     lp = lm.log_probs_from_embeddings(embeds, inputs, target)
     torch.testing.assert_close(lp.detach(), lm.target_log_probs(inputs, target), atol=1e-5, rtol=0)

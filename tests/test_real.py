@@ -25,7 +25,7 @@ import genattr
 from genattr import catalog, registry
 from genattr.algorithms.gilot.beams import beam_search
 from genattr.cli import main
-from genattr.model import Inputs
+from genattr.model import Batch
 from genattr.prompt import Prompt, default_system_message
 
 from .conftest import naive_log_probs
@@ -131,7 +131,7 @@ def test_the_chat_templates_system_message_is_scaffolding_by_default(smol):
 def test_teacher_forced_scores_equal_step_by_step_scores_of_the_plain_model(smol):
     prompt = Prompt.from_messages(smol.tokenizer, QUESTION)
     target = smol.tokenizer(" The capital of France is Paris.", add_special_tokens=False).input_ids
-    ours = smol.target_log_probs(Inputs.from_ids(prompt.input_ids), target)[0]
+    ours = smol.target_log_probs(Batch.from_ids(prompt.input_ids), target)[0]
     torch.testing.assert_close(
         ours.double(), naive_log_probs(smol, prompt.input_ids, target).double(), atol=1e-4, rtol=0
     )
@@ -155,7 +155,7 @@ def test_leave_one_out_equals_a_naive_loop_over_masked_prompts(smol, mask):
 
 def test_greedy_generation_equals_hf_generate(smol):
     prompt = Prompt.from_messages(smol.tokenizer, QUESTION)
-    ours = smol.generate(Inputs.from_ids(prompt.input_ids), 12)
+    ours = smol.generate(Batch.from_ids(prompt.input_ids), 12)
     with torch.no_grad():
         theirs = smol.model.generate(
             torch.tensor([prompt.input_ids]), max_new_tokens=12, do_sample=False, pad_token_id=2
@@ -197,7 +197,7 @@ def _eq5_beam_marginals(lm, prompt_ids, num_beams: int, J: int) -> torch.Tensor:
 
 def test_beam_marginals_equal_an_independent_eq5_implementation(smol):
     prompt = Prompt.from_text(smol.tokenizer, PROMPT)
-    search = beam_search(smol, Inputs.from_ids(prompt.input_ids), num_beams=4, max_new_tokens=3)
+    search = beam_search(smol, Batch.from_ids(prompt.input_ids), num_beams=4, max_new_tokens=3)
     assert float(search.mass[0, 2]) < 0.9  # the beams miss some mass: Eq. 5's renormalisation matters
     for J in (2, 3):
         expected = _eq5_beam_marginals(smol, prompt.input_ids, 4, J)

@@ -14,7 +14,7 @@ from transformers.utils import logging as hf_logging
 
 from genattr.algorithms.gilot.beams import beam_search
 from genattr.masking import Masker
-from genattr.model import Inputs, LanguageModel, returned_cache
+from genattr.model import Batch, LanguageModel, returned_cache
 from genattr.prompt import Prompt
 
 PROMPT = "The cat sat on the mat. Then a dog runs!"
@@ -29,8 +29,8 @@ def _work(lm: LanguageModel):
     target = lm.tokenizer(TARGET, add_special_tokens=False)["input_ids"]
     return (
         lm.target_log_probs(variants, target),  # shared prefixes: caches gathered and extended
-        lm.generate(Inputs.from_ids(prompt.input_ids), 5).token_ids,
-        beam_search(lm, Inputs.from_ids(prompt.input_ids), 3, 3).marginals,
+        lm.generate(Batch.from_ids(prompt.input_ids), 5).token_ids,
+        beam_search(lm, Batch.from_ids(prompt.input_ids), 3, 3).marginals,
     )
 
 

@@ -13,7 +13,7 @@ import pytest
 
 import genattr
 from genattr.errors import InvalidParameterError
-from genattr.model import Inputs
+from genattr.model import Batch
 from genattr.usecases import ICLStudy, OrderRow, correlate, icl_orders, query_weight, slot_probe
 
 from .conftest import naive_log_probs
@@ -63,7 +63,7 @@ def test_icl_orders_match_a_prompt_by_prompt_oracle(zoo):
         best = int(np.argmax(logp))
         assert row.prediction == LABELS[best]
         assert row.probability == pytest.approx(math.exp(logp[best]), rel=1e-4)
-        generated = zoo.generate(Inputs.from_ids(ids), 1).token_ids[0]
+        generated = zoo.generate(Batch.from_ids(ids), 1).token_ids[0]
         assert row.correct == (zoo.tokenizer.decode(generated) in (" eight", "eight"))
         signed.append(row.probability if row.correct else -row.probability)
         res = genattr.explain(zoo, row.prompt, method="leave_one_out", level="word")

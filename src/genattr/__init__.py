@@ -23,8 +23,8 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "Attribution": "result",
+    "Batch": "model",
     "Feature": "prompt",
-    "Inputs": "model",
     "LanguageModel": "model",
     "MethodInfo": "registry",
     "Prompt": "prompt",
@@ -36,7 +36,7 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from .api import explain
-    from .model import Inputs, LanguageModel, load
+    from .model import Batch, LanguageModel, load
     from .prompt import Feature, Prompt
     from .registry import MethodInfo, methods
     from .result import Attribution
@@ -57,8 +57,8 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "Attribution",
+    "Batch",
     "Feature",
-    "Inputs",
     "LEVELS",
     "LanguageModel",
     "MASKS",

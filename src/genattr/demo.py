@@ -189,7 +189,7 @@ def run_real_demo(
 ) -> list:
     """Explain a real model's answer to :data:`REAL_QUESTION` with :data:`REAL_METHODS`; returns the results."""
     from .cli import progress_bar
-    from .model import Inputs
+    from .model import Batch
     from .render.html import render_html
 
     console = console or Console()
@@ -199,7 +199,7 @@ def run_real_demo(
     lm = load(model)
     messages = [{"role": "user", "content": REAL_QUESTION}]
     prompt = Prompt.from_messages(lm.tokenizer, messages, include_default_system=include_system)
-    answer = lm.generate(Inputs.from_ids(prompt.input_ids), REAL_ANSWER_TOKENS[mode]).token_ids[0]
+    answer = lm.generate(Batch.from_ids(prompt.input_ids), REAL_ANSWER_TOKENS[mode]).token_ids[0]
     target = lm.tokenizer.decode(answer)
     scaffolding = "a feature" if include_system else "scaffolding, not a feature (--include-system to change)"
     console.rule(f"genattr demo on {model}, loaded in {time.perf_counter() - started:.0f} s")

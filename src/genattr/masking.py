@@ -1,7 +1,7 @@
 """How a feature is removed from the prompt.
 
 A coalition is a boolean row ``keep[f]`` over the features; :meth:`Masker.inputs` turns a
-batch of coalitions [B, F] into model :class:`~genattr.model.Inputs`. Tokens outside every
+batch of coalitions [B, F] into model :class:`~genattr.model.Batch`. Tokens outside every
 feature (special tokens, chat scaffolding, context) are always kept.
 
 Strategies
@@ -38,7 +38,7 @@ import torch
 
 from .defaults import BASELINE_NAMES, DEFAULT_MASK, MASKS
 from .errors import UnknownMaskError
-from .model import Inputs, LanguageModel
+from .model import Batch, LanguageModel
 from .prompt import Prompt
 from .segment import Feature
 
@@ -124,7 +124,7 @@ class Masker:
         out[:, self._covered] = keep[:, self._owner]
         return out
 
-    def inputs(self, keep: torch.Tensor) -> Inputs:
+    def inputs(self, keep: torch.Tensor) -> Batch:
         """Model inputs for a batch of coalitions ``keep`` [B, F] (True = feature kept)."""
         keep = torch.as_tensor(keep, dtype=torch.bool)
         if keep.ndim == 1:
@@ -135,9 +135,9 @@ class Masker:
         ids = torch.where(tok_keep, self.ids[None], torch.tensor(self.baseline_id))
         visible = tok_keep if self.strategy == "attention" else torch.ones_like(tok_keep)
         positions = torch.arange(len(self.prompt)).expand(keep.shape[0], -1).contiguous()
-        return Inputs(ids, visible, positions)
+        return Batch(ids, visible, positions)
 
-    def _deleted(self, keep: torch.Tensor) -> Inputs:
+    def _deleted(self, keep: torch.Tensor) -> Batch:
         tokenizer, prompt = self.lm.tokenizer, self.prompt
         rows = []
         for row in keep.tolist():
@@ -149,4 +149,4 @@ class Masker:
                 else []
             )
             rows.append(ids or [self.baseline_id])
-        return Inputs.left_padded(rows, self.baseline_id)
+        return Batch.left_padded(rows, self.baseline_id)

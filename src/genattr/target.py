@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from .defaults import DEFAULT_MAX_NEW_TOKENS
 from .errors import EmptyTargetError, InvalidParameterError
-from .model import Inputs, LanguageModel
+from .model import Batch, LanguageModel
 from .prompt import Prompt
 
 
@@ -45,7 +45,7 @@ def resolve_target(
     tokenizer = lm.tokenizer
     if target is None:
         lm.check_length(len(prompt) + max_new_tokens, "prompt + max_new_tokens")
-        generation = lm.generate(Inputs.from_ids(prompt.input_ids), max_new_tokens)
+        generation = lm.generate(Batch.from_ids(prompt.input_ids), max_new_tokens)
         ids = generation.token_ids[0]
         if not ids:
             raise EmptyTargetError(

@@ -31,7 +31,7 @@ import numpy as np
 
 from .api import explain
 from .errors import InvalidParameterError
-from .model import Inputs, LanguageModel
+from .model import Batch, LanguageModel
 from .prompt import Prompt
 from .result import Attribution
 
@@ -89,7 +89,7 @@ class ICLStudy:
 def label_log_probs(lm: LanguageModel, prompts: Sequence[str], labels: Sequence[str]) -> np.ndarray:
     """log p(label | prompt) of every label continuation after every prompt: [prompts, labels],
     each label scored for all prompts (left-padded) in one batched teacher-forced call."""
-    inputs = Inputs.left_padded([Prompt.from_text(lm.tokenizer, p).input_ids for p in prompts])
+    inputs = Batch.left_padded([Prompt.from_text(lm.tokenizer, p).input_ids for p in prompts])
     out = np.empty((len(prompts), len(labels)))
     for j, label in enumerate(labels):
         ids = lm.tokenizer(label, add_special_tokens=False)["input_ids"]

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import InvalidParameterError
-from ..model import Inputs, LanguageModel
+from ..model import Batch, LanguageModel
 from ..problem import Problem
 
 BASELINES = ("zero", "token")
@@ -64,9 +64,9 @@ class EmbeddedPrompt:
         """The positions (in prompt + target[:-1]) whose outputs predict the target tokens."""
         return torch.arange(self.n_target) + self.length - 1
 
-    def template(self, rows: int) -> Inputs:
+    def template(self, rows: int) -> Batch:
         """``rows`` copies of the prompt, every position visible."""
-        return Inputs.from_ids(self.ids.tolist(), rows)
+        return Batch.from_ids(self.ids.tolist(), rows)
 
     def baseline(self, kind: str) -> torch.Tensor:
         """The baseline x' [L, d]: the zero vector or the baseline token's embedding at feature positions."""

@@ -90,7 +90,7 @@ import math
 import torch
 
 from ..errors import InvalidParameterError
-from ..model import Inputs
+from ..model import Batch
 from ..problem import Problem
 from ..registry import register
 from .base import MAX_ITERATIONS, MAX_SAMPLES, Method, Output, Param
@@ -125,7 +125,7 @@ def relaxed_log_likelihood(problem: Problem, mask: torch.Tensor) -> torch.Tensor
     padded = torch.cat([torch.ones(mask.shape[0], 1, dtype=mask.dtype, device=mask.device), mask], 1)
     token_mask = padded[:, owner + 1].to(device=lm.device, dtype=torch.float32)
     mixed = base + token_mask[:, :, None] * (embeds - base)
-    inputs = Inputs.from_ids(problem.prompt.input_ids, rows=mask.shape[0])
+    inputs = Batch.from_ids(problem.prompt.input_ids, rows=mask.shape[0])
     return lm.log_probs_from_embeddings(mixed.to(lm.dtype), inputs, problem.target.ids).sum(1)
 
 

@@ -12,7 +12,7 @@ and chunked under one memory budget (``max_batch_tokens``):
 * input embeddings and a differentiable forward from embeddings (gradient methods), and
   attention maps with a temporary switch to eager attention (attention methods).
 
-Prompt variants travel as :class:`Inputs`: token ids, which positions other tokens may attend
+Prompt variants travel as :class:`Batch`: token ids, which positions other tokens may attend
 to (``visible``), and explicit position ids. A hidden position is removed from every other
 token's attention through a 4-D attention mask, so the positions of the remaining tokens do not
 move; hidden positions still attend to themselves, so no softmax row is ever empty.
@@ -22,7 +22,7 @@ Log-probabilities are computed in float32 whatever the model's dtype, and NaN or
 logits raise :class:`~genattr.errors.NumericalError`.
 
 The package's modules: :mod:`~genattr.model.language_model` (the class and its forward pass),
-:mod:`~genattr.model.loading` (:func:`load`), :mod:`~genattr.model.batch` (:class:`Inputs`,
+:mod:`~genattr.model.loading` (:func:`load`), :mod:`~genattr.model.batch` (:class:`Batch`,
 :class:`Usage`), :mod:`~genattr.model.masks` (attention masks, sliding windows),
 :mod:`~genattr.model.prefix` (shared prompt prefixes, prefill), :mod:`~genattr.model.scoring`
 (teacher forcing, forward from embeddings, attention maps) and :mod:`~genattr.model.decoding`
@@ -31,7 +31,7 @@ The package's modules: :mod:`~genattr.model.language_model` (the class and its f
 
 from __future__ import annotations
 
-from .batch import Inputs, Usage
+from .batch import Batch, Usage
 from .decoding import Generation
 from .language_model import DEFAULT_MAX_BATCH_TOKENS, LanguageModel
 from .loading import load
@@ -40,7 +40,7 @@ from .prefix import returned_cache
 __all__ = [
     "DEFAULT_MAX_BATCH_TOKENS",
     "Generation",
-    "Inputs",
+    "Batch",
     "LanguageModel",
     "Usage",
     "load",

@@ -35,7 +35,7 @@ class Usage:
 
 
 @dataclass(frozen=True)
-class Inputs:
+class Batch:
     """A batch of prompt variants of one length (left-padded where lengths differ).
 
     ``visible[b, i]`` is False where position ``i`` of row ``b`` is hidden from every other
@@ -47,14 +47,14 @@ class Inputs:
     positions: torch.Tensor
 
     @classmethod
-    def from_ids(cls, ids: Sequence[int], rows: int = 1) -> Inputs:
+    def from_ids(cls, ids: Sequence[int], rows: int = 1) -> Batch:
         t = torch.tensor(list(ids), dtype=torch.long).unsqueeze(0).expand(rows, -1).contiguous()
         return cls(
             t, torch.ones_like(t, dtype=torch.bool), torch.arange(t.shape[1]).expand(rows, -1).contiguous()
         )
 
     @classmethod
-    def left_padded(cls, rows: Sequence[Sequence[int]], pad_id: int = 0) -> Inputs:
+    def left_padded(cls, rows: Sequence[Sequence[int]], pad_id: int = 0) -> Batch:
         """Prompts of different lengths in one batch: left padding, hidden, positions from 0 per row."""
         if not rows or any(len(r) == 0 for r in rows):
             raise InvalidParameterError("every prompt row needs at least one token.")
@@ -73,14 +73,14 @@ class Inputs:
     def length(self) -> int:
         return self.input_ids.shape[1]
 
-    def rows(self, index: slice | torch.Tensor) -> Inputs:
-        return Inputs(self.input_ids[index], self.visible[index], self.positions[index])
+    def rows(self, index: slice | torch.Tensor) -> Batch:
+        return Batch(self.input_ids[index], self.visible[index], self.positions[index])
 
-    def extended(self, continuation: torch.Tensor) -> Inputs:
+    def extended(self, continuation: torch.Tensor) -> Batch:
         """Every row followed by its continuation ids [B, m]: visible, positions continuing the row's."""
         m = continuation.shape[1]
         ids = torch.cat([self.input_ids, continuation], 1)
         visible = torch.cat([self.visible, torch.ones_like(continuation, dtype=torch.bool)], 1)
         steps = torch.arange(1, m + 1)
         positions = torch.cat([self.positions, self.positions[:, -1:] + steps[None]], 1)
-        return Inputs(ids, visible, positions)
+        return Batch(ids, visible, positions)

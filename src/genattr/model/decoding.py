@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..errors import InvalidParameterError
-from .batch import Inputs
+from .batch import Batch
 from .prefix import returned_cache
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ class Generation:
 
 @torch.no_grad()
 def generate(
-    lm: LanguageModel, inputs: Inputs, max_new_tokens: int, *, stop_at_eos: bool = True
+    lm: LanguageModel, inputs: Batch, max_new_tokens: int, *, stop_at_eos: bool = True
 ) -> Generation:
     """Greedy continuation of every row (KV cache; stops at EOS or after ``max_new_tokens``)."""
     if max_new_tokens < 1:

@@ -12,7 +12,7 @@ import torch
 
 from ..errors import ContextLengthError, InvalidParameterError, NumericalError
 from . import decoding, prefix, scoring
-from .batch import Inputs, Usage
+from .batch import Batch, Usage
 from .masks import AttentionMasks
 
 DEFAULT_MAX_BATCH_TOKENS = 8192
@@ -23,7 +23,7 @@ class LanguageModel:
     """A causal language model and its tokenizer, as genattr's methods see them.
 
     >>> lm = LanguageModel(model, tokenizer)                             # doctest: +SKIP
-    >>> lm.target_log_probs(Inputs.from_ids(prompt_ids), target_ids)     # doctest: +SKIP
+    >>> lm.target_log_probs(Batch.from_ids(prompt_ids), target_ids)      # doctest: +SKIP
     tensor([[-2.31, -0.52, ...]])
     """
 
@@ -192,18 +192,18 @@ class LanguageModel:
             )
         return out
 
-    def prefill(self, rows: Inputs):
+    def prefill(self, rows: Batch):
         """Forward pass over prompt rows with a KV cache: (last-position logits [r, V], cache), each
         distinct prompt prefix run once (:func:`~genattr.model.prefix.prefill`)."""
         return prefix.prefill(self, rows)
 
     # ----------------------------------------------------------------- scoring
-    def target_log_probs(self, inputs: Inputs, target_ids) -> torch.Tensor:
+    def target_log_probs(self, inputs: Batch, target_ids) -> torch.Tensor:
         """Teacher-forced log p(y_t | prompt variant, y_<t): [B, n] float32
         (:func:`~genattr.model.scoring.target_log_probs`)."""
         return scoring.target_log_probs(self, inputs, target_ids)
 
-    def target_distributions(self, inputs: Inputs, target_ids) -> torch.Tensor:
+    def target_distributions(self, inputs: Batch, target_ids) -> torch.Tensor:
         """Teacher-forced next-token log-distributions at each target position: [B, n, V] float32
         (:func:`~genattr.model.scoring.target_distributions`)."""
         return scoring.target_distributions(self, inputs, target_ids)
@@ -216,7 +216,7 @@ class LanguageModel:
     def log_probs_from_embeddings(
         self,
         prompt_embeds: torch.Tensor,
-        inputs: Inputs,
+        inputs: Batch,
         target_ids,
         output_attentions: bool = False,
         return_logits: bool = False,
@@ -241,14 +241,14 @@ class LanguageModel:
         finally:
             self.model.set_attn_implementation(before)
 
-    def attention_maps(self, inputs: Inputs, target_ids) -> torch.Tensor:
+    def attention_maps(self, inputs: Batch, target_ids) -> torch.Tensor:
         """Attention probabilities [B, layers, heads, T, T] over prompt + target[:-1]
         (:func:`~genattr.model.scoring.attention_maps`)."""
         return scoring.attention_maps(self, inputs, target_ids)
 
     # ----------------------------------------------------------------- decoding
     def generate(
-        self, inputs: Inputs, max_new_tokens: int, *, stop_at_eos: bool = True
+        self, inputs: Batch, max_new_tokens: int, *, stop_at_eos: bool = True
     ) -> decoding.Generation:
         """Greedy continuation of every row (:func:`~genattr.model.decoding.generate`)."""
         return decoding.generate(self, inputs, max_new_tokens, stop_at_eos=stop_at_eos)

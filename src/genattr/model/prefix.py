@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .batch import Inputs
+from .batch import Batch
 
 if TYPE_CHECKING:
     from .language_model import LanguageModel
@@ -94,7 +94,7 @@ def _plain_cache(cache) -> bool:
     return type(cache) is DynamicCache and all(type(layer) is DynamicLayer for layer in cache.layers)
 
 
-def sharing_order(lm: LanguageModel, inputs: Inputs) -> torch.Tensor:
+def sharing_order(lm: LanguageModel, inputs: Batch) -> torch.Tensor:
     """The order in which to take the rows, so that rows with common prefixes fall in one chunk
     and share them: lexicographic when ``lm.share_prefix``, else as given."""
     if not lm.share_prefix:
@@ -102,7 +102,7 @@ def sharing_order(lm: LanguageModel, inputs: Inputs) -> torch.Tensor:
     return _lexicographic_order(inputs.input_ids * 2 + inputs.visible.long())
 
 
-def shared_prefixes(lm: LanguageModel, rows: Inputs, n: int = 1) -> tuple[int, object | None]:
+def shared_prefixes(lm: LanguageModel, rows: Batch, n: int = 1) -> tuple[int, object | None]:
     """(s, a cache of each row's first s positions), running each distinct prompt prefix once;
     (0, None) where rows cannot share. ``n``: the positions each row runs after its prompt.
 
@@ -145,7 +145,7 @@ def shared_prefixes(lm: LanguageModel, rows: Inputs, n: int = 1) -> tuple[int, o
     return done, _gather_cache(past, node[torch.argsort(order)])
 
 
-def prefill(lm: LanguageModel, rows: Inputs):
+def prefill(lm: LanguageModel, rows: Batch):
     """Forward pass over prompt rows with a KV cache: (last-position logits [r, V], cache), each
     distinct prompt prefix run once (see :func:`shared_prefixes`)."""
     done, past = shared_prefixes(lm, rows)

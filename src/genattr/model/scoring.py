@@ -15,14 +15,14 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..errors import EmptyTargetError, InvalidParameterError
-from .batch import Inputs
+from .batch import Batch
 from .prefix import shared_prefixes, sharing_order
 
 if TYPE_CHECKING:
     from .language_model import LanguageModel
 
 
-def _targets(lm: LanguageModel, inputs: Inputs, target_ids) -> torch.Tensor:
+def _targets(lm: LanguageModel, inputs: Batch, target_ids) -> torch.Tensor:
     """``target_ids`` as a [B, n] tensor, one row per prompt row, checked against the context window."""
     target = torch.as_tensor(target_ids, dtype=torch.long)
     if target.ndim == 1:
@@ -36,7 +36,7 @@ def _targets(lm: LanguageModel, inputs: Inputs, target_ids) -> torch.Tensor:
 
 
 def _target_logits(
-    lm: LanguageModel, inputs: Inputs, target: torch.Tensor, done: int = 0, past=None
+    lm: LanguageModel, inputs: Batch, target: torch.Tensor, done: int = 0, past=None
 ) -> torch.Tensor:
     """Float32 logits [B, n, V] at the n positions that predict the n target tokens.
 
@@ -56,7 +56,7 @@ def _target_logits(
 
 
 def _teacher_forced(
-    lm: LanguageModel, inputs: Inputs, target: torch.Tensor
+    lm: LanguageModel, inputs: Batch, target: torch.Tensor
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(row indices, float32 logits [r, n, V] predicting the target) for every chunk of rows
     (the one chunking path). Rows are taken in :func:`~genattr.model.prefix.sharing_order`, so
@@ -71,7 +71,7 @@ def _teacher_forced(
 
 
 @torch.no_grad()
-def target_log_probs(lm: LanguageModel, inputs: Inputs, target_ids) -> torch.Tensor:
+def target_log_probs(lm: LanguageModel, inputs: Batch, target_ids) -> torch.Tensor:
     """Teacher-forced log p(y_t | prompt variant, y_<t) for every row and target token: [B, n] float32.
 
     ``target_ids`` is one sequence shared by all rows, or a [B, n] tensor of per-row targets.
@@ -86,7 +86,7 @@ def target_log_probs(lm: LanguageModel, inputs: Inputs, target_ids) -> torch.Ten
 
 
 @torch.no_grad()
-def target_distributions(lm: LanguageModel, inputs: Inputs, target_ids) -> torch.Tensor:
+def target_distributions(lm: LanguageModel, inputs: Batch, target_ids) -> torch.Tensor:
     """Teacher-forced next-token log-distributions at each target position: [B, n, V] float32."""
     target = _targets(lm, inputs, target_ids)
     out = torch.empty((*target.shape, lm.vocab_size), dtype=torch.float32)
@@ -98,7 +98,7 @@ def target_distributions(lm: LanguageModel, inputs: Inputs, target_ids) -> torch
 def log_probs_from_embeddings(
     lm: LanguageModel,
     prompt_embeds: torch.Tensor,
-    inputs: Inputs,
+    inputs: Batch,
     target_ids,
     output_attentions: bool = False,
     return_logits: bool = False,
@@ -128,7 +128,7 @@ def log_probs_from_embeddings(
 
 
 @torch.no_grad()
-def attention_maps(lm: LanguageModel, inputs: Inputs, target_ids) -> torch.Tensor:
+def attention_maps(lm: LanguageModel, inputs: Batch, target_ids) -> torch.Tensor:
     """Attention probabilities of every layer and head over prompt + target[:-1]:
     [B, layers, heads, T, T] float32, read under eager attention."""
     target = _targets(lm, inputs, target_ids)

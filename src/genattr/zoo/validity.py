@@ -13,7 +13,7 @@ import random
 import torch
 
 from ..masking import Masker
-from ..model import Inputs, LanguageModel
+from ..model import Batch, LanguageModel
 from ..prompt import Prompt
 from .tasks import Example, examples
 
@@ -26,7 +26,7 @@ def _prompt_ids(lm: LanguageModel, ex: Example) -> list[int]:
 
 def generations(lm: LanguageModel, exs: list[Example], max_new_tokens: int = 9) -> list[list[str]]:
     """Greedy continuations (as words, EOS excluded) of every example, in one batched call."""
-    inputs = Inputs.left_padded([_prompt_ids(lm, ex) for ex in exs], lm.tokenizer.pad_token_id)
+    inputs = Batch.left_padded([_prompt_ids(lm, ex) for ex in exs], lm.tokenizer.pad_token_id)
     gen = lm.generate(inputs, max_new_tokens)
     return [lm.tokenizer.convert_ids_to_tokens(ids) for ids in gen.token_ids]
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ...errors import InvalidParameterError
-from ...model import Inputs, LanguageModel, returned_cache
+from ...model import Batch, LanguageModel, returned_cache
 
 
 @dataclass
@@ -51,7 +51,7 @@ def absorb(logp: torch.Tensor, last: torch.Tensor, eos_ids: Sequence[int]) -> to
 
 
 @torch.no_grad()
-def beam_search(lm: LanguageModel, inputs: Inputs, num_beams: int, max_new_tokens: int) -> BeamSearch:
+def beam_search(lm: LanguageModel, inputs: Batch, num_beams: int, max_new_tokens: int) -> BeamSearch:
     """Beam search over every row at once, returning each output position's beam-marginalised
     distribution (GiLOT, Eq. 5); see :class:`BeamSearch`.
 
@@ -132,7 +132,7 @@ def beam_search(lm: LanguageModel, inputs: Inputs, num_beams: int, max_new_token
 @torch.no_grad()
 def score_beam_tree(
     lm: LanguageModel,
-    inputs: Inputs,
+    inputs: Batch,
     tokens: torch.Tensor,
     parents: torch.Tensor,
     valid: torch.Tensor | None = None,
