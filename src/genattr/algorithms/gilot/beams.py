@@ -59,13 +59,13 @@ def beam_search(lm: LanguageModel, inputs: Batch, num_beams: int, max_new_tokens
     of a row are b query tokens of that row under a tree attention mask (each sees the
     prompt, its ancestors and itself), so the prompt's keys and values are held once per row,
     not once per beam, and the cache is never reordered; prompt prefixes common to several
-    rows are run once (see :meth:`prefill`). The distribution p(Y_j | beam) is the one
-    computed during the search, so no second pass is needed. An ended beam (last token EOS)
-    stays at EOS: later positions put all its mass there. ``extras`` holds the beams of every
-    depth d = 1..J as a tree:
-    ``beam_tokens`` [B, J, b], ``beam_parents`` [B, J, b] (index of the parent beam at depth
-    d - 1, -1 at depth 1) and ``beam_log_probs`` [B, J, b] (-inf for a slot left empty when
-    fewer than b prefixes exist); :meth:`score_beam_tree` scores such a tree under other prompts.
+    rows are run once (see :meth:`~genattr.model.LanguageModel.prefill`). The distribution
+    p(Y_j | beam) is the one computed during the search, so no second pass is needed. An ended
+    beam (last token EOS) stays at EOS: later positions put all its mass there. ``extras`` holds
+    the beams of every depth d = 1..J as a tree: ``beam_tokens`` [B, J, b], ``beam_parents``
+    [B, J, b] (index of the parent beam at depth d - 1, -1 at depth 1) and ``beam_log_probs``
+    [B, J, b] (-inf for a slot left empty when fewer than b prefixes exist);
+    :func:`score_beam_tree` scores such a tree under other prompts.
     """
     if num_beams < 1 or max_new_tokens < 1:
         raise InvalidParameterError(
@@ -151,7 +151,7 @@ def score_beam_tree(
     the sums over the valid nodes at depth j, and ``mass[p, j]`` = sum_i P_p(node_ji). The
     whole tree is scored in one forward pass per chunk of rows (after the prompt's prefill)
     under a tree attention mask: each node sees the prompt and its own ancestors, at position
-    last prompt position + depth. EOS is absorbing, as in :meth:`beam_search`, which this
+    last prompt position + depth. EOS is absorbing, as in :func:`beam_search`, which this
     reproduces exactly when given a row's own tree from ``beam_search(...).extras``.
     ``sequences`` are the paths to the deepest nodes, ``sequence_log_probs`` their log P_p.
     """
