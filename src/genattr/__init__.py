@@ -16,10 +16,9 @@ import importlib
 from typing import TYPE_CHECKING
 
 from . import errors
+from ._version import __version__
 from .defaults import MASKS
 from .segment import LEVELS
-
-__version__ = "0.1.0"
 
 _LAZY = {
     "Attribution": "result",
