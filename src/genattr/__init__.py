@@ -27,6 +27,7 @@ _LAZY = {
     "LanguageModel": "model",
     "MethodInfo": "registry",
     "Prompt": "prompt",
+    "Settings": "settings",
     "Target": "target",
     "explain": "api",
     "load": "model",
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from .prompt import Feature, Prompt
     from .registry import MethodInfo, methods
     from .result import Attribution
+    from .settings import Settings
     from .target import Target
 
 
@@ -63,6 +65,7 @@ __all__ = [
     "MASKS",
     "MethodInfo",
     "Prompt",
+    "Settings",
     "Target",
     "__version__",
     "errors",

@@ -45,10 +45,11 @@ import numpy as np
 
 from .. import registry
 from ..api import explain
+from ..defaults import DEFAULT_LEVEL, DEFAULT_MAX_NEW_TOKENS, DEFAULT_SEED, DEFAULT_SIMILARITY_K
 from ..errors import GenattrError, GenattrWarning, InputError, ResultFormatError
+from ..io import write_atomic
 from ..model import LanguageModel
 from ..prompt import Prompt
-from ..result import write_atomic
 from . import ground_truth
 from .faithfulness import erasure, perturbation_curves, similarity
 
@@ -144,7 +145,9 @@ def _jsonl_items(path: Path, n: int | None) -> tuple[list[Item], list[str]]:
     return items, problems
 
 
-def load_items(specs: Sequence[str], n: int | None = None, seed: int = 0) -> tuple[list[Item], list[str]]:
+def load_items(
+    specs: Sequence[str], n: int | None = None, seed: int = DEFAULT_SEED
+) -> tuple[list[Item], list[str]]:
     """Items of every data spec (``zoo:TASK``, a prompt set's short name from
     :data:`~genattr.evaluate.datasets.DATASETS`, or a JSONL path) and the problems found reading them."""
     from ..zoo import TASKS, examples
@@ -202,11 +205,11 @@ def evaluate_one(
     item: Item,
     metrics: Sequence[str],
     *,
-    seed: int = 0,
-    level: str = "word",
+    seed: int = DEFAULT_SEED,
+    level: str = DEFAULT_LEVEL,
     mask: str | None = None,
-    max_new_tokens: int = 20,
-    k: int = 3,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    k: int = DEFAULT_SIMILARITY_K,
 ) -> dict:
     """Explain one item with one method and measure it: one benchmark row.
 
@@ -405,11 +408,11 @@ def run_benchmark(
     out: str | os.PathLike,
     *,
     metrics: Sequence[str] = METRIC_GROUPS,
-    seed: int = 0,
-    level: str = "word",
+    seed: int = DEFAULT_SEED,
+    level: str = DEFAULT_LEVEL,
     mask: str | None = None,
-    max_new_tokens: int = 20,
-    k: int = 3,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    k: int = DEFAULT_SIMILARITY_K,
     progress: bool = True,
     on_row: Callable[[dict], None] | None = None,
 ) -> dict:
@@ -601,7 +604,4 @@ def plot_curves(rows: list[dict], methods: Sequence[str], path: Path) -> None:
     fig.tight_layout(rect=(0, 0, 0.83, 1))
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".png.tmp")
-    tmp.write_bytes(buffer.getvalue())
-    os.replace(tmp, path)
+    write_atomic(path, buffer.getvalue())
