@@ -201,6 +201,13 @@ def test_written_files_get_the_umask_and_replaced_files_keep_their_mode(result, 
         os.umask(old)
 
 
+def test_atomic_writes_take_bytes_as_they_are(tmp_path):
+    data = bytes(range(256))  # not UTF-8: written byte for byte, never re-encoded
+    io_module.write_atomic(tmp_path / "b.png", data)
+    assert (tmp_path / "b.png").read_bytes() == data
+    assert [p.name for p in tmp_path.iterdir()] == ["b.png"]
+
+
 def test_writing_creates_no_directories_and_refuses_a_directory(result, tmp_path):
     with pytest.raises(InputError, match="does not exist; create it first"):
         result.save(tmp_path / "a" / "b" / "r.json")
