@@ -293,12 +293,6 @@ def _read_objects(data: dict, where: str) -> dict:
 
 
 # one reader per setting: (value, where, prompt text) -> the value, or a _fail
-def _level(value, where: str, text: str) -> str:
-    if value not in LEVELS:
-        raise _fail(where, f"level {value[:20]!r} is not one of {', '.join(LEVELS)}")
-    return value
-
-
 def _one_of(name: str, choices: tuple[str, ...]):
     def read(value, where: str, text: str) -> str:
         if value not in choices:
@@ -320,7 +314,7 @@ def _max_new_tokens(value, where: str, text: str) -> int | None:
     raise _fail(where, "max_new_tokens must be a positive integer or null")
 
 
-def _pattern(value, where: str, text: str) -> str | None:
+def _as_is(value, where: str, text: str):
     return value
 
 
@@ -342,12 +336,12 @@ def _seed(value, where: str, text: str) -> int | None:
 
 
 _SETTING_READERS = {  # name: (JSON types, reader)
-    "level": (str, _level),
+    "level": (str, _one_of("level", LEVELS)),
     "mask": (str, _one_of("mask", MASKS)),
     "baseline": (object, _baseline),
     "objective": (str, _one_of("objective", OBJECTIVES)),
     "max_new_tokens": (object, _max_new_tokens),
-    "pattern": ((str, type(None)), _pattern),
+    "pattern": ((str, type(None)), _as_is),
     "spans": (object, _spans),
     "seed": (object, _seed),
 }
