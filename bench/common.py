@@ -2,7 +2,7 @@
 
 The benchmark model is a random Llama (hidden 256, 4 layers, 4 heads, 1024 positions) with a
 4000-token sentencepiece-style tokenizer trained on genattr's synthetic corpus. It is built once
-with :func:`genattr.tiny.build` into a cache directory and loaded from there with
+with :func:`genattr.testing.build` into a cache directory and loaded from there with
 :func:`genattr.load`; nothing is downloaded.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import transformers
 
 import genattr
-from genattr import tiny
+from genattr import testing
 
 DEFAULT_CACHE = Path(__file__).resolve().parent / ".cache"
 MODEL_SPEC = {
@@ -38,7 +38,7 @@ def model_path(cache: Path = DEFAULT_CACHE) -> Path:
     if not (path / "config.json").exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         (path.parent / ".gitignore").write_text("*\n")
-        tiny.build("llama", path, **MODEL_SPEC)
+        testing.build("llama", path, **MODEL_SPEC)
     return path
 
 
@@ -58,7 +58,7 @@ def token_exact_texts(tokenizer, n_prompt: int, n_target: int) -> tuple[str, str
     """A prompt of exactly ``n_prompt`` tokens (special tokens included) and a continuation of exactly
     ``n_target`` tokens, cut at word boundaries from the synthetic corpus, such that tokenising
     prompt + continuation gives the prompt's ids followed by the continuation's."""
-    words = " ".join(tiny.corpus(MODEL_SPEC["n_sentences"], MODEL_SPEC["n_pseudo"])).split(" ")
+    words = " ".join(testing.corpus(MODEL_SPEC["n_sentences"], MODEL_SPEC["n_pseudo"])).split(" ")
 
     def count(text: str, special: bool) -> int:
         return len(tokenizer(text, add_special_tokens=special)["input_ids"])

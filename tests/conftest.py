@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import genattr
-from genattr import tiny
+from genattr import testing
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -21,7 +21,7 @@ ARCHS = ("gpt2", "llama", "qwen2")
 @pytest.fixture(scope="session")
 def model_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
-    return {arch: tiny.build(arch, root / arch, seed=0) for arch in ARCHS}
+    return {arch: testing.build(arch, root / arch, seed=0) for arch in ARCHS}
 
 
 @pytest.fixture(scope="session")
@@ -53,8 +53,8 @@ def word_level_lm(directory, *, layers: int, seed: int) -> genattr.LanguageModel
     from ties."""
     from transformers import AutoModelForCausalLM
 
-    tokenizer = tiny.train_tokenizer("word", [WORDS])
-    config = tiny.model_config(
+    tokenizer = testing.train_tokenizer("word", [WORDS])
+    config = testing.model_config(
         "llama", len(tokenizer), hidden=16, layers=layers, heads=2, context=64, tokenizer=tokenizer
     )
     with torch.random.fork_rng():

@@ -13,7 +13,7 @@ from dataclasses import replace
 import pytest
 from safetensors import safe_open
 
-from genattr import catalog, tiny
+from genattr import catalog, testing
 from genattr.cli import main
 from genattr.errors import ModelLoadError
 from genattr.prompt import Prompt, default_system_message
@@ -116,7 +116,7 @@ def test_models_command_lists_every_entry_and_how_to_install_it(tmp_path, monkey
 
 
 def _smol_like_tokenizer():
-    tokenizer = tiny.train_tokenizer("byte_bpe", tiny.corpus(100))
+    tokenizer = testing.train_tokenizer("byte_bpe", testing.corpus(100))
     tokenizer.chat_template = SMOL_TEMPLATE
     return tokenizer
 

@@ -60,7 +60,8 @@ def test_explain_writes_json_and_html(model_dirs, tmp_path, capsys):
     )
     assert code == 0
     data = json.loads(out_json.read_text())
-    assert data["method"] == "shapley_sampling" and data["seed"] == 4 and data["params"]["n_samples"] == 3
+    assert data["method"] == "shapley_sampling" and data["settings"]["seed"] == 4
+    assert data["params"] == {"n_samples": 3}
     assert [f["text"] for f in data["features"]] == ["The", "cat", "sat", "on", "the", "mat", "."]
     assert out_html.read_text().startswith("<!DOCTYPE html>")
     shown = capsys.readouterr().out
@@ -248,6 +249,12 @@ def test_boolean_parameters_accept_the_usual_spellings(model_dirs, tmp_path, cap
     _one_line_error(capsys, "random_init must be bool, got 'yes please'")
 
 
+def test_a_param_named_like_a_setting_goes_to_the_method(model_dirs, capsys):
+    argv = ["explain", "--model", str(model_dirs["llama"]), "-q", "-p", "level=2", "--target", " ran", "hi"]
+    assert main(argv) == 2
+    _one_line_error(capsys, "leave_one_out does not take level")
+
+
 def test_seed_random_is_drawn_and_recorded(model_dirs, tmp_path, capsys):
     argv = ["explain", "--model", str(model_dirs["llama"]), "--method", "random", "-q", "--target", " ran"]
     seeds, scores = [], []
@@ -257,7 +264,7 @@ def test_seed_random_is_drawn_and_recorded(model_dirs, tmp_path, capsys):
             main([*argv, "--seed", str(seed if seed else seeds[0]), "--json", str(out), "The cat sat"]) == 0
         )
         data = json.loads(out.read_text())
-        seeds.append(data["seed"])
+        seeds.append(data["settings"]["seed"])
         scores.append(data["scores"])
     assert all(isinstance(s, int) and 0 <= s < 2**64 for s in seeds) and seeds[0] != seeds[1]
     assert seeds[2] == seeds[0] and scores[2] == scores[0] != scores[1]  # the recorded seed repeats the run
@@ -279,14 +286,14 @@ def test_render_terminal_escapes_hostile_text(model_dirs, tmp_path, capsys):
     assert main([*argv, "--target", f" ran{evil}", f"The cat{evil} sat"]) == 0
     data = json.loads(out.read_text())
     data["method"] += evil
-    data["params"]["mask"] += evil
+    data["settings"]["pattern"] = f"p{evil}"
     data["target_tokens"][0] += evil
     out.write_text(json.dumps(data))
     assert main(["render", str(out), "--terminal"]) == 0
     shown = capsys.readouterr().out
     assert not re.search("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]", shown), repr(shown)
     escaped = "\\x1b]0;pwned\\x07\\x1b[2J\\r\\u202e"
-    assert f"leave_one_out{escaped}" in shown and f"mask=attention{escaped}" in shown
+    assert f"leave_one_out{escaped}" in shown and f"pattern=p{escaped}" in shown
     assert f"The cat{escaped} sat" in shown and f" ran{escaped}" in shown
 
 

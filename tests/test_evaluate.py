@@ -4,6 +4,7 @@ an interrupted benchmark, and malformed data reported."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import socket
@@ -55,19 +56,7 @@ def test_reversing_the_ranking_swaps_morf_and_lerf(zoo, recall_results):
 
 
 def _with_scores(res, scores):
-    return genattr.Attribution(
-        res.method,
-        res.prompt,
-        res.features,
-        scores,
-        res.target,
-        None,
-        res.level,
-        res.params,
-        res.seed,
-        res.diagnostics,
-        res.version,
-    )
+    return dataclasses.replace(res, scores=scores, token_scores=None, extras={})
 
 
 def test_erasure_values_and_signs_equal_direct_scoring(zoo, recall_results):

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -26,9 +27,7 @@ SCORES = [5.0, 4.0, 3.0, 2.0, 1.0]  # ranking 0, 1, 2, 3, 4
 
 def _attribution(lm, scores=SCORES, target=" up down"):
     res = genattr.explain(lm, PROMPT, target=target, method="random")
-    return genattr.Attribution(
-        res.method, res.prompt, res.features, np.array(scores), res.target, None, res.level, res.params
-    )
+    return dataclasses.replace(res, scores=np.array(scores), token_scores=None, diagnostics={}, extras={})
 
 
 def _present(res, input_ids: torch.Tensor, visible: torch.Tensor) -> list[list[bool]]:
@@ -171,7 +170,7 @@ def test_similarity_kl_and_probability_ratio_equal_direct_model_calls(word_lm):
     masked = list(ids)
     for f in (1, 4):
         for t in res.features[f].tokens:
-            masked[t] = res.params["baseline"]
+            masked[t] = res.settings.baseline
     y = _greedy(lm, ids, 4)
     assert out["original"] == lm.tokenizer.decode(y) and len(y) >= 2
     assert out["masked"] == lm.tokenizer.decode(_greedy(lm, masked, 4))
@@ -220,7 +219,7 @@ def test_similarity_refuses_k_outside_the_features(word_lm, k):
 
 def test_masker_follows_the_attribution_unless_told_otherwise(word_lm):
     res = _attribution(word_lm)
-    res.params = {**res.params, "mask": "replace", "baseline": "eos"}
+    res.settings = dataclasses.replace(res.settings, mask="replace", baseline="eos")
     eos = word_lm.tokenizer.eos_token_id
     m = F.masker_for(word_lm, res)
     assert (m.strategy, m.baseline_id) == ("replace", eos)
@@ -228,7 +227,7 @@ def test_masker_follows_the_attribution_unless_told_otherwise(word_lm):
     assert (m.strategy, m.baseline_id) == ("delete", 4)
     m = F.masker_for(word_lm, res, baseline=0)
     assert (m.strategy, m.baseline_id) == ("replace", 0)
-    res.params = {}
+    res.settings = genattr.Settings()
     m = F.masker_for(word_lm, res)
     assert (m.strategy, m.baseline_id) == ("attention", word_lm.tokenizer.pad_token_id)
     assert [f.index for f in m.features] == list(range(5))

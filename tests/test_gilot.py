@@ -30,7 +30,7 @@ WORD_PROMPT = "red cat sat"
 def _oracle_token_scores(lm, res, J, distance) -> np.ndarray:
     """L(p_m(Y_j), p_m/a(Y_j)) for every position and feature, from the enumerated distributions."""
     prompt = res.prompt
-    masker = Masker(lm, prompt, res.features, "replace", res.params["baseline"])
+    masker = Masker(lm, prompt, res.features, "replace", res.settings.baseline)
     full = _exact_marginals(lm, prompt.input_ids, J)
     E = lm.embedding_matrix.detach().double()
     cost = (1 - torch.nn.functional.cosine_similarity(E[:, None], E[None], dim=-1)).clamp(min=0)
@@ -260,9 +260,9 @@ def test_gilot_with_the_default_attention_mask_equals_enumeration(word_lm, dista
         top_k=None,
         mass_threshold=0.0,
     )
-    assert res.params["mask"] == "attention"
+    assert res.settings.mask == "attention"
     prompt = res.prompt
-    masker = Masker(lm, prompt, res.features, "attention", res.params["baseline"])
+    masker = Masker(lm, prompt, res.features, "attention", res.settings.baseline)
     full = _exact_marginals(lm, prompt.input_ids, J)
     E = lm.embedding_matrix.detach().double()
     cost = (1 - torch.nn.functional.cosine_similarity(E[:, None], E[None], dim=-1)).clamp(min=0)

@@ -143,7 +143,7 @@ def test_ig_is_exact_on_a_quadratic_model(llama, rule, n_steps, curvature):
         quad, "integrated_gradients", level="token", n_steps=n_steps, quadrature=rule, baselines="token"
     )
     x = llama.embed(torch.tensor([res.prompt.input_ids]))[0].detach().float()
-    base = llama.embed(torch.tensor([_replaced(res, res.params["baseline"])]))[0].detach().float()
+    base = llama.embed(torch.tensor([_replaced(res, res.settings.baseline)]))[0].detach().float()
     closed = ((x - base)[None] * (quad.B + quad.C * (x + base)[None] / 2)).sum(-1)  # [n, L]
     positions = [f.tokens[0] for f in res.features]
     np.testing.assert_allclose(res.token_scores, closed[:, positions].double().numpy(), rtol=1e-4, atol=1e-6)

@@ -62,3 +62,19 @@ def test_the_floors_are_the_lower_bounds_of_pyproject():
 def test_the_build_backend_is_pinned_and_the_licence_is_spdx():
     assert all("==" in r for r in PYPROJECT["build-system"]["requires"])
     assert PYPROJECT["project"]["license"] == "Apache-2.0"
+
+
+def test_the_version_is_read_from_the_package_metadata(monkeypatch):
+    from importlib.metadata import PackageNotFoundError, version
+
+    import genattr
+    from genattr import _version
+
+    assert genattr.__version__ == _version.__version__ == version("genattr")
+    assert Version(genattr.__version__) == Version(PYPROJECT["project"]["version"])
+
+    def not_installed(name):
+        raise PackageNotFoundError(name)
+
+    monkeypatch.setattr(_version, "version", not_installed)
+    assert _version.installed_version() == _version.UNKNOWN and Version(_version.UNKNOWN)

@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 
-from genattr import tiny
+from genattr import testing
 from genattr.errors import (
     EmptyPromptError,
     InputError,
@@ -42,10 +42,10 @@ SENTENCES = ["The cat sat on the mat.", "Then a dog runs!", "Is it warm?"]
 
 @pytest.fixture(scope="module")
 def tokenizers():
-    lines = tiny.corpus(300)
-    out = {kind: tiny.train_tokenizer(kind, lines) for kind in ("byte_bpe", "sentencepiece")}
+    lines = testing.corpus(300)
+    out = {kind: testing.train_tokenizer(kind, lines) for kind in ("byte_bpe", "sentencepiece")}
     # A word-level tokenizer sees punctuation attached to words, as the zoo's vocabulary has it.
-    out["word"] = tiny.train_tokenizer("word", lines + [TEXT])
+    out["word"] = testing.train_tokenizer("word", lines + [TEXT])
     return out
 
 
@@ -209,7 +209,7 @@ def _byte_bpe_without_full_alphabet():
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"], show_progress=False)
-    tok.train_from_iterator(tiny.corpus(100), trainer)
+    tok.train_from_iterator(testing.corpus(100), trainer)
     tok.post_processor = processors.ByteLevel(trim_offsets=True)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", unk_token="<|endoftext|>")
 

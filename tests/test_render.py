@@ -12,7 +12,7 @@ import pytest
 from matplotlib.figure import Figure
 from rich.console import Console
 
-from genattr import Attribution, Feature, Prompt, Target
+from genattr import Attribution, Feature, Prompt, Settings, Target
 from genattr.errors import InputError
 from genattr.render import NEGATIVE, NEUTRAL, POSITIVE, fmt, visible
 from genattr.render.html import render_fragment, render_html
@@ -123,7 +123,7 @@ def evil() -> Attribution:
         method='<script>alert(1)</script>"m',
         params={"p": "<script>x</script>"},
         diagnostics={"model": "<!--m-->", "forward_passes": 3, "seconds": 0.5},
-        seed=7,
+        settings=Settings(level="regex", pattern="<script>s</script>", seed=7),
     )
 
 
@@ -152,6 +152,7 @@ def test_html_escapes_every_user_string(evil):
     head = doc.find(cls="ga-head")[0]["text"]
     assert evil.method in head and "<!--m-->" in head and "forward_passes 3" in head and "seconds 0.5" in head
     assert "p=<script>x</script>" in doc.find(cls="ga-params")[0]["text"]
+    assert "pattern=<script>s</script>" in doc.find(cls="ga-settings")[0]["text"]
     cells = doc.find("td")
     assert [c["attrs"]["title"] for c in cells] == [
         f"{t} / {f.text}: score {fmt(v)}"
@@ -321,7 +322,7 @@ def test_terminal_never_prints_control_or_bidi_characters_from_a_result(kind):
         method=f"m{evil}",
         params={f"k{evil}": f"v{evil}"},
         diagnostics={"model": f"model{evil}"},
-        seed=1,
+        settings=Settings(level="regex", pattern=f"p{evil}", seed=1),
     )
     res = dataclasses.replace(res, target=dataclasses.replace(res.target, text=f"target{evil}"))
     for color in (True, False):
@@ -331,7 +332,7 @@ def test_terminal_never_prints_control_or_bidi_characters_from_a_result(kind):
         )
         text = SGR.sub("", out.getvalue())
         assert not re.search("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]", text), repr(text)
-        assert text.count(visible(evil)) >= 5  # prompt, token, method, parameters, model, target
+        assert text.count(visible(evil)) >= 6  # prompt, token, method, parameters, settings, model, target
 
 
 def test_terminal_prints_the_scores_of_a_result_without_matrix():
@@ -360,12 +361,18 @@ def test_each_legend_spans_the_range_of_what_it_colours():
     assert rgb(top["attrs"]["style"]) == POSITIVE
 
 
-def test_parameters_leave_out_unset_values_and_the_header_gives_the_unit():
-    res = make(
-        "one two", params={"n_samples": 3, "pattern": None, "spans": None, "objective": "log_prob"}, seed=5
-    )
+def test_parameters_and_settings_leave_out_unset_values_and_the_header_gives_the_unit():
+    res = make("one two", params={"n_samples": 3, "init": None}, settings=Settings(baseline=0, seed=5))
     doc = Page(render_fragment(res))
-    assert doc.find(cls="ga-params")[0]["text"] == "parameters: n_samples=3, objective=log_prob, seed=5"
+    assert doc.find(cls="ga-params")[0]["text"] == "parameters: n_samples=3"
+    assert doc.find(cls="ga-settings")[0]["text"] == "settings: mask=attention, baseline=0, seed=5"
+    assert "level word" in doc.find(cls="ga-head")[0]["text"]
     assert "objective log_prob (nats)" in doc.find(cls="ga-head")[0]["text"]
-    prob = make("one two", params={"objective": "prob"})
+    prob = make("one two", settings=Settings(objective="prob"))
     assert "objective prob (probability)" in Page(render_fragment(prob)).find(cls="ga-head")[0]["text"]
+    spans = make("one two", settings=Settings(level="spans", spans=[(0, 3)], max_new_tokens=4))
+    shown = Page(render_fragment(spans)).find(cls="ga-settings")[0]["text"]
+    assert shown == "settings: mask=attention, max_new_tokens=4, spans=((0, 3),)"
+    out = io.StringIO()
+    print_attribution(res, console=Console(file=out, width=200))
+    assert "parameters: n_samples=3\nsettings: mask=attention, baseline=0, seed=5\n" in out.getvalue()

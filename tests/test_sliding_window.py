@@ -10,7 +10,7 @@ import torch
 
 import genattr
 import genattr.model.prefix
-from genattr import tiny
+from genattr import testing
 from genattr.algorithms.gilot.beams import beam_search, score_beam_tree
 from genattr.errors import UnsupportedModelError
 from genattr.masking import Masker
@@ -30,8 +30,8 @@ PROMPT = "red cat sat up down dog ran blue"
 def sliding_lm(request):
     from transformers import AutoModelForCausalLM
 
-    tokenizer = tiny.train_tokenizer("word", [WORDS])
-    config = tiny.model_config(
+    tokenizer = testing.train_tokenizer("word", [WORDS])
+    config = testing.model_config(
         "qwen2", len(tokenizer), hidden=16, layers=2, heads=2, context=64, tokenizer=tokenizer
     )
     config.use_sliding_window, config.sliding_window, config.max_window_layers = True, WINDOW, 0
@@ -98,8 +98,8 @@ def test_layers_of_other_kinds_are_refused_only_where_genattr_builds_masks():
     masks) still works."""
     from transformers import AutoModelForCausalLM
 
-    tokenizer = tiny.train_tokenizer("word", [WORDS])
-    config = tiny.model_config(
+    tokenizer = testing.train_tokenizer("word", [WORDS])
+    config = testing.model_config(
         "llama", len(tokenizer), hidden=16, layers=2, heads=2, context=64, tokenizer=tokenizer
     )
     config.layer_types = ["chunked_attention", "full_attention"]

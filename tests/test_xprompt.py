@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import genattr
-from genattr import tiny
+from genattr import testing
 from genattr.algorithms.xprompt import XPrompt, mask_gradient, relaxed_log_likelihood
 from genattr.masking import Masker
 from genattr.problem import Problem
@@ -63,7 +63,7 @@ def exhaustive(problem: Problem, k: int) -> tuple[list[tuple[int, ...]], torch.T
 def instances(lms):
     """Random instances: a prompt of 8 to 12 word features cut from the tiny corpus, the next three
     words as target, k in {2, 3}, on each architecture in turn; with their exhaustive optimum."""
-    words = " ".join(tiny.corpus(60)).split()
+    words = " ".join(testing.corpus(60)).split()
     rng = random.Random(11)
     out = []
     while len(out) < N_INSTANCES:

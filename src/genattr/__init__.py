@@ -16,10 +16,9 @@ import importlib
 from typing import TYPE_CHECKING
 
 from . import errors
+from ._version import __version__
 from .defaults import MASKS
 from .segment import LEVELS
-
-__version__ = "0.1.0"
 
 _LAZY = {
     "Attribution": "result",
@@ -28,6 +27,7 @@ _LAZY = {
     "LanguageModel": "model",
     "MethodInfo": "registry",
     "Prompt": "prompt",
+    "Settings": "settings",
     "Target": "target",
     "explain": "api",
     "load": "model",
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from .prompt import Feature, Prompt
     from .registry import MethodInfo, methods
     from .result import Attribution
+    from .settings import Settings
     from .target import Target
 
 
@@ -64,6 +65,7 @@ __all__ = [
     "MASKS",
     "MethodInfo",
     "Prompt",
+    "Settings",
     "Target",
     "__version__",
     "errors",

@@ -9,13 +9,23 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from . import registry
-from .defaults import DEFAULT_MASK, DEFAULT_MAX_NEW_TOKENS
+from ._version import __version__
+from .defaults import (
+    DEFAULT_LEVEL,
+    DEFAULT_MASK,
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_METHOD,
+    DEFAULT_OBJECTIVE,
+    DEFAULT_SEED,
+    SEED_LIMIT,
+)
 from .errors import InputError, InvalidParameterError, NumericalError
 from .masking import Masker
 from .model import LanguageModel, load
 from .problem import Problem
 from .prompt import Prompt
-from .result import SEED_LIMIT, Attribution
+from .result import Attribution
+from .settings import Settings
 from .target import resolve_target
 
 
@@ -50,21 +60,37 @@ def _seed(seed) -> int:
     return int(seed)
 
 
+def _method_params(params: Mapping[str, object] | None, keywords: dict) -> dict:
+    """The method's parameters, from the ``params`` mapping and the extra keywords of a call."""
+    if params is not None and not isinstance(params, Mapping):
+        raise InputError(
+            f"params must be a mapping of parameter names to values, not {type(params).__name__}."
+        )
+    params = dict(params or {})
+    twice = sorted(set(params) & set(keywords))
+    if twice:
+        raise InvalidParameterError(
+            f"parameters {twice} are given both in params= and as keywords; give each once."
+        )
+    return {**params, **keywords}
+
+
 def explain(
     lm: LanguageModel | str,
     prompt: str | Sequence[Mapping[str, str]] | Prompt,
     target: str | Sequence[int] | None = None,
     *,
-    method: str = "leave_one_out",
-    level: str = "word",
+    method: str = DEFAULT_METHOD,
+    level: str = DEFAULT_LEVEL,
     mask: str = DEFAULT_MASK,
     baseline: int | str | None = None,
-    seed: int | None = 0,
-    objective: str = "log_prob",
+    seed: int | None = DEFAULT_SEED,
+    objective: str = DEFAULT_OBJECTIVE,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     pattern=None,
     spans=None,
-    **params,
+    params: Mapping[str, object] | None = None,
+    **method_params,
 ) -> Attribution:
     """Explain what ``lm`` wrote after ``prompt`` in terms of the prompt's features.
 
@@ -76,7 +102,10 @@ def explain(
     token that stands in for it. ``objective`` is ``log_prob`` (default) or ``prob``.
     ``seed`` (an integer in [0, 2**64)) drives every random draw of a stochastic method; None
     draws a fresh seed, recorded in the result's ``seed``.
-    Other keywords are the method's parameters (``n_samples``, ``n_steps``, ...), validated by it.
+    Other keywords are the method's parameters (``n_samples``, ``n_steps``, ...), validated by it
+    and recorded in the result's ``params``; ``params`` may give them as a mapping instead, which
+    also reaches a parameter named like one of the settings above. The settings, as they took
+    effect, are recorded apart in the result's ``settings`` (:class:`~genattr.settings.Settings`).
 
     >>> lm = genattr.load("path/to/model")                                    # doctest: +SKIP
     >>> res = genattr.explain(lm, "The capital of France is", target=" Paris",
@@ -88,7 +117,7 @@ def explain(
         raise InvalidParameterError(
             f"{method} takes no target: it explains the model's own likely outputs; pass target=None."
         )
-    algorithm = method_cls(**params)
+    algorithm = method_cls(**_method_params(params, method_params))
     if isinstance(lm, str):
         lm = load(lm)
     if max_new_tokens < 1:
@@ -113,17 +142,16 @@ def explain(
         "seconds": round(time.perf_counter() - started, 6),
         **output.diagnostics,
     }
-    call = {
-        "level": level,
-        "mask": mask,
-        "baseline": masker.baseline_id,
-        "objective": objective,
-        "max_new_tokens": max_new_tokens if target is None else None,
-        "pattern": getattr(pattern, "pattern", pattern),
-        "spans": spans,
-    }
-    from . import __version__
-
+    settings = Settings(
+        level=level,
+        mask=mask,
+        baseline=masker.baseline_id,
+        objective=objective,
+        max_new_tokens=max_new_tokens if target is None else None,
+        pattern=pattern if level == "regex" else None,
+        spans=spans if level == "spans" else None,
+        seed=seed if method_cls.stochastic else None,
+    )
     return Attribution(
         method=method,
         prompt=prompt_obj,
@@ -131,9 +159,8 @@ def explain(
         scores=scores,
         target=output.target or resolved,
         token_scores=token_scores,
-        level=level,
-        params={**algorithm.values, **call},
-        seed=seed if method_cls.stochastic else None,
+        settings=settings,
+        params=dict(algorithm.values),
         diagnostics={"model": lm.name, **diagnostics},
         version=__version__,
         extras=output.extras,

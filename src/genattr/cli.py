@@ -20,8 +20,18 @@ from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from . import __version__
-from .defaults import BASELINE_NAMES, DEFAULT_MASK, DEFAULT_MAX_NEW_TOKENS, MASKS
+from ._version import __version__
+from .defaults import (
+    BASELINE_NAMES,
+    DEFAULT_LEVEL,
+    DEFAULT_MASK,
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_METHOD,
+    DEFAULT_SEED,
+    DEFAULT_SIMILARITY_K,
+    MASKS,
+    SEED_LIMIT,
+)
 from .errors import GenattrError, InputError, InvalidParameterError
 from .segment import LEVELS
 
@@ -86,8 +96,6 @@ def _param_value(method_cls, key: str, text: str) -> object:
 
 def _seed(text: str) -> int | None:
     """``--seed``: an integer in [0, 2**64), or ``random`` for a fresh seed recorded in the result."""
-    from .result import SEED_LIMIT
-
     if text.strip().lower() == "random":
         return None
     try:
@@ -143,8 +151,8 @@ def progress_bar(lm, enabled: bool, label: str = "scoring"):
 def cmd_explain(args: argparse.Namespace) -> int:
     from . import registry
     from .api import explain
+    from .io import check_writable, write_atomic
     from .model import load
-    from .result import check_writable
 
     method_cls = registry.get(args.method)  # an unknown name fails before the model loads
     if args.target is not None and not method_cls.needs_target:
@@ -169,15 +177,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
             baseline=args.baseline,
             seed=args.seed,
             max_new_tokens=args.max_new_tokens,
-            **params,
+            params=params,
         )
     if not args.quiet:
         res.show()
     if args.json:
         res.save(args.json)
     if args.html:
-        from .result import write_atomic
-
         write_atomic(Path(args.html), res.to_html(title=f"genattr: {res.method}"))
     return 0
 
@@ -201,7 +207,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from .result import Attribution, check_writable, write_atomic
+    from .io import check_writable, write_atomic
+    from .result import Attribution
 
     if args.html:
         check_writable(args.html)
@@ -253,7 +260,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
-    from .result import check_writable
+    from .io import check_writable
 
     check_writable(args.out)
     _configure_transformers(args.verbose)
@@ -280,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
         "file, a local model directory or a hub id",
     )
     ex.add_argument(
-        "--method", default="leave_one_out", metavar="NAME", help="attribution method (see `genattr methods`)"
+        "--method", default=DEFAULT_METHOD, metavar="NAME", help="attribution method (see `genattr methods`)"
     )
     group = ex.add_mutually_exclusive_group()
     group.add_argument("--target", help="the continuation to explain (default: the model's greedy output)")
@@ -290,7 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_MAX_NEW_TOKENS,
         help="length of the greedy output explained when no --target is given",
     )
-    ex.add_argument("--level", default="word", choices=[lv for lv in LEVELS if lv not in ("regex", "spans")])
+    ex.add_argument(
+        "--level", default=DEFAULT_LEVEL, choices=[lv for lv in LEVELS if lv not in ("regex", "spans")]
+    )
     ex.add_argument("--mask", default=DEFAULT_MASK, choices=MASKS)
     ex.add_argument(
         "--baseline",
@@ -301,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument(
         "--seed",
         type=_seed,
-        default=0,
+        default=DEFAULT_SEED,
         help="seed of a stochastic method: an integer in [0, 2**64), or random (drawn and recorded)",
     )
     ex.add_argument(
@@ -349,13 +358,22 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--metrics", default="curves,erasure,similarity,ground_truth")
     be.add_argument("--out", required=True, help="output directory (resumable)")
     be.add_argument("--n", type=int, default=None, help="examples per dataset (zoo: default 10)")
-    be.add_argument("--seed", type=_fixed_seed, default=0, help="an integer in [0, 2**64)")
-    be.add_argument("--level", default="word", choices=[lv for lv in LEVELS if lv not in ("regex", "spans")])
+    be.add_argument("--seed", type=_fixed_seed, default=DEFAULT_SEED, help="an integer in [0, 2**64)")
+    be.add_argument(
+        "--level", default=DEFAULT_LEVEL, choices=[lv for lv in LEVELS if lv not in ("regex", "spans")]
+    )
     be.add_argument(
         "--mask", default=None, choices=MASKS, help="masking strategy (default: the library default)"
     )
-    be.add_argument("--max-new-tokens", type=int, default=20)
-    be.add_argument("--k", type=int, default=3, help="features removed in the similarity protocol")
+    be.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=DEFAULT_MAX_NEW_TOKENS,
+        help="length of the greedy outputs explained and compared by the faithfulness protocols",
+    )
+    be.add_argument(
+        "--k", type=int, default=DEFAULT_SIMILARITY_K, help="features removed in the similarity protocol"
+    )
     be.add_argument("--device", default=None)
     be.add_argument("--dtype", default=None)
     be.add_argument("--quiet", "-q", action="store_true")

@@ -29,9 +29,9 @@ from . import registry
 from .api import explain
 from .errors import GenattrWarning, TooManyFeaturesError
 from .evaluate import ground_truth
+from .io import write_atomic
 from .model import load
 from .prompt import Prompt
-from .result import write_atomic
 from .usecases import icl_orders, slot_probe
 from .zoo import TASKS, examples
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .defaults import DEFAULT_OBJECTIVE, DEFAULT_SEED, OBJECTIVES
 from .errors import InvalidParameterError
 from .masking import Masker
 from .model import LanguageModel
@@ -27,7 +28,6 @@ from .prompt import Prompt
 from .segment import Feature
 from .target import Target
 
-OBJECTIVES = ("log_prob", "prob")
 EVALUATION_PASSES = 64
 """Coalitions are turned into prompt variants this many forward passes' worth at a time (rows under
 the model's ``max_batch_tokens``), so that scoring any number of coalitions holds a bounded number
@@ -41,8 +41,8 @@ class Problem:
     features: list[Feature]
     target: Target | None
     masker: Masker
-    objective: str = "log_prob"
-    seed: int | None = 0
+    objective: str = DEFAULT_OBJECTIVE
+    seed: int | None = DEFAULT_SEED
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:

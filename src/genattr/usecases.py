@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .api import explain
+from .defaults import DEFAULT_LEVEL, DEFAULT_SEED
 from .errors import InvalidParameterError
 from .model import Batch, LanguageModel
 from .prompt import Prompt
@@ -107,9 +108,9 @@ def icl_orders(
     prefix: str = "",
     separator: str = " ",
     method: str = "gilot",
-    level: str = "word",
+    level: str = DEFAULT_LEVEL,
     max_orders: int | None = None,
-    seed: int = 0,
+    seed: int = DEFAULT_SEED,
     absolute: bool = False,
     **params,
 ) -> ICLStudy:
@@ -196,7 +197,7 @@ def slot_probe(
     fillers: Sequence[str],
     *,
     method: str = "gilot",
-    level: str = "word",
+    level: str = DEFAULT_LEVEL,
     target: str | None = None,
     **params,
 ) -> list[SlotRow]:

@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from scipy.integrate import trapezoid
 
-from ..defaults import DEFAULT_MASK
+from ..defaults import DEFAULT_MAX_NEW_TOKENS, DEFAULT_SEED, DEFAULT_SIMILARITY_K
 from ..errors import InputError
 from ..masking import Masker
 from ..model import LanguageModel
@@ -61,13 +61,14 @@ ERASURE_PERCENTS = (1, 5, 10, 20, 50)
 
 
 def masker_for(lm: LanguageModel, res: Attribution, mask: str | None = None, baseline=None) -> Masker:
-    """A masker that removes ``res``'s features the way the attribution was made (or as asked)."""
+    """A masker that removes ``res``'s features the way the attribution was made (its
+    ``settings.mask`` and ``settings.baseline``), or with the ``mask`` and ``baseline`` asked for."""
     return Masker(
         lm,
         res.prompt,
         res.features,
-        mask or res.params.get("mask") or DEFAULT_MASK,
-        baseline if baseline is not None else res.params.get("baseline"),
+        mask or res.settings.mask,
+        baseline if baseline is not None else res.settings.baseline,
     )
 
 
@@ -110,7 +111,7 @@ def perturbation_curves(
     res: Attribution,
     *,
     step: float = 0.1,
-    max_new_tokens: int = 20,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     embedder: str = "model",
     mask: str | None = None,
 ) -> Curves:
@@ -194,10 +195,10 @@ def similarity(
     lm: LanguageModel,
     res: Attribution,
     *,
-    k: int = 3,
-    max_new_tokens: int = 20,
+    k: int = DEFAULT_SIMILARITY_K,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     n_random: int = 5,
-    seed: int = 0,
+    seed: int = DEFAULT_SEED,
     encoder: str = "sentence",
     mask: str | None = None,
 ) -> dict:

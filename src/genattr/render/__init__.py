@@ -21,6 +21,7 @@ POSITIVE: RGB = (214, 39, 40)
 NEGATIVE: RGB = (31, 119, 180)
 NEUTRAL: RGB = (255, 255, 255)
 KEY_DIAGNOSTICS = ("model", "forward_passes", "tokens_processed", "seconds")
+HEADER_SETTINGS = ("level", "objective")
 OBJECTIVE_UNITS = {"log_prob": "nats", "prob": "probability"}
 LEGEND = "red: positive score, blue: negative, white: 0; intensity is |score| / max |score|"
 
@@ -90,7 +91,7 @@ def header(res) -> list[tuple[str, str]]:
     """``(name, value)`` pairs for the header line: method, level, the objective with its unit,
     and the key diagnostics present."""
     items = [("method", res.method), ("level", res.level)]
-    objective = res.params.get("objective")
+    objective = res.settings.objective
     if objective in OBJECTIVE_UNITS:
         items.append(("objective", f"{objective} ({OBJECTIVE_UNITS[objective]})"))
     for key in KEY_DIAGNOSTICS:
@@ -101,11 +102,14 @@ def header(res) -> list[tuple[str, str]]:
 
 
 def parameters(res) -> str:
-    """The method's parameters and the seed as ``name=value`` pairs, leaving out those not set."""
-    pairs = [f"{k}={v}" for k, v in res.params.items() if v is not None]
-    if res.seed is not None:
-        pairs.append(f"seed={res.seed}")
-    return ", ".join(pairs)
+    """The method's parameters as ``name=value`` pairs, leaving out those not set."""
+    return ", ".join(f"{k}={v}" for k, v in res.params.items() if v is not None)
+
+
+def settings(res) -> str:
+    """The call's settings as ``name=value`` pairs: only those that are set, and not the level
+    and objective, which :func:`header` gives."""
+    return ", ".join(f"{k}={v}" for k, v in res.settings.set_items(leave_out=HEADER_SETTINGS))
 
 
 def target_label(res) -> str:

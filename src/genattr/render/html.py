@@ -10,14 +10,30 @@ from __future__ import annotations
 
 import html
 from collections.abc import Collection, Sequence
+from typing import TYPE_CHECKING
 
 from ..errors import InputError
-from ..result import Attribution
-from . import LEGEND, RGB, colour, fmt, header, ink, max_abs, parameters, pieces, target_label, visible
+from . import (
+    LEGEND,
+    RGB,
+    colour,
+    fmt,
+    header,
+    ink,
+    max_abs,
+    parameters,
+    pieces,
+    settings,
+    target_label,
+    visible,
+)
+
+if TYPE_CHECKING:
+    from ..result import Attribution
 
 CSS = """
 .genattr{font-family:system-ui,sans-serif;line-height:1.6;margin:1em 0}
-.genattr .ga-head,.genattr .ga-params,.genattr .ga-legend{color:#444;font-size:.9em}
+.genattr .ga-head,.genattr .ga-params,.genattr .ga-settings,.genattr .ga-legend{color:#444;font-size:.9em}
 .genattr .ga-label{font-weight:600;margin-right:.5em}
 .genattr .ga-text{white-space:pre-wrap;font-family:ui-monospace,monospace;border:1px solid #ddd;
  padding:.4em;margin:.3em 0}
@@ -49,6 +65,9 @@ def _head(res: Attribution) -> str:
     params = parameters(res)
     if params:
         out += f'<div class="ga-params">parameters: {_e(params)}</div>'
+    called = settings(res)
+    if called:
+        out += f'<div class="ga-settings">settings: {_e(called)}</div>'
     return out
 
 

@@ -5,11 +5,15 @@ works headless and leaves no global state; labels are drawn literally (no mathte
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from matplotlib.figure import Figure
 
 from ..errors import InputError
-from ..result import Attribution
 from . import colour, max_abs, visible
+
+if TYPE_CHECKING:
+    from ..result import Attribution
 
 KINDS = ("auto", "heatmap", "bar")
 

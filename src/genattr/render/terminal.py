@@ -12,6 +12,7 @@ one-row table of its scores, so the numbers show where colours do not (a pipe, a
 from __future__ import annotations
 
 from collections.abc import Collection
+from typing import TYPE_CHECKING
 
 from rich import box
 from rich.color import Color
@@ -20,8 +21,10 @@ from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
-from ..result import Attribution
-from . import LEGEND, colour, fmt, header, ink, max_abs, parameters, pieces, target_label, visible
+from . import LEGEND, colour, fmt, header, ink, max_abs, parameters, pieces, settings, target_label, visible
+
+if TYPE_CHECKING:
+    from ..result import Attribution
 
 MAX_COLUMNS = 12
 
@@ -74,7 +77,7 @@ def print_attribution(
     head = Text(" · ").join(
         Text.assemble(f"{name} ", (visible(value), "bold")) for name, value in header(res)
     )
-    params = parameters(res)
+    params, called = parameters(res), settings(res)
     prompt = Text("prompt: ", style="bold")
     for text, i in pieces(res):
         style = None if i is None else _style(res.scores[i], scale, i in mark)
@@ -93,6 +96,8 @@ def print_attribution(
     console.print(head)
     if params:
         console.print(Text.assemble(("parameters: ", "bold"), visible(params)))
+    if called:
+        console.print(Text.assemble(("settings: ", "bold"), visible(called)))
     console.print(prompt)
     console.print(Text.assemble((f"{target_label(res)}: ", "bold"), visible(res.target.text, layout=True)))
     console.print(legend)

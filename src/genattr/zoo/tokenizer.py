@@ -17,7 +17,7 @@ CHAT_TEMPLATE = (
 
 
 def build_tokenizer():
-    from ..tiny import word_tokenizer
+    from ..testing import word_tokenizer
 
     fast = word_tokenizer(vocabulary())
     fast.chat_template = CHAT_TEMPLATE
