@@ -39,7 +39,7 @@ import genattr
 from common import load_model, time_calls, token_exact_texts
 from genattr import ot
 from genattr.masking import Masker
-from genattr.prompt import Prompt
+from genattr.text.prompt import Prompt
 
 PROMPT_TOKENS, BEAMS, POSITIONS, TOP_K = 32, 10, 10, 100
 TARGET_SPEEDUP = 10.0

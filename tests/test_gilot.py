@@ -18,7 +18,7 @@ import genattr
 from genattr.algorithms.gilot import divergence
 from genattr.errors import ConvergenceWarning, GenattrWarning, InvalidParameterError, LowBeamMassWarning
 from genattr.masking import Masker
-from genattr.prompt import Prompt
+from genattr.text.prompt import Prompt
 
 from .conftest import word_level_lm
 

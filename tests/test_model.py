@@ -13,7 +13,7 @@ import genattr.model
 from genattr.errors import ContextLengthError, ModelLoadError, NumericalError
 from genattr.masking import Masker
 from genattr.model import Inputs, LanguageModel, _prefix_cuts
-from genattr.prompt import Prompt
+from genattr.text.prompt import Prompt
 
 from .conftest import ARCHS, naive_log_probs
 

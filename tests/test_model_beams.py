@@ -10,7 +10,7 @@ import torch
 import genattr.model
 from genattr.errors import InvalidParameterError
 from genattr.masking import Masker
-from genattr.prompt import Prompt
+from genattr.text.prompt import Prompt
 
 PROMPT = "The cat sat on the mat. Then a dog runs!"
 

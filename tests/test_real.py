@@ -25,7 +25,7 @@ import genattr
 from genattr import catalog, registry
 from genattr.cli import main
 from genattr.model import Inputs
-from genattr.prompt import Prompt, default_system_message
+from genattr.text.prompt import Prompt, default_system_message
 
 from .conftest import naive_log_probs
 

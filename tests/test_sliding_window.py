@@ -13,7 +13,7 @@ import genattr.model
 from genattr import tiny
 from genattr.errors import UnsupportedModelError
 from genattr.masking import Masker
-from genattr.prompt import Prompt
+from genattr.text.prompt import Prompt
 
 from .conftest import WORDS
 from .test_model_beams import _naive_tree_marginals

@@ -14,7 +14,7 @@ from transformers.utils import logging as hf_logging
 
 from genattr.masking import Masker
 from genattr.model import Inputs, LanguageModel, returned_cache
-from genattr.prompt import Prompt
+from genattr.text.prompt import Prompt
 
 PROMPT = "The cat sat on the mat. Then a dog runs!"
 TARGET = " and the bird sings"

@@ -17,18 +17,18 @@ from typing import TYPE_CHECKING
 
 from . import errors
 from .defaults import MASKS
-from .segment import LEVELS
+from .text.segment import LEVELS
 
 __version__ = "0.1.0"
 
 _LAZY = {
     "Attribution": "result",
-    "Feature": "prompt",
+    "Feature": "text.prompt",
     "Inputs": "model",
     "LanguageModel": "model",
     "MethodInfo": "registry",
-    "Prompt": "prompt",
-    "Target": "target",
+    "Prompt": "text.prompt",
+    "Target": "text.target",
     "explain": "api",
     "load": "model",
     "methods": "registry",
@@ -37,10 +37,10 @@ _LAZY = {
 if TYPE_CHECKING:
     from .api import explain
     from .model import Inputs, LanguageModel, load
-    from .prompt import Feature, Prompt
     from .registry import MethodInfo, methods
     from .result import Attribution
-    from .target import Target
+    from .text.prompt import Feature, Prompt
+    from .text.target import Target
 
 
 def __getattr__(name: str):

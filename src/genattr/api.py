@@ -14,9 +14,9 @@ from .errors import InputError, InvalidParameterError, NumericalError
 from .masking import Masker
 from .model import LanguageModel, load
 from .problem import Problem
-from .prompt import Prompt
 from .result import SEED_LIMIT, Attribution
-from .target import resolve_target
+from .text.prompt import Prompt
+from .text.target import resolve_target
 
 
 def _as_prompt(lm: LanguageModel, prompt) -> Prompt:

@@ -23,7 +23,7 @@ from pathlib import Path
 from . import __version__
 from .defaults import BASELINE_NAMES, DEFAULT_MASK, DEFAULT_MAX_NEW_TOKENS, MASKS
 from .errors import GenattrError, InputError, InvalidParameterError
-from .segment import LEVELS
+from .text.segment import LEVELS
 
 
 def _configure_transformers(verbose: bool) -> None:

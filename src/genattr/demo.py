@@ -30,8 +30,8 @@ from .api import explain
 from .errors import GenattrWarning, TooManyFeaturesError
 from .evaluate import ground_truth
 from .model import load
-from .prompt import Prompt
 from .result import write_atomic
+from .text.prompt import Prompt
 from .usecases import icl_orders, slot_probe
 from .zoo import TASKS, examples
 

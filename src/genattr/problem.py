@@ -23,9 +23,9 @@ import torch
 from .errors import InvalidParameterError
 from .masking import Masker
 from .model import LanguageModel
-from .prompt import Prompt
-from .segment import Feature
-from .target import Target
+from .text.prompt import Prompt
+from .text.segment import Feature
+from .text.target import Target
 
 OBJECTIVES = ("log_prob", "prob")
 EVALUATION_PASSES = 64

@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError, ResultFormatError
-from .prompt import Prompt
-from .segment import LEVELS, Feature, segment
-from .target import Target
+from .text.prompt import Prompt
+from .text.segment import LEVELS, Feature, segment
+from .text.target import Target
 
 SCHEMA = "genattr.attribution"
 SCHEMA_VERSION = 1

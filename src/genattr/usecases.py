@@ -32,8 +32,8 @@ import numpy as np
 from .api import explain
 from .errors import InvalidParameterError
 from .model import Inputs, LanguageModel
-from .prompt import Prompt
 from .result import Attribution
+from .text.prompt import Prompt
 
 
 def query_weight(attribution: Attribution, query_start: int, *, absolute: bool = False) -> float:

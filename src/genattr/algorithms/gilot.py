@@ -64,7 +64,7 @@ from ..errors import ConvergenceWarning, InvalidParameterError, LowBeamMassWarni
 from ..model import LanguageModel
 from ..problem import Problem
 from ..registry import register
-from ..target import Target
+from ..text.target import Target
 from .base import MAX_BEAMS, MAX_ITERATIONS, MAX_OUTPUT_POSITIONS, Method, Output, Param
 
 DISTANCES = ("ot", "kl", "js", "tv")

@@ -47,8 +47,8 @@ from .. import registry
 from ..api import explain
 from ..errors import GenattrError, GenattrWarning, InputError, ResultFormatError
 from ..model import LanguageModel
-from ..prompt import Prompt
 from ..result import write_atomic
+from ..text.prompt import Prompt
 from . import ground_truth
 from .faithfulness import erasure, perturbation_curves, similarity
 

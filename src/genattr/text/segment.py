@@ -27,7 +27,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .errors import InputError, NoMaskableFeaturesError, UnknownLevelError
+from ..errors import InputError, NoMaskableFeaturesError, UnknownLevelError
 
 LEVELS = ("token", "word", "sentence", "regex", "spans")
 

@@ -36,11 +36,11 @@ from collections.abc import Sequence
 
 import torch
 
-from .defaults import BASELINE_NAMES, DEFAULT_MASK, MASKS
-from .errors import UnknownMaskError
-from .model import Inputs, LanguageModel
-from .prompt import Prompt
-from .segment import Feature
+from ..defaults import BASELINE_NAMES, DEFAULT_MASK, MASKS
+from ..errors import UnknownMaskError
+from ..model import Inputs, LanguageModel
+from ..text.prompt import Prompt
+from ..text.segment import Feature
 
 
 def resolve_baseline(tokenizer, baseline: int | str | None, vocab_size: int) -> int:
