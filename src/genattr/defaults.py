@@ -4,7 +4,9 @@ command line can build its help without loading torch)."""
 from __future__ import annotations
 
 MASKS = ("attention", "replace", "delete")
-"""How a feature is removed: hidden from attention, replaced by a baseline token, or deleted."""
+"""The built-in masks (how a feature is removed: hidden from attention, replaced by a baseline token,
+or deleted), the command line's choices; the registry :data:`genattr.masking.MASKS` holds them
+(a test keeps the two in step) and any mask a user registers."""
 
 DEFAULT_MASK = "attention"
 

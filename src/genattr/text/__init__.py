@@ -11,7 +11,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 from .prompt import Prompt, default_system_message
-from .segment import LEVELS, Feature, segment
+from .segment import LEVELS, Feature, Level, register_level, segment
 
 _LAZY = {"Target": "target", "resolve_target": "target"}
 
@@ -30,9 +30,11 @@ def __getattr__(name: str):
 __all__ = [
     "LEVELS",
     "Feature",
+    "Level",
     "Prompt",
     "Target",
     "default_system_message",
+    "register_level",
     "resolve_target",
     "segment",
 ]
