@@ -32,14 +32,20 @@ _LAZY = {
     "explain": "api",
     "load": "model",
     "methods": "registry",
+    "register_level": "text.segment",
+    "register_mask": "masking",
+    "register_objective": "objectives",
 }
 
 if TYPE_CHECKING:
     from .api import explain
+    from .masking import register_mask
     from .model import Inputs, LanguageModel, load
+    from .objectives import register_objective
     from .registry import MethodInfo, methods
     from .result import Attribution
     from .text.prompt import Feature, Prompt
+    from .text.segment import register_level
     from .text.target import Target
 
 
@@ -70,4 +76,7 @@ __all__ = [
     "explain",
     "load",
     "methods",
+    "register_level",
+    "register_mask",
+    "register_objective",
 ]
