@@ -40,7 +40,7 @@ from common import load_model, time_calls, token_exact_texts
 from genattr.algorithms.gilot import ot
 from genattr.algorithms.gilot.beams import beam_search
 from genattr.masking import Masker
-from genattr.prompt import Prompt
+from genattr.text.prompt import Prompt
 
 PROMPT_TOKENS, BEAMS, POSITIONS, TOP_K = 32, 10, 10, 100
 TARGET_SPEEDUP = 10.0

@@ -28,7 +28,7 @@ from genattr import registry
 from genattr.errors import TooManyFeaturesError
 from genattr.evaluate.datasets import records
 from genattr.model import Batch
-from genattr.prompt import Prompt
+from genattr.text.prompt import Prompt
 
 PROMPT_TOKENS, TARGET_TOKENS = (45, 55), 16
 PARAMS = {

@@ -23,8 +23,8 @@ import genattr
 from common import load_model, time_calls, token_exact_texts
 from genattr.masking import Masker
 from genattr.problem import Problem
-from genattr.prompt import Prompt
-from genattr.target import resolve_target
+from genattr.text.prompt import Prompt
+from genattr.text.target import resolve_target
 
 
 def joint_drop(lm, prompt: str, target: str, removed: list[int]) -> float:

@@ -16,7 +16,7 @@ from safetensors import safe_open
 from genattr import catalog, testing
 from genattr.cli import main
 from genattr.errors import ModelLoadError
-from genattr.prompt import Prompt, default_system_message
+from genattr.text.prompt import Prompt, default_system_message
 from genattr.zoo import model_path
 
 SMOL_TEMPLATE = (

@@ -19,7 +19,7 @@ from genattr.algorithms.gilot import divergence
 from genattr.algorithms.gilot.beams import beam_search
 from genattr.errors import ConvergenceWarning, GenattrWarning, InvalidParameterError, LowBeamMassWarning
 from genattr.masking import Masker
-from genattr.prompt import Prompt
+from genattr.text.prompt import Prompt
 
 from .conftest import word_level_lm
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from genattr.algorithms.perturbation import Lime
-from genattr.target import Target
+from genattr.text.target import Target
 
 
 class TableProblem:

@@ -13,8 +13,8 @@ import torch
 from genattr.errors import InvalidParameterError, UnknownMaskError
 from genattr.masking import Masker, delete_spans, resolve_baseline
 from genattr.problem import Problem
-from genattr.prompt import Prompt
-from genattr.target import resolve_target
+from genattr.text.prompt import Prompt
+from genattr.text.target import resolve_target
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from genattr.errors import ContextLengthError, ModelLoadError, NumericalError
 from genattr.masking import Masker
 from genattr.model import Batch, LanguageModel
 from genattr.model.prefix import _prefix_cuts
-from genattr.prompt import Prompt
+from genattr.text.prompt import Prompt
 
 from .conftest import ARCHS, naive_log_probs
 

@@ -11,7 +11,7 @@ import genattr.model.prefix
 from genattr.algorithms.gilot.beams import beam_search, score_beam_tree
 from genattr.errors import InvalidParameterError
 from genattr.masking import Masker
-from genattr.prompt import Prompt
+from genattr.text.prompt import Prompt
 
 PROMPT = "The cat sat on the mat. Then a dog runs!"
 

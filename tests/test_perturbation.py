@@ -29,8 +29,8 @@ from genattr.algorithms.perturbation import (
 from genattr.errors import InvalidParameterError
 from genattr.masking import Masker
 from genattr.problem import Problem
-from genattr.prompt import Prompt
-from genattr.target import resolve_target
+from genattr.text.prompt import Prompt
+from genattr.text.target import resolve_target
 
 from .conftest import naive_log_probs
 

@@ -15,7 +15,7 @@ from genattr.errors import (
     UnknownLevelError,
     UnknownTokensWarning,
 )
-from genattr.prompt import Prompt
+from genattr.text.prompt import Prompt
 from genattr.zoo.tokenizer import build_tokenizer
 
 TEXT = "The cat sat on the mat. Then a dog runs!\nIs it warm?"

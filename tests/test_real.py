@@ -26,7 +26,7 @@ from genattr import catalog, registry
 from genattr.algorithms.gilot.beams import beam_search
 from genattr.cli import main
 from genattr.model import Batch
-from genattr.prompt import Prompt, default_system_message
+from genattr.text.prompt import Prompt, default_system_message
 
 from .conftest import naive_log_probs
 

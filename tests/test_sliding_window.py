@@ -14,7 +14,7 @@ from genattr import testing
 from genattr.algorithms.gilot.beams import beam_search, score_beam_tree
 from genattr.errors import UnsupportedModelError
 from genattr.masking import Masker
-from genattr.prompt import Prompt
+from genattr.text.prompt import Prompt
 
 from .conftest import WORDS
 from .test_model_beams import _naive_tree_marginals

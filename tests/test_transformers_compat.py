@@ -15,7 +15,7 @@ from transformers.utils import logging as hf_logging
 from genattr.algorithms.gilot.beams import beam_search
 from genattr.masking import Masker
 from genattr.model import Batch, LanguageModel, returned_cache
-from genattr.prompt import Prompt
+from genattr.text.prompt import Prompt
 
 PROMPT = "The cat sat on the mat. Then a dog runs!"
 TARGET = " and the bird sings"

@@ -19,8 +19,8 @@ from genattr import testing
 from genattr.algorithms.xprompt import XPrompt, mask_gradient, relaxed_log_likelihood
 from genattr.masking import Masker
 from genattr.problem import Problem
-from genattr.prompt import Prompt
-from genattr.target import resolve_target
+from genattr.text.prompt import Prompt
+from genattr.text.target import resolve_target
 
 from .conftest import word_level_lm
 

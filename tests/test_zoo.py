@@ -15,7 +15,7 @@ import torch
 import genattr
 from genattr.evaluate import ground_truth
 from genattr.masking import Masker
-from genattr.prompt import Prompt
+from genattr.text.prompt import Prompt
 from genattr.zoo import TASKS, examples, model_path
 from genattr.zoo.tasks import CLUSTERS, SHADES, vocabulary
 from genattr.zoo.tokenizer import build_tokenizer

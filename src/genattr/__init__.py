@@ -18,30 +18,36 @@ from typing import TYPE_CHECKING
 from . import errors
 from ._version import __version__
 from .defaults import MASKS
-from .segment import LEVELS
+from .text.segment import LEVELS
 
 _LAZY = {
     "Attribution": "result",
     "Batch": "model",
-    "Feature": "prompt",
+    "Feature": "text.prompt",
     "LanguageModel": "model",
     "MethodInfo": "registry",
-    "Prompt": "prompt",
+    "Prompt": "text.prompt",
     "Settings": "settings",
-    "Target": "target",
+    "Target": "text.target",
     "explain": "api",
     "load": "model",
     "methods": "registry",
+    "register_level": "text.segment",
+    "register_mask": "masking",
+    "register_objective": "objectives",
 }
 
 if TYPE_CHECKING:
     from .api import explain
+    from .masking import register_mask
     from .model import Batch, LanguageModel, load
-    from .prompt import Feature, Prompt
+    from .objectives import register_objective
     from .registry import MethodInfo, methods
     from .result import Attribution
     from .settings import Settings
-    from .target import Target
+    from .text.prompt import Feature, Prompt
+    from .text.segment import register_level
+    from .text.target import Target
 
 
 def __getattr__(name: str):
@@ -72,4 +78,7 @@ __all__ = [
     "explain",
     "load",
     "methods",
+    "register_level",
+    "register_mask",
+    "register_objective",
 ]

@@ -22,11 +22,12 @@ from .defaults import (
 from .errors import InputError, InvalidParameterError, NumericalError
 from .masking import Masker
 from .model import LanguageModel, load
+from .objectives import OBJECTIVES, gradient_objectives
 from .problem import Problem
-from .prompt import Prompt
 from .result import Attribution
 from .settings import Settings
-from .target import resolve_target
+from .text.prompt import Prompt
+from .text.target import resolve_target
 
 
 def _as_prompt(lm: LanguageModel, prompt) -> Prompt:
@@ -99,7 +100,8 @@ def explain(
     ``level`` is how the prompt is cut into features (``token``, ``word``, ``sentence``,
     ``regex`` with ``pattern``, ``spans`` with ``spans``); ``mask`` how a feature is removed
     (``attention``, ``replace``, ``delete``; see :mod:`genattr.masking`) and ``baseline`` the
-    token that stands in for it. ``objective`` is ``log_prob`` (default) or ``prob``.
+    token that stands in for it. ``objective`` is ``log_prob`` (default), ``prob`` or one registered
+    with :func:`genattr.objectives.register_objective` (see :mod:`genattr.objectives`).
     ``seed`` (an integer in [0, 2**64)) drives every random draw of a stochastic method; None
     draws a fresh seed, recorded in the result's ``seed``.
     Other keywords are the method's parameters (``n_samples``, ``n_steps``, ...), validated by it
@@ -116,6 +118,12 @@ def explain(
     if target is not None and not method_cls.needs_target:
         raise InvalidParameterError(
             f"{method} takes no target: it explains the model's own likely outputs; pass target=None."
+        )
+    if not OBJECTIVES.get(objective).gradients and method_cls.needs_gradients:
+        raise InvalidParameterError(
+            f"{method} needs gradients, which genattr computes for the objectives "
+            f"{', '.join(gradient_objectives())} only, not {objective!r}; use one of them, or a method "
+            "without gradients (see `genattr methods`)."
         )
     algorithm = method_cls(**_method_params(params, method_params))
     if isinstance(lm, str):

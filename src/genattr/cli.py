@@ -33,7 +33,7 @@ from .defaults import (
     SEED_LIMIT,
 )
 from .errors import GenattrError, InputError, InvalidParameterError
-from .segment import LEVELS
+from .text.segment import plain_levels
 
 
 def _configure_transformers(verbose: bool) -> None:
@@ -297,9 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_MAX_NEW_TOKENS,
         help="length of the greedy output explained when no --target is given",
     )
-    ex.add_argument(
-        "--level", default=DEFAULT_LEVEL, choices=[lv for lv in LEVELS if lv not in ("regex", "spans")]
-    )
+    ex.add_argument("--level", default=DEFAULT_LEVEL, choices=plain_levels())
     ex.add_argument("--mask", default=DEFAULT_MASK, choices=MASKS)
     ex.add_argument(
         "--baseline",
@@ -359,9 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--out", required=True, help="output directory (resumable)")
     be.add_argument("--n", type=int, default=None, help="examples per dataset (zoo: default 10)")
     be.add_argument("--seed", type=_fixed_seed, default=DEFAULT_SEED, help="an integer in [0, 2**64)")
-    be.add_argument(
-        "--level", default=DEFAULT_LEVEL, choices=[lv for lv in LEVELS if lv not in ("regex", "spans")]
-    )
+    be.add_argument("--level", default=DEFAULT_LEVEL, choices=plain_levels())
     be.add_argument(
         "--mask", default=None, choices=MASKS, help="masking strategy (default: the library default)"
     )

@@ -10,7 +10,9 @@ DEFAULT_LEVEL = "word"
 """How the prompt is cut into features when no level is given (see :mod:`genattr.segment`)."""
 
 MASKS = ("attention", "replace", "delete")
-"""How a feature is removed: hidden from attention, replaced by a baseline token, or deleted."""
+"""The built-in masks (how a feature is removed: hidden from attention, replaced by a baseline token,
+or deleted), the command line's choices; the registry :data:`genattr.masking.MASKS` holds them
+(a test keeps the two in step) and any mask a user registers."""
 
 DEFAULT_MASK = "attention"
 

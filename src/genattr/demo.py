@@ -31,7 +31,7 @@ from .errors import GenattrWarning, TooManyFeaturesError
 from .evaluate import ground_truth
 from .io import write_atomic
 from .model import load
-from .prompt import Prompt
+from .text.prompt import Prompt
 from .usecases import icl_orders, slot_probe
 from .zoo import TASKS, examples
 

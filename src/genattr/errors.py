@@ -50,6 +50,10 @@ class InvalidParameterError(InputError):
     """A method or call parameter is out of its valid range."""
 
 
+class UnknownObjectiveError(InvalidParameterError):
+    """No objective is registered under the given name."""
+
+
 class TooManyFeaturesError(InvalidParameterError):
     """An exact method was asked for more features than it can enumerate."""
 

@@ -15,6 +15,7 @@ directory, flushed to disk, then renamed over the target, so a reader never sees
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -27,10 +28,10 @@ import numpy as np
 from ._version import __version__
 from .defaults import BASELINE_NAMES, DEFAULT_LEVEL, MASKS, OBJECTIVES, SEED_LIMIT
 from .errors import InputError, ResultFormatError
-from .prompt import Prompt
-from .segment import LEVELS, Feature
 from .settings import SETTING_NAMES, Settings
-from .target import Target
+from .text.prompt import Prompt
+from .text.segment import LEVELS, Feature
+from .text.target import Target
 
 if TYPE_CHECKING:
     from .result import Attribution
@@ -293,11 +294,19 @@ def _read_objects(data: dict, where: str) -> dict:
 
 
 # one reader per setting: (value, where, prompt text) -> the value, or a _fail
-def _one_of(name: str, choices: tuple[str, ...]):
+def _one_of(name: str, built_in, registry: str | None = None):
+    """A reader of a name among ``built_in``, or among those registered in ``registry`` (a module
+    path, imported only for a name that is not built in, so reading built-in names needs no torch)."""
+
     def read(value, where: str, text: str) -> str:
-        if value not in choices:
-            raise _fail(where, f"{name} {value[:20]!r} is not one of {', '.join(choices)}")
-        return value
+        if value in built_in:
+            return value
+        choices = built_in
+        if registry is not None:
+            choices = getattr(importlib.import_module(registry, __package__), name.upper() + "S")
+            if value in choices:
+                return value
+        raise _fail(where, f"{name} {value[:20]!r} is not one of {', '.join(choices)}")
 
     return read
 
@@ -337,9 +346,9 @@ def _seed(value, where: str, text: str) -> int | None:
 
 _SETTING_READERS = {  # name: (JSON types, reader)
     "level": (str, _one_of("level", LEVELS)),
-    "mask": (str, _one_of("mask", MASKS)),
+    "mask": (str, _one_of("mask", MASKS, ".masking")),
     "baseline": (object, _baseline),
-    "objective": (str, _one_of("objective", OBJECTIVES)),
+    "objective": (str, _one_of("objective", OBJECTIVES, ".objectives")),
     "max_new_tokens": (object, _max_new_tokens),
     "pattern": ((str, type(None)), _as_is),
     "spans": (object, _spans),

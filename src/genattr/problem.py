@@ -3,15 +3,9 @@
 It bundles the model, the tokenised prompt, its features, the target, the masking strategy,
 the objective and the seed, and evaluates coalitions of features in one batched call.
 
-Objectives
-----------
-``log_prob`` (default)
-    v(S) = sum_t log p(y_t | y_<t, x_S): the target's log-likelihood given only the features in
-    S. Per target token, u_t(S) = log p(y_t | y_<t, x_S), so v = sum_t u_t and a linear method's
-    per-token rows sum exactly to its sequence scores.
-``prob``
-    v(S) = p(y | x_S) = exp(sum_t u_t); per token, u_t(S) = p(y_t | y_<t, x_S) (rows then do
-    not sum to the sequence score).
+The objective is a name in :data:`genattr.objectives.OBJECTIVES` (``log_prob``, the default, or
+``prob``, or one a user registers): it turns the target's per-token log-probabilities under a
+coalition into the sequence value v(S) and the per-token values u_t(S).
 """
 
 from __future__ import annotations
@@ -20,13 +14,14 @@ from dataclasses import dataclass
 
 import torch
 
-from .defaults import DEFAULT_OBJECTIVE, DEFAULT_SEED, OBJECTIVES
+from .defaults import DEFAULT_OBJECTIVE, DEFAULT_SEED
 from .errors import InvalidParameterError
 from .masking import Masker
 from .model import LanguageModel
-from .prompt import Prompt
-from .segment import Feature
-from .target import Target
+from .objectives import OBJECTIVES
+from .text.prompt import Prompt
+from .text.segment import Feature
+from .text.target import Target
 
 EVALUATION_PASSES = 64
 """Coalitions are turned into prompt variants this many forward passes' worth at a time (rows under
@@ -45,10 +40,7 @@ class Problem:
     seed: int | None = DEFAULT_SEED
 
     def __post_init__(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise InvalidParameterError(
-                f"unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}."  # pragma: no mutate
-            )
+        self._objective = OBJECTIVES.get(self.objective)()
 
     @property
     def n_features(self) -> int:
@@ -79,6 +71,10 @@ class Problem:
         keep = torch.as_tensor(keep, dtype=torch.bool)
         unique, inverse = torch.unique(keep, dim=0, return_inverse=True)
         lp = self.token_log_probs(unique).double()[inverse]
-        if self.objective == "log_prob":
-            return torch.cat([lp.sum(1, keepdim=True), lp], 1)
-        return torch.cat([lp.sum(1, keepdim=True).exp(), lp.exp()], 1)
+        sequence, tokens = self._objective.sequence(lp), self._objective.tokens(lp)
+        if sequence.shape != lp.shape[:1] or tokens.shape != lp.shape:
+            raise InvalidParameterError(
+                f"objective {self.objective!r} gave shapes {tuple(sequence.shape)} and {tuple(tokens.shape)} "  # pragma: no mutate
+                f"for {tuple(lp.shape)} log-probabilities; sequence() must return [B], tokens() [B, n]."  # pragma: no mutate
+            )
+        return torch.cat([sequence[:, None], tokens], 1).double()

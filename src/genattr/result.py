@@ -28,10 +28,10 @@ import numpy as np
 
 from . import io
 from .errors import InputError
-from .prompt import Prompt
-from .segment import Feature, segment
 from .settings import Settings
-from .target import Target
+from .text.prompt import Prompt
+from .text.segment import Feature, segment
+from .text.target import Target
 
 
 @dataclass

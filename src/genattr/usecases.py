@@ -33,8 +33,8 @@ from .api import explain
 from .defaults import DEFAULT_LEVEL, DEFAULT_SEED
 from .errors import InvalidParameterError
 from .model import Batch, LanguageModel
-from .prompt import Prompt
 from .result import Attribution
+from .text.prompt import Prompt
 
 
 def query_weight(attribution: Attribution, query_start: int, *, absolute: bool = False) -> float:

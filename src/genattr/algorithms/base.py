@@ -12,7 +12,7 @@ import torch
 from ..errors import InvalidParameterError
 from ..problem import Problem
 from ..registry import MethodInfo
-from ..target import Target
+from ..text.target import Target
 
 # Limits on the parameters that set how much work a method does: one constant per concept, used as
 # ``Param(maximum=...)``, so that an absurd value fails at once with the limit in the message.

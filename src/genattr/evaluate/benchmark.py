@@ -43,7 +43,7 @@ from ..defaults import DEFAULT_LEVEL, DEFAULT_MAX_NEW_TOKENS, DEFAULT_SEED, DEFA
 from ..errors import GenattrError, InputError
 from ..io import write_atomic
 from ..model import LanguageModel
-from ..prompt import Prompt
+from ..text.prompt import Prompt
 from . import ground_truth
 from .faithfulness import erasure, perturbation_curves, similarity
 from .rows import RowStore, row_key, warn_not_reused

@@ -14,7 +14,7 @@ import torch
 
 from ..masking import Masker
 from ..model import Batch, LanguageModel
-from ..prompt import Prompt
+from ..text.prompt import Prompt
 from .tasks import Example, examples
 
 EVAL_SEED = 12345

@@ -63,7 +63,7 @@ from ...errors import ConvergenceWarning, InvalidParameterError, LowBeamMassWarn
 from ...model import LanguageModel
 from ...problem import Problem
 from ...registry import register
-from ...target import Target
+from ...text.target import Target
 from ..base import MAX_BEAMS, MAX_ITERATIONS, MAX_OUTPUT_POSITIONS, Method, Output, Param
 from . import ot
 from .beams import beam_search, score_beam_tree

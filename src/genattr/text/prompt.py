@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from .errors import EmptyPromptError, InputError, NoMaskableFeaturesError, UnknownTokensWarning
+from ..errors import EmptyPromptError, InputError, NoMaskableFeaturesError, UnknownTokensWarning
 from .segment import Feature, content_span, segment
 
 SHOWN_UNKNOWN_WORDS = 10
@@ -71,7 +71,7 @@ def control_tokens(
 def _warn_unknown(
     tokenizer, text: str, ids: Sequence[int], offsets: Sequence[tuple[int, int]], maskable: Sequence[bool]
 ) -> None:
-    """Warn with the number of word features (see :mod:`genattr.segment`) holding an unknown token."""
+    """Warn with the number of word features (see :mod:`genattr.text.segment`) holding an unknown token."""
     unk = tokenizer.unk_token_id
     unknown = {
         t
@@ -258,7 +258,7 @@ class Prompt:
         pattern: str | re.Pattern | None = None,
         spans: Sequence[tuple[int, int]] | None = None,
     ) -> list[Feature]:
-        """The prompt's features at ``level`` (see :mod:`genattr.segment`)."""
+        """The prompt's features at ``level`` (see :mod:`genattr.text.segment`)."""
         return segment(self.text, self.offsets, self.maskable, level, pattern=pattern, spans=spans)
 
     def to_dict(self) -> dict:

@@ -16,6 +16,9 @@ Levels
               (kept, never masked, not scored).
 ``spans``     user character spans ``(start, end)``, with the same rule as ``regex``.
 
+Each level is a :class:`Level` subclass registered under its name in :data:`LEVELS`; a user adds
+one with :func:`register_level` and asks for it by name (``level="line"``) like the built-ins.
+
 A token whose characters overlap two spans merges them into one feature: a feature is never
 split across tokens, since tokens are what the model sees.
 """
@@ -26,10 +29,10 @@ import bisect
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
-from .errors import InputError, NoMaskableFeaturesError, UnknownLevelError
-
-LEVELS = ("token", "word", "sentence", "regex", "spans")
+from ..errors import InputError, NoMaskableFeaturesError, UnknownLevelError
+from ..names import NameRegistry
 
 WORD_PATTERN = re.compile(r"\w+(?:['’-]\w+)*|[^\w\s]+")
 SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+|\s*\n\s*")
@@ -191,6 +194,136 @@ def _fence(text: str, offsets: Sequence[tuple[int, int]], maskable: Sequence[boo
     return "".join(chars)
 
 
+class Level:
+    """A way to cut the prompt into features: subclass it, set ``name``, implement
+    :meth:`find_spans` (or :meth:`features`) and register it with :func:`register_level`.
+
+    ``fence``: spans are found in the text with the characters of control tokens turned into line
+    breaks, so that none runs across them (else in the prompt text itself).
+    ``attach_blank``: a whitespace-only token joins the feature of the next token with content;
+    else it joins a feature only inside a span, and tokens outside every span are context.
+    ``needs``: the keyword of :func:`segment` the level reads (``"pattern"``, ``"spans"``), if any.
+    """
+
+    name: ClassVar[str] = ""
+    fence: ClassVar[bool] = True
+    attach_blank: ClassVar[bool] = True
+    needs: ClassVar[str | None] = None
+
+    def find_spans(
+        self, text: str, *, pattern: str | re.Pattern | None, spans: Sequence[tuple[int, int]] | None
+    ) -> list[tuple[int, int]]:
+        """Character spans ``(start, end)`` of the features in ``text``."""
+        raise NotImplementedError
+
+    def features(
+        self,
+        text: str,
+        offsets: Sequence[tuple[int, int]],
+        maskable: Sequence[bool],
+        *,
+        pattern: str | re.Pattern | None = None,
+        spans: Sequence[tuple[int, int]] | None = None,
+    ) -> list[Feature]:
+        """The maskable tokens grouped by the spans of :meth:`find_spans` (see the module docstring)."""
+        source = _fence(text, offsets, maskable) if self.fence else text
+        found = self.find_spans(source, pattern=pattern, spans=spans)
+        for s, e in found:
+            if not (isinstance(s, int) and isinstance(e, int) and 0 <= s < e <= len(text)):
+                raise InputError(
+                    f"span ({s}, {e}) of level {self.name!r} is not a non-empty character range inside "
+                    f"the prompt (0..{len(text)}); fix the span."
+                )
+        return _group(text, offsets, maskable, list(found), self.attach_blank)
+
+
+LEVELS = NameRegistry("level", Level, UnknownLevelError)
+"""Every segmentation level by name, in registration order (built-ins: see the module docstring)."""
+
+
+def register_level(cls: type[Level]) -> type[Level]:
+    """Class decorator: make a :class:`Level` subclass available as ``level=cls.name``.
+
+    >>> @register_level                                                         # doctest: +SKIP
+    ... class Line(Level):
+    ...     name = "line"
+    ...     def find_spans(self, text, *, pattern, spans):
+    ...         return [m.span() for m in re.finditer(r"[^\\n]+", text)]
+    """
+    return LEVELS.register(cls)
+
+
+def plain_levels() -> list[str]:
+    """The levels that read no ``pattern`` or ``spans`` (the command line's choices)."""
+    return [name for name, cls in LEVELS.items() if cls.needs is None]
+
+
+@register_level
+class Token(Level):
+    """Every maskable token is a feature."""
+
+    name = "token"
+
+    def features(self, text, offsets, maskable, *, pattern=None, spans=None) -> list[Feature]:
+        features = []
+        for t, (s, e) in enumerate(offsets):
+            if maskable[t]:
+                features.append(Feature(len(features), text[s:e], s, e, (t,)))
+        return features
+
+
+@register_level
+class Word(Level):
+    """Runs of word characters (joined by ``'`` or ``-``) or runs of punctuation."""
+
+    name = "word"
+
+    def find_spans(self, text, *, pattern=None, spans=None) -> list[tuple[int, int]]:
+        return word_spans(text)
+
+
+@register_level
+class Sentence(Level):
+    """Sentences, ending at ``.``, ``!`` or ``?`` before whitespace, or at a line break."""
+
+    name = "sentence"
+
+    def find_spans(self, text, *, pattern=None, spans=None) -> list[tuple[int, int]]:
+        return sentence_spans(text)
+
+
+@register_level
+class Regex(Level):
+    """Each match of the user's ``pattern``."""
+
+    name = "regex"
+    fence = attach_blank = False
+    needs = "pattern"
+
+    def find_spans(self, text, *, pattern=None, spans=None) -> list[tuple[int, int]]:
+        if pattern is None:
+            raise InputError(
+                "level='regex' needs pattern=...; pass a regular expression whose matches are the features."
+            )
+        return regex_spans(text, pattern)
+
+
+@register_level
+class Spans(Level):
+    """The user's character ``spans``."""
+
+    name = "spans"
+    fence = attach_blank = False
+    needs = "spans"
+
+    def find_spans(self, text, *, pattern=None, spans=None) -> list[tuple[int, int]]:
+        if not spans:
+            raise InputError(
+                "level='spans' needs spans=[(start, end), ...] character offsets into the prompt."
+            )
+        return list(spans)
+
+
 def segment(
     text: str,
     offsets: Sequence[tuple[int, int]],
@@ -200,37 +333,8 @@ def segment(
     pattern: str | re.Pattern | None = None,
     spans: Sequence[tuple[int, int]] | None = None,
 ) -> list[Feature]:
-    """Split a tokenised prompt into features at ``level`` (see the module docstring)."""
-    if level not in LEVELS:
-        raise UnknownLevelError(f"unknown level {level!r}; choose one of {', '.join(LEVELS)}.")
-    fenced = _fence(text, offsets, maskable)
-    if level == "token":
-        features = []
-        for t, (s, e) in enumerate(offsets):
-            if maskable[t]:
-                features.append(Feature(len(features), text[s:e], s, e, (t,)))
-    elif level == "word":
-        features = _group(text, offsets, maskable, word_spans(fenced), attach_blank=True)
-    elif level == "sentence":
-        features = _group(text, offsets, maskable, sentence_spans(fenced), attach_blank=True)
-    elif level == "regex":
-        if pattern is None:
-            raise InputError(
-                "level='regex' needs pattern=...; pass a regular expression whose matches are the features."
-            )
-        features = _group(text, offsets, maskable, regex_spans(text, pattern), attach_blank=False)
-    else:
-        if not spans:
-            raise InputError(
-                "level='spans' needs spans=[(start, end), ...] character offsets into the prompt."
-            )
-        for s, e in spans:
-            if not (isinstance(s, int) and isinstance(e, int) and 0 <= s < e <= len(text)):
-                raise InputError(
-                    f"span ({s}, {e}) is not a non-empty character range inside the prompt "
-                    f"(0..{len(text)}); fix the span."
-                )
-        features = _group(text, offsets, maskable, list(spans), attach_blank=False)
+    """Split a tokenised prompt into features at ``level``, a name in :data:`LEVELS`."""
+    features = LEVELS.get(level)().features(text, offsets, maskable, pattern=pattern, spans=spans)
     if not features:
         raise NoMaskableFeaturesError(
             f"the prompt has no maskable feature at level {level!r} (only special tokens, template scaffolding, "

@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .defaults import DEFAULT_MAX_NEW_TOKENS
-from .errors import EmptyTargetError, InvalidParameterError
-from .model import Batch, LanguageModel
+from ..defaults import DEFAULT_MAX_NEW_TOKENS
+from ..errors import EmptyTargetError, InvalidParameterError
+from ..model import Batch, LanguageModel
 from .prompt import Prompt
 
 

@@ -4,25 +4,13 @@ A coalition is a boolean row ``keep[f]`` over the features; :meth:`Masker.inputs
 batch of coalitions [B, F] into model :class:`~genattr.model.Batch`. Tokens outside every
 feature (special tokens, chat scaffolding, context) are always kept.
 
-Strategies
-----------
-``attention`` (default)
-    The removed token is replaced by the baseline token *and* hidden from every other token
-    through the attention mask; the positions of the other tokens do not move. This is how
-    GiLOT removes a token (it "masks the token and zeroes its attention"). Hiding alone would
-    not do: the prediction of the first target token is read off the last prompt position, whose
-    own hidden state always sees its own input, so the token is also replaced.
-    Chosen as the default because it takes the feature's information out of the context without
-    adding a token the model reads (``replace``) and without shifting or re-tokenising the rest
-    of the prompt (``delete``).
-``replace``
-    The removed token is replaced by the baseline token id and stays visible, as Captum's
-    ``FeatureAblation`` with a token baseline does. Use it to compare with Captum.
-``delete``
-    The feature's characters are deleted from the prompt text (with the spaces on one side, so
-    that no double space is left; line breaks stay) and the text is tokenised again. Rows of
-    different lengths are left-padded, the padding hidden. If nothing is left of the prompt, the
-    baseline token stands for the empty prompt, since the model needs one position to predict from.
+Masks
+-----
+``strategy`` names a :class:`~genattr.masking.base.Mask` in :data:`~genattr.masking.base.MASKS`:
+``attention`` (default) replaces the removed tokens by the baseline token and hides them from
+every other token through the attention mask; ``replace`` replaces them only (Captum's
+convention); ``delete`` deletes the feature's text and tokenises again (see
+:mod:`genattr.masking.strategies`). :func:`~genattr.masking.base.register_mask` adds one.
 
 Baselines
 ---------
@@ -36,11 +24,12 @@ from collections.abc import Sequence
 
 import torch
 
-from .defaults import BASELINE_NAMES, DEFAULT_MASK, MASKS
-from .errors import UnknownMaskError
-from .model import Batch, LanguageModel
-from .prompt import Prompt
-from .segment import Feature
+from ..defaults import BASELINE_NAMES, DEFAULT_MASK
+from ..errors import InvalidParameterError, UnknownMaskError
+from ..model import Batch, LanguageModel
+from ..text.prompt import Prompt
+from ..text.segment import Feature
+from .base import MASKS
 
 
 def resolve_baseline(tokenizer, baseline: int | str | None, vocab_size: int) -> int:
@@ -78,20 +67,9 @@ def resolve_baseline(tokenizer, baseline: int | str | None, vocab_size: int) -> 
     )
 
 
-def delete_spans(text: str, spans: Sequence[tuple[int, int]]) -> str:
-    """``text`` without the character ``spans``, each taking one neighbouring whitespace run with it."""
-    for start, end in sorted(spans, reverse=True):
-        before, after = text[:start], text[end:]
-        if (not before or before[-1].isspace()) and after[:1] in (" ", "\t"):
-            after = after.lstrip(" \t")
-        elif before[-1:] in (" ", "\t") and (not after or not after[0].isalnum()):
-            before = before.rstrip(" \t")
-        text = before + after
-    return text
-
-
 class Masker:
-    """Builds prompt variants with features removed by one strategy (see the module docstring)."""
+    """Builds prompt variants with features removed by the mask named ``strategy`` (see the
+    module docstring)."""
 
     def __init__(
         self,
@@ -101,10 +79,7 @@ class Masker:
         strategy: str = DEFAULT_MASK,
         baseline: int | str | None = None,
     ) -> None:
-        if strategy not in MASKS:
-            raise UnknownMaskError(
-                f"unknown mask strategy {strategy!r}; choose one of {', '.join(MASKS)}."  # pragma: no mutate
-            )
+        self.mask = MASKS.get(strategy)()
         self.lm, self.prompt, self.features, self.strategy = lm, prompt, list(features), strategy
         self.baseline_id = resolve_baseline(lm.tokenizer, baseline, lm.vocab_size)
         self.ids = torch.tensor(prompt.input_ids, dtype=torch.long)
@@ -129,24 +104,10 @@ class Masker:
         keep = torch.as_tensor(keep, dtype=torch.bool)
         if keep.ndim == 1:
             keep = keep[None]
-        if self.strategy == "delete":
-            return self._deleted(keep)
-        tok_keep = self.token_keep(keep)
-        ids = torch.where(tok_keep, self.ids[None], torch.tensor(self.baseline_id))
-        visible = tok_keep if self.strategy == "attention" else torch.ones_like(tok_keep)
-        positions = torch.arange(len(self.prompt)).expand(keep.shape[0], -1).contiguous()
-        return Batch(ids, visible, positions)
-
-    def _deleted(self, keep: torch.Tensor) -> Batch:
-        tokenizer, prompt = self.lm.tokenizer, self.prompt
-        rows = []
-        for row in keep.tolist():
-            spans = [(f.start, f.end) for f, k in zip(self.features, row, strict=True) if not k]
-            text = delete_spans(prompt.text, spans)
-            ids = (
-                tokenizer(text, add_special_tokens=prompt.add_special_tokens)["input_ids"]
-                if text.strip()
-                else []
+        inputs = self.mask.inputs(self, keep)
+        if len(inputs) != keep.shape[0]:
+            raise InvalidParameterError(
+                f"mask {self.strategy!r} built {len(inputs)} prompt rows for {keep.shape[0]} coalitions; "  # pragma: no mutate
+                "its inputs() must return one row per coalition."  # pragma: no mutate
             )
-            rows.append(ids or [self.baseline_id])
-        return Batch.left_padded(rows, self.baseline_id)
+        return inputs
