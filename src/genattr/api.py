@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, overload
 
 import numpy as np
 
@@ -29,6 +30,9 @@ from .settings import Settings
 from .text.prompt import Prompt
 from .text.target import resolve_target
 
+if TYPE_CHECKING:
+    import torch
+
 
 def _as_prompt(lm: LanguageModel, prompt) -> Prompt:
     if isinstance(prompt, Prompt):
@@ -40,7 +44,15 @@ def _as_prompt(lm: LanguageModel, prompt) -> Prompt:
     raise InputError(f"prompt must be a string or a list of chat messages, not {type(prompt).__name__}.")
 
 
-def _to_numpy(x) -> np.ndarray | None:
+@overload
+def _to_numpy(x: np.ndarray | torch.Tensor) -> np.ndarray: ...
+
+
+@overload
+def _to_numpy(x: None) -> None: ...
+
+
+def _to_numpy(x: np.ndarray | torch.Tensor | None) -> np.ndarray | None:
     if x is None:
         return None
     return np.asarray(x.detach().cpu().double() if hasattr(x, "detach") else x, dtype=np.float64)
@@ -160,12 +172,18 @@ def explain(
         spans=spans if level == "spans" else None,
         seed=seed if method_cls.stochastic else None,
     )
+    explained = output.target or resolved
+    if explained is None:
+        raise InvalidParameterError(
+            f"{method} declares needs_target = False but returned no target; a method that takes no "
+            "target sets Output.target to the output it explains."
+        )
     return Attribution(
         method=method,
         prompt=prompt_obj,
         features=features,
         scores=scores,
-        target=output.target or resolved,
+        target=explained,
         token_scores=token_scores,
         settings=settings,
         params=dict(algorithm.values),

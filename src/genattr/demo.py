@@ -21,6 +21,7 @@ import os
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -40,7 +41,7 @@ DEMO_SEED = 7
 
 def _explain(lm, method, ex, notes: dict[str, list[str]]):
     """Explain ``ex`` with ``method``; genattr's own warnings are collected into ``notes``."""
-    params = {"k": len(ex.ground_truth)} if "k" in registry.get(method).params else {}
+    params: dict[str, Any] = {"k": len(ex.ground_truth)} if "k" in registry.get(method).params else {}
     target = ex.answer if registry.get(method).needs_target else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", GenattrWarning)
@@ -78,7 +79,8 @@ def run_zoo_demo(
     lm = load("zoo")
     names = registry.names()
     console.rule(f"genattr demo: {len(names)} methods on the zoo model")
-    shown, marks, captions, skipped, notes = [], [], [], [], {}
+    shown, marks, captions, skipped = [], [], [], []
+    notes: dict[str, list[str]] = {}
     for task in TASKS:
         ex = examples(task, 1, seed=DEMO_SEED)[0]
         console.rule(f"[bold]{task}[/bold]: {ex.prompt} ->{ex.answer}   (ground truth underlined)")
@@ -160,7 +162,8 @@ def _use_cases(console: Console, lm) -> None:
 REAL_QUESTION = "What are the three primary colors?"
 """The demo's question: item 1 of GiLOT's evaluation prompts (data/gilot_prompts, from Alpaca)."""
 
-REAL_METHODS = {  # (method, parameters, level), with every step and sample count explicit
+# (method, parameters, level), with every step and sample count explicit
+REAL_METHODS: dict[str, list[tuple[str, dict[str, Any], str]]] = {
     "full": [
         ("leave_one_out", {}, "word"),
         ("attention", {}, "word"),

@@ -9,19 +9,22 @@ the command line can list the levels.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from typing import Generic, TypeVar
 
 from .errors import GenattrError, InvalidParameterError
 
+T = TypeVar("T")
 
-class NameRegistry(Mapping[str, type]):
+
+class NameRegistry(Mapping[str, type[T]], Generic[T]):
     """Classes registered under their ``name`` attribute; :meth:`get` raises ``error`` with the
     choices for an unknown name."""
 
-    def __init__(self, kind: str, base: type, error: type[GenattrError]) -> None:
+    def __init__(self, kind: str, base: type[T], error: type[GenattrError]) -> None:
         self.kind, self.base, self.error = kind, base, error
-        self._classes: dict[str, type] = {}
+        self._classes: dict[str, type[T]] = {}
 
-    def register(self, cls: type) -> type:
+    def register(self, cls: type[T]) -> type[T]:
         """Add ``cls`` (a subclass of the registry's base) under ``cls.name``; usable as a decorator.
         A name already taken by another class is refused, so a built-in is never replaced."""
         if not (isinstance(cls, type) and issubclass(cls, self.base)):
@@ -40,7 +43,7 @@ class NameRegistry(Mapping[str, type]):
         self._classes[name] = cls
         return cls
 
-    def get(self, name: object) -> type:
+    def get(self, name: object) -> type[T]:  # type: ignore[override]  # raises, with the choices, where Mapping.get gives None
         """The class registered as ``name``."""
         if not isinstance(name, str) or name not in self._classes:
             raise self.error(f"unknown {self.kind} {name!r}; choose one of {', '.join(self._classes)}.")
@@ -49,7 +52,7 @@ class NameRegistry(Mapping[str, type]):
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name in self._classes
 
-    def __getitem__(self, name: str) -> type:
+    def __getitem__(self, name: str) -> type[T]:
         return self._classes[name]
 
     def __iter__(self) -> Iterator[str]:

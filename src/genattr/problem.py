@@ -46,6 +46,17 @@ class Problem:
     def n_features(self) -> int:
         return len(self.features)
 
+    @property
+    def target_ids(self) -> tuple[int, ...]:
+        """The token ids of the target explained; a method that declares ``needs_target = False``
+        is given no target, and scores none."""
+        if self.target is None:
+            raise InvalidParameterError(
+                "this problem has no target (its method declares needs_target = False), so it has no "
+                "log-probabilities to score; declare needs_target = True to be given one."
+            )
+        return self.target.ids
+
     def generator(self) -> torch.Generator:
         """A fresh random generator seeded with the problem's seed (no global randomness)."""
         return torch.Generator().manual_seed(0 if self.seed is None else int(self.seed))
@@ -57,12 +68,12 @@ class Problem:
         """log p(y_t | y_<t, x_S) for each coalition row of ``keep`` [B, F]: [B, n] float32, the
         prompt variants built :data:`EVALUATION_PASSES` forward passes' worth at a time."""
         keep = torch.as_tensor(keep, dtype=torch.bool).reshape(-1, self.n_features)
-        rows = self.lm.rows_per_chunk(len(self.prompt) + len(self.target.ids)) * EVALUATION_PASSES
+        rows = self.lm.rows_per_chunk(len(self.prompt) + len(self.target_ids)) * EVALUATION_PASSES
         parts = [
-            self.lm.target_log_probs(self.masker.inputs(keep[i : i + rows]), self.target.ids)
+            self.lm.target_log_probs(self.masker.inputs(keep[i : i + rows]), self.target_ids)
             for i in range(0, len(keep), rows)
         ]
-        return torch.cat(parts) if parts else torch.empty(0, len(self.target.ids))
+        return torch.cat(parts) if parts else torch.empty(0, len(self.target_ids))
 
     def evaluate(self, keep: torch.Tensor) -> torch.Tensor:
         """Values of coalitions ``keep`` [B, F] as a [B, 1 + n] float64 matrix: column 0 is the

@@ -18,7 +18,7 @@ once, not once per token; see :func:`_batched_gradients`). Chunks hold at most
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -28,6 +28,7 @@ import torch
 from ..errors import InvalidParameterError
 from ..model import Batch, LanguageModel
 from ..problem import Problem
+from ..protocols import CausalLM
 
 BASELINES = ("zero", "token")
 QUADRATURES = ("gausslegendre", "riemann_trapezoid")
@@ -109,7 +110,7 @@ def embedded(problem: Problem) -> EmbeddedPrompt:
         membership[list(f.tokens), f.index] = 1.0
     embeds = lm.embed(ids[None])[0].detach().float()
     covered = (membership.sum(1) > 0).to(embeds.device)
-    target = torch.tensor(problem.target.ids, dtype=torch.long)
+    target = torch.tensor(problem.target_ids, dtype=torch.long)
     return EmbeddedPrompt(
         lm, ids, embeds, covered, membership, target, problem.masker.baseline_id, problem.objective
     )
@@ -135,8 +136,8 @@ def quadrature(n_steps: int, method: str) -> tuple[torch.Tensor, torch.Tensor]:
         weights[0] /= 2
         weights[-1] /= 2
         return torch.linspace(0, 1, n_steps, dtype=torch.float64), weights
-    points, weights = np.polynomial.legendre.leggauss(n_steps)
-    return torch.from_numpy(0.5 * (points + 1)), torch.from_numpy(0.5 * weights)
+    nodes, node_weights = np.polynomial.legendre.leggauss(n_steps)
+    return torch.from_numpy(0.5 * (nodes + 1)), torch.from_numpy(0.5 * node_weights)
 
 
 def objective_factor(objective: str, values: torch.Tensor, sequence: bool) -> torch.Tensor:
@@ -156,7 +157,7 @@ def objective_factor(objective: str, values: torch.Tensor, sequence: bool) -> to
 
 
 @contextmanager
-def _head_input(model: torch.nn.Module):
+def _head_input(model: CausalLM) -> Iterator[list[torch.Tensor]]:
     """Collects, while open, the inputs of every call of the model's output embedding (the head)."""
     calls: list[torch.Tensor] = []
     handle = model.get_output_embeddings().register_forward_hook(

@@ -81,6 +81,9 @@ class Aieg(Method):
             "prob", "F: the target token's probability or its logit", str, choices=("prob", "logit")
         ),
     }
+    n_steps: int
+    baselines: str
+    target_score: str
 
     def attribute(self, problem: Problem) -> Output:
         ep = embedded(problem)

@@ -10,10 +10,14 @@ and ``attention_rollout`` is the mean of the per-token rows.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
+from torch.utils.hooks import RemovableHandle
 
 from ..errors import InputError
 from ..problem import Problem
+from ..protocols import CausalLM
 from ..registry import register
 from ._embedding import BASELINES, EmbeddedPrompt, embedded, objective_factor
 from .base import MAX_GRADIENT_POINTS, Method, Output, Param
@@ -54,7 +58,7 @@ class ValueTap:
     ``c_proj``) and Llama / Qwen2 style (``v_proj`` / ``o_proj``, grouped-query heads repeated)
     attention modules."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: CausalLM) -> None:
         self.layers = [m for m in model.modules() if _value_modules(m) is not None]
         if not self.layers:
             raise InputError(
@@ -63,7 +67,7 @@ class ValueTap:
                 f"{type(model).__name__}; use attention_rollout or a gradient method for this model."
             )
         self.records: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self.handles = []
+        self.handles: list[RemovableHandle] = []
 
     def __enter__(self) -> ValueTap:
         for layer in self.layers:
@@ -105,10 +109,11 @@ def _value_out(layer: torch.nn.Module, out: torch.Tensor) -> torch.Tensor:
     """The value vectors [T, *] produced by the value module, through the output projection (no bias)."""
     value, proj = _value_modules(layer)
     if hasattr(layer, "v_proj"):
-        head_dim = layer.head_dim
-        v = out.view(out.shape[0], -1, head_dim).repeat_interleave(layer.num_key_value_groups, 1)
+        head_dim, groups = cast(int, layer.head_dim), cast(int, layer.num_key_value_groups)
+        v = out.view(out.shape[0], -1, head_dim).repeat_interleave(groups, 1)
         return v.reshape(out.shape[0], -1) @ proj.weight.float().T
-    v = out[:, 2 * layer.split_size : 3 * layer.split_size]
+    size = cast(int, layer.split_size)
+    v = out[:, 2 * size : 3 * size]
     return v @ proj.weight.float()
 
 
@@ -152,7 +157,7 @@ def attention_gradients(
     base = ep.baseline(baselines)
     alphas = torch.arange(1, n_steps + 1, dtype=torch.float32, device=base.device) / n_steps
     rows = base[None] + alphas[:, None, None] * (ep.embeds - base)[None]
-    tokens = sequence = 0.0
+    tokens = sequence = torch.zeros(())
     with lm.eager_attention():
         for sl in lm.chunks(n_steps, L + n):
             x = rows[sl].to(lm.dtype).requires_grad_(True)
@@ -232,6 +237,8 @@ class _Bta(Method):
             choices=BASELINES,
         ),
     }
+    n_steps: int
+    baselines: str
 
     def attribute(self, problem: Problem) -> Output:
         ep = embedded(problem)

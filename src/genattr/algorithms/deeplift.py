@@ -70,6 +70,8 @@ from .gradient import CONVERGENCE_TOLERANCE, _own_sequence_row, _split
 
 Pair = tuple[torch.Tensor, torch.Tensor]
 """A tensor on the input (in the autograd graph, carrying multipliers) and its value on the reference."""
+Refs = tuple[tuple, dict]
+"""The positional and keyword arguments of an operation's call on the reference."""
 
 AFFINE = frozenset(
     """add __add__ __radd__ sub __sub__ __rsub__ neg __neg__ sum mean cat concat concatenate stack
@@ -80,7 +82,12 @@ AFFINE = frozenset(
 )
 """Operations affine in their tensor arguments: the plain chain rule is exact."""
 
-PRODUCTS = {"mul": torch.mul, "__mul__": torch.mul, "__rmul__": torch.mul, "multiply": torch.mul}
+PRODUCTS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "mul": torch.mul,
+    "__mul__": torch.mul,
+    "__rmul__": torch.mul,
+    "multiply": torch.mul,
+}
 PRODUCTS |= {"matmul": torch.matmul, "__matmul__": torch.matmul, "mm": torch.matmul, "bmm": torch.matmul}
 
 MULTILINEAR = frozenset(PRODUCTS) | {"linear", "addmm", "baddbmm", "einsum"}
@@ -176,7 +183,7 @@ def _bind(args: tuple, kwargs: dict, names: list[str]) -> dict:
     return bound
 
 
-def _softmax_rule(func, args, kwargs, refs) -> Pair | None:
+def _softmax_rule(func: Callable, args: tuple, kwargs: dict, refs: Refs) -> Pair | None:
     (z, *rest), (z_ref, *_) = args, refs[0]
     dims = [a for a in rest if isinstance(a, int)]
     dim = kwargs.get("dim", dims[0] if dims else None)
@@ -188,7 +195,7 @@ def _softmax_rule(func, args, kwargs, refs) -> Pair | None:
     return softmax(z, z_ref, dim, log=func.__name__ == "log_softmax")
 
 
-def _norm_rule(func, args, kwargs, refs) -> Pair | None:
+def _norm_rule(func: Callable, args: tuple, kwargs: dict, refs: Refs) -> Pair | None:
     centre = func.__name__ == "layer_norm"
     names = (
         ["input", "normalized_shape", "weight", "bias", "eps"]
@@ -214,7 +221,7 @@ def _norm_rule(func, args, kwargs, refs) -> Pair | None:
 SDPA = ["query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa"]
 
 
-def _attention_rule(func, args, kwargs, refs) -> Pair | None:
+def _attention_rule(func: Callable, args: tuple, kwargs: dict, refs: Refs) -> Pair | None:
     bound, bound_ref = _bind(args, kwargs, SDPA), _bind(*refs, SDPA)
     mask = bound.get("attn_mask")
     if bound.get("dropout_p", 0.0) or (mask is not None and not _same(mask, bound_ref["attn_mask"])):
@@ -331,11 +338,12 @@ class DeltaRules(TorchFunctionMode):
                 return func(*call_args, **call_kwargs)
 
             return rescale(f, leaves[i], tree_flatten(refs)[0][i])[0]
-        binary = len(args) == 2 and not kwargs  # then the leaves are the two arguments
-        (a, b), (a_ref, b_ref) = (args, refs[0]) if binary else ((None, None), (None, None))
-        if binary and name in PRODUCTS and varying == [0, 1]:
+        if len(args) != 2 or kwargs:  # the rules below take two arguments, which are then the leaves
+            return None
+        (a, b), (a_ref, b_ref) = args, refs[0]
+        if name in PRODUCTS and varying == [0, 1]:
             return product(PRODUCTS[name], a, a_ref, b, b_ref)[0]
-        if binary and name in DIVISIONS and 1 in varying:
+        if name in DIVISIONS and 1 in varying:
             inverse, inverse_ref = rescale(torch.reciprocal, b, b_ref)
             if 0 in varying:
                 return product(torch.mul, a, a_ref, inverse, inverse_ref)[0]
@@ -434,6 +442,7 @@ class DeepLift(Method):
             choices=BASELINES,
         ),
     }
+    baselines: str
 
     def attribute(self, problem: Problem) -> Output:
         ep = embedded(problem)

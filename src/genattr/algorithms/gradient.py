@@ -175,6 +175,10 @@ class _IntegratedGradients(Method):
             choices=BASELINES,
         ),
     }
+    n_steps: int | None
+    max_steps: int
+    quadrature: str
+    baselines: str
 
     def attribute(self, problem: Problem) -> Output:
         ep = embedded(problem)
@@ -348,6 +352,7 @@ class IntegratedGradientsClipped(_IntegratedGradients):
             1e6, "gradient entries are clamped to [-threshold, threshold]", float, minimum=0.0
         ),
     }
+    threshold: float
 
     def _clip(self) -> float | None:
         return self.threshold
@@ -389,6 +394,9 @@ class GradientShap(Method):
             choices=("random", *BASELINES),
         ),
     }
+    n_samples: int
+    stdevs: float
+    baselines: str
 
     def attribute(self, problem: Problem) -> Output:
         ep = embedded(problem)
@@ -439,6 +447,8 @@ class SmoothGrad(Method):
             optional=True,
         ),
     }
+    n_samples: int
+    stdevs: float | None
 
     def attribute(self, problem: Problem) -> Output:
         ep = embedded(problem)

@@ -18,7 +18,7 @@ recovery of an additive value function.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
@@ -191,7 +191,9 @@ def shapley_sampling_estimate(
     the sum of squared deviations of the credits are merged block by block (Chan et al.'s
     parallel update), so that only [F, m] running sums are held.
     """
-    count, mean, m2 = 0, None, None
+    count = 0
+    mean: torch.Tensor | None = None
+    m2: torch.Tensor | None = None
     for perms in blocks:
         p, F = perms.shape
         prefix = torch.zeros(p, F + 1, F, dtype=torch.bool)
@@ -202,7 +204,7 @@ def shapley_sampling_estimate(
         credits.scatter_(1, perms[:, :, None].expand(-1, -1, values.shape[2]), values[:, 1:] - values[:, :-1])
         block_mean = credits.mean(0)
         block_m2 = ((credits[:, :, 0] - block_mean[:, 0]) ** 2).sum(0)
-        if mean is None:
+        if mean is None or m2 is None:
             count, mean, m2 = p, block_mean, block_m2
             continue
         total = count + p
@@ -210,6 +212,8 @@ def shapley_sampling_estimate(
         mean = mean + delta * (p / total)
         m2 = m2 + block_m2 + delta[:, 0] ** 2 * (count * p / total)
         count = total
+    if mean is None or m2 is None:
+        raise InvalidParameterError("Shapley sampling was given no permutations; draw at least one.")
     stderr = (m2 / (count - 1)).sqrt() / math.sqrt(count) if count > 1 else torch.full_like(m2, math.nan)
     return mean, stderr, count
 
@@ -247,6 +251,7 @@ class LeaveOneOut(Method):
             check=_check_groups,
         )
     }
+    groups: Sequence[Sequence[int]] | None
 
     def attribute(self, problem: Problem) -> Output:
         F = problem.n_features
@@ -285,6 +290,7 @@ class ShapleySampling(Method):
     stochastic = True
     convergence_check = True
     params = {"n_samples": Param(25, "permutations sampled", int, minimum=1, maximum=MAX_SAMPLES)}
+    n_samples: int
 
     def attribute(self, problem: Problem) -> Output:
         F = problem.n_features
@@ -356,6 +362,7 @@ class KernelShap(Method):
             128, "coalitions sampled (all of them when >= 2^F - 2)", int, minimum=2, maximum=MAX_SAMPLES
         )
     }
+    n_samples: int
 
     def attribute(self, problem: Problem) -> Output:
         F = problem.n_features
@@ -421,10 +428,13 @@ class Lime(Method):
         "kernel_width": Param(0.25, "kernel width w on the cosine distance", float, minimum=1e-6),
         "alpha": Param(1.0, "ridge penalty (0 = ordinary weighted least squares)", float, minimum=0.0),
     }
+    n_samples: int
+    kernel_width: float
+    alpha: float
 
     def attribute(self, problem: Problem) -> Output:
         F = problem.n_features
-        fit = RidgeFit(F, 1 + len(problem.target))
+        fit = RidgeFit(F, 1 + len(problem.target_ids))
         for keep in lime_coalition_blocks(F, self.n_samples, problem.generator()):
             distance = 1 - (keep.sum(1).double() / F).sqrt()
             fit.add(keep, problem.evaluate(keep), torch.exp(-(distance**2) / (2 * self.kernel_width**2)))

@@ -126,7 +126,7 @@ def relaxed_log_likelihood(problem: Problem, mask: torch.Tensor) -> torch.Tensor
     token_mask = padded[:, owner + 1].to(device=lm.device, dtype=torch.float32)
     mixed = base + token_mask[:, :, None] * (embeds - base)
     inputs = Batch.from_ids(problem.prompt.input_ids, rows=mask.shape[0])
-    return lm.log_probs_from_embeddings(mixed.to(lm.dtype), inputs, problem.target.ids).sum(1)
+    return lm.log_probs_from_embeddings(mixed.to(lm.dtype), inputs, problem.target_ids).sum(1)
 
 
 def mask_gradient(problem: Problem) -> tuple[float, torch.Tensor]:
@@ -299,6 +299,12 @@ class XPrompt(Method):
         "random_init": Param(False, "ablation: initial removed set drawn uniformly, not by gradient", bool),
         "uniform_sampling": Param(False, "ablation: swap features drawn uniformly, not by gradient", bool),
     }
+    k: int
+    n_iter: int
+    proposals_per_step: int
+    guidance: str
+    random_init: bool
+    uniform_sampling: bool
 
     def _guidance(self, problem: Problem) -> tuple[torch.Tensor, torch.Tensor]:
         """The gradient whose magnitude is g (:func:`guidance_gradient`) and the features ranked
@@ -317,10 +323,13 @@ class XPrompt(Method):
         gen = problem.generator()
         use_gradient = not (self.random_init and self.uniform_sampling)
         gradient, ranking = self._guidance(problem) if use_gradient else (None, None)
-        order = torch.randperm(F, generator=gen) if self.random_init else ranking
+        order = torch.randperm(F, generator=gen) if self.random_init or ranking is None else ranking
         key = _bits(order[:k])
-        sample_by_gradient = gradient is not None and not self.uniform_sampling
-        weights = gradient.abs() if sample_by_gradient else torch.zeros(F, dtype=torch.float64)
+        weights = (
+            gradient.abs()
+            if gradient is not None and not self.uniform_sampling
+            else torch.zeros(F, dtype=torch.float64)
+        )
 
         score = _Scorer(problem)
         full, initial = score([0, key]).tolist()

@@ -36,10 +36,11 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .. import registry
 from ..api import explain
-from ..defaults import DEFAULT_LEVEL, DEFAULT_MAX_NEW_TOKENS, DEFAULT_SEED, DEFAULT_SIMILARITY_K
+from ..defaults import DEFAULT_LEVEL, DEFAULT_MASK, DEFAULT_MAX_NEW_TOKENS, DEFAULT_SEED, DEFAULT_SIMILARITY_K
 from ..errors import GenattrError, InputError
 from ..io import write_atomic
 from ..model import LanguageModel
@@ -180,7 +181,7 @@ def evaluate_one(
     masks drawn) with ``example_seed(seed, item.id)``, recorded in the row as ``seed``."""
     seed = example_seed(seed, item.id)
     row = {"method": method, "example": item.id, "dataset": item.dataset, "seed": seed}
-    params = {}
+    params: dict[str, Any] = {}
     if "k" in registry.get(method).params:
         params["k"] = len(item.ground_truth) if item.ground_truth else k
     started, usage = time.perf_counter(), lm.usage.copy()
@@ -196,7 +197,7 @@ def evaluate_one(
             level=level,
             seed=seed,
             max_new_tokens=max_new_tokens,
-            **({"mask": mask} if mask else {}),
+            mask=mask or DEFAULT_MASK,
             **params,
         )
     except GenattrError as exc:
@@ -278,7 +279,7 @@ def run_benchmark(
             "files of the same name): give each data file once, under a name of its own."
         )
     out = Path(out)
-    options = {"level": level, "mask": mask, "max_new_tokens": max_new_tokens, "k": k}
+    options: dict[str, Any] = {"level": level, "mask": mask, "max_new_tokens": max_new_tokens, "k": k}
     settings = run_settings(lm, seed=seed, metrics=metrics, **options)
     stamps = {it.id: {"example_hash": item_hash(it), "settings": settings} for it in items}
     wanted = {

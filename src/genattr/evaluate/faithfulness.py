@@ -53,6 +53,7 @@ from ..defaults import DEFAULT_MAX_NEW_TOKENS, DEFAULT_SEED, DEFAULT_SIMILARITY_
 from ..errors import InputError
 from ..masking import Masker
 from ..model import LanguageModel
+from ..protocols import decode
 from ..result import Attribution
 from .ground_truth import ranking
 from .text import bleu, cosine, make_embedder, rouge_l
@@ -132,7 +133,7 @@ def perturbation_curves(
     )
     unique, index = _unique_rows(rows)
     generation = lm.generate(masker_for(lm, res, mask).inputs(unique), max_new_tokens)
-    texts = [lm.tokenizer.decode(ids) for ids in generation.token_ids]
+    texts = [decode(lm.tokenizer, ids) for ids in generation.token_ids]
     vectors = make_embedder(embedder, lm)(generation.token_ids, texts)
     original = vectors[index[0]]
     d = [1 - cosine(original, vectors[i]) for i in index[1:]]
@@ -164,7 +165,7 @@ def erasure(
     lp = lp[index]
     full, without, only = lp[0], lp[1::2], lp[2::2]
     p_full, p_without, p_only = full.exp(), without.exp(), only.exp()
-    out = {
+    out: dict[str, list[float] | float] = {
         "percents": list(percents),
         "log_odds": (without - full).tolist(),
         "comprehensiveness": (p_full - p_without).tolist(),
@@ -221,7 +222,7 @@ def similarity(
             "the model's original generation is empty (it wrote EOS first); similarity "  # pragma: no mutate
             "needs a non-empty generation to compare with."  # pragma: no mutate
         )
-    texts = [lm.tokenizer.decode(ids) for ids in generation.token_ids]
+    texts = [decode(lm.tokenizer, ids) for ids in generation.token_ids]
     lp = lm.target_distributions(masker.inputs(rows), y)
     vectors = make_embedder(encoder, lm)(generation.token_ids, texts)
     per_row = []

@@ -35,7 +35,7 @@ def _check(scores: Sequence[float], truth: Collection[int]) -> tuple[np.ndarray,
     return s, g
 
 
-def ranking(scores: Sequence[float]) -> list[int]:
+def ranking(scores: Sequence[float] | np.ndarray) -> list[int]:
     """Feature indices by descending score, ties by position."""
     s = np.asarray(scores, dtype=np.float64)
     return sorted(range(len(s)), key=lambda i: (-s[i], i))

@@ -52,7 +52,7 @@ def parse_row(line: bytes, where: str) -> dict:
     curves = [row.get(field) for field in CURVE_FIELDS]
     if any(c is not None for c in curves) and not (
         all(isinstance(c, list) and all(isinstance(x, (int, float)) for x in c) for c in curves)
-        and len({len(c) for c in curves}) == 1
+        and len({len(c) for c in curves if isinstance(c, list)}) == 1
     ):
         raise ResultFormatError(
             f"{where} has curves that are not three number lists of one length "

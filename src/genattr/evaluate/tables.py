@@ -132,7 +132,8 @@ def plot_curves(rows: list[dict], methods: Sequence[str], path: Path) -> None:
 
     fig = Figure(figsize=(13, 4.6))
     axes = fig.subplots(1, 2, sharey=True)
-    colours = colormaps["tab20"].colors
+    # tab20 is a ListedColormap, which matplotlib's stubs type as a plain Colormap without colours.
+    colours: Sequence[tuple[float, float, float]] = colormaps["tab20"].colors  # type: ignore[attr-defined]
     styles = ("-", "--", ":", "-.")
     for ax, key, title in (
         (axes[0], "morf", "MoRF (most relevant first) ↑"),

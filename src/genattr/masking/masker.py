@@ -27,12 +27,13 @@ import torch
 from ..defaults import BASELINE_NAMES, DEFAULT_MASK
 from ..errors import InvalidParameterError, UnknownMaskError
 from ..model import Batch, LanguageModel
+from ..protocols import Tokenizer
 from ..text.prompt import Prompt
 from ..text.segment import Feature
 from .base import MASKS
 
 
-def resolve_baseline(tokenizer, baseline: int | str | None, vocab_size: int) -> int:
+def resolve_baseline(tokenizer: Tokenizer, baseline: int | str | None, vocab_size: int) -> int:
     """The baseline token id for ``baseline`` (see the module docstring)."""
     if baseline is None:
         for name in ("pad", "unk", "eos"):

@@ -36,6 +36,8 @@ def generate(
     tokens: list[list[int]] = []
     log_probs: list[list[float]] = []
     stopped: list[bool] = []
+    seqs: list[list[int]]
+    lps: list[list[float]]
     for sl in lm.chunks(len(inputs), inputs.length + max_new_tokens):
         rows = inputs.rows(sl)
         r = len(rows)

@@ -7,16 +7,24 @@ import inspect
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any, Literal, cast, overload
 
 import torch
 
 from ..errors import ContextLengthError, InvalidParameterError, NumericalError
+from ..protocols import CausalLM, ForwardOutput, Tokenizer
 from . import decoding, prefix, scoring
 from .batch import Batch, Usage
 from .masks import AttentionMasks
+from .scoring import TargetIds
 
 DEFAULT_MAX_BATCH_TOKENS = 8192
 """Default memory budget: the most tokens (rows x sequence length) one forward pass may hold."""
+
+
+def _weight(layer: torch.nn.Module) -> torch.Tensor:
+    """The weight matrix of an embedding layer (torch types a module's attributes as Tensor | Module)."""
+    return cast(torch.Tensor, layer.weight)
 
 
 class LanguageModel:
@@ -28,7 +36,12 @@ class LanguageModel:
     """
 
     def __init__(
-        self, model, tokenizer, *, max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS, name: str | None = None
+        self,
+        model: CausalLM,
+        tokenizer: Tokenizer,
+        *,
+        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        name: str | None = None,
     ) -> None:
         if max_batch_tokens < 1:
             raise InvalidParameterError(f"max_batch_tokens must be at least 1, got {max_batch_tokens}.")
@@ -58,7 +71,7 @@ class LanguageModel:
 
     @property
     def vocab_size(self) -> int:
-        return self.model.get_output_embeddings().weight.shape[0]
+        return self.output_embedding_matrix.shape[0]
 
     @property
     def context_length(self) -> int | None:
@@ -72,24 +85,22 @@ class LanguageModel:
     @property
     def embedding_matrix(self) -> torch.Tensor:
         """The input embedding matrix [V, d]."""
-        return self.model.get_input_embeddings().weight
+        return _weight(self.model.get_input_embeddings())
 
     @property
     def output_embedding_matrix(self) -> torch.Tensor:
         """The output (unembedding) matrix [V, d]."""
-        return self.model.get_output_embeddings().weight
+        return _weight(self.model.get_output_embeddings())
 
     @property
     def attn_implementation(self) -> str | None:
         return getattr(self.model.config, "_attn_implementation", None)
 
     def _eos_ids(self) -> list[int]:
-        ids = set()
+        ids: set[int] = set()
         for source in (
             self.tokenizer.eos_token_id,
-            getattr(self.model.generation_config, "eos_token_id", None)
-            if getattr(self.model, "generation_config", None) is not None
-            else None,
+            getattr(getattr(self.model, "generation_config", None), "eos_token_id", None),
         ):
             if isinstance(source, int):
                 ids.add(source)
@@ -121,7 +132,9 @@ class LanguageModel:
                 self.progress(stop, n_rows)
 
     # ----------------------------------------------------------------- the forward pass
-    def attention_mask(self, visible: torch.Tensor, query_index: torch.Tensor):
+    def attention_mask(
+        self, visible: torch.Tensor, query_index: torch.Tensor
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
         """Additive 4-D mask [B, 1, Q, K] (one per layer type where they differ, see
         :class:`~genattr.model.masks.AttentionMasks`): query ``q`` (at key index ``query_index[q]``)
         sees key ``k`` iff ``k <= q`` and key ``k`` is visible or is the query itself."""
@@ -134,13 +147,13 @@ class LanguageModel:
         inputs_embeds: torch.Tensor | None = None,
         visible: torch.Tensor,
         positions: torch.Tensor,
-        cache=None,
+        cache: Any = None,
         use_cache: bool = False,
         logits_to_keep: int = 0,
         output_attentions: bool = False,
         sees: torch.Tensor | None = None,
         key_positions: torch.Tensor | None = None,
-    ):
+    ) -> ForwardOutput:
         """One forward pass of the model (counted). ``visible`` covers every key so far (cache + new).
 
         The cache goes in under the name the installed transformers expects (``cache`` from 5.24,
@@ -155,7 +168,10 @@ class LanguageModel:
         """
         from transformers import DynamicCache
 
-        q_len = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        given = input_ids if input_ids is not None else inputs_embeds
+        if given is None:
+            raise InvalidParameterError("forward needs input_ids or inputs_embeds.")
+        q_len = given.shape[1]
         batch = visible.shape[0]
         total = visible.shape[1]
         mask = None
@@ -192,18 +208,18 @@ class LanguageModel:
             )
         return out
 
-    def prefill(self, rows: Batch):
+    def prefill(self, rows: Batch) -> tuple[torch.Tensor, Any]:
         """Forward pass over prompt rows with a KV cache: (last-position logits [r, V], cache), each
         distinct prompt prefix run once (:func:`~genattr.model.prefix.prefill`)."""
         return prefix.prefill(self, rows)
 
     # ----------------------------------------------------------------- scoring
-    def target_log_probs(self, inputs: Batch, target_ids) -> torch.Tensor:
+    def target_log_probs(self, inputs: Batch, target_ids: TargetIds) -> torch.Tensor:
         """Teacher-forced log p(y_t | prompt variant, y_<t): [B, n] float32
         (:func:`~genattr.model.scoring.target_log_probs`)."""
         return scoring.target_log_probs(self, inputs, target_ids)
 
-    def target_distributions(self, inputs: Batch, target_ids) -> torch.Tensor:
+    def target_distributions(self, inputs: Batch, target_ids: TargetIds) -> torch.Tensor:
         """Teacher-forced next-token log-distributions at each target position: [B, n, V] float32
         (:func:`~genattr.model.scoring.target_distributions`)."""
         return scoring.target_distributions(self, inputs, target_ids)
@@ -213,14 +229,34 @@ class LanguageModel:
         """Input embeddings of ``input_ids`` [B, L] -> [B, L, d] (part of the autograd graph)."""
         return self.model.get_input_embeddings()(input_ids.to(self.device))
 
+    @overload
     def log_probs_from_embeddings(
         self,
         prompt_embeds: torch.Tensor,
         inputs: Batch,
-        target_ids,
+        target_ids: TargetIds,
+        output_attentions: Literal[False] = False,
+        return_logits: bool = False,
+    ) -> torch.Tensor: ...
+
+    @overload
+    def log_probs_from_embeddings(
+        self,
+        prompt_embeds: torch.Tensor,
+        inputs: Batch,
+        target_ids: TargetIds,
+        output_attentions: Literal[True],
+        return_logits: bool = False,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]: ...
+
+    def log_probs_from_embeddings(
+        self,
+        prompt_embeds: torch.Tensor,
+        inputs: Batch,
+        target_ids: TargetIds,
         output_attentions: bool = False,
         return_logits: bool = False,
-    ):
+    ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """Differentiable teacher-forced log-probs [B, n] of the target given prompt embeddings
         [B, L, d] (:func:`~genattr.model.scoring.log_probs_from_embeddings`)."""
         return scoring.log_probs_from_embeddings(
@@ -229,7 +265,7 @@ class LanguageModel:
 
     # ----------------------------------------------------------------- attention
     @contextmanager
-    def eager_attention(self):
+    def eager_attention(self) -> Iterator[None]:
         """Temporarily switch the model to eager attention (needed to read attention weights)."""
         before = self.attn_implementation
         if before == "eager":
@@ -239,9 +275,10 @@ class LanguageModel:
         try:
             yield
         finally:
-            self.model.set_attn_implementation(before)
+            # None (no implementation recorded) asks transformers for its default; its annotation omits None.
+            self.model.set_attn_implementation(cast(str, before))
 
-    def attention_maps(self, inputs: Batch, target_ids) -> torch.Tensor:
+    def attention_maps(self, inputs: Batch, target_ids: TargetIds) -> torch.Tensor:
         """Attention probabilities [B, layers, heads, T, T] over prompt + target[:-1]
         (:func:`~genattr.model.scoring.attention_maps`)."""
         return scoring.attention_maps(self, inputs, target_ids)

@@ -14,12 +14,13 @@ import re
 import torch
 
 from ..errors import InvalidParameterError, ModelLoadError
+from ..protocols import CausalLM, Tokenizer
 from .language_model import DEFAULT_MAX_BATCH_TOKENS, LanguageModel
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
 
-def _resolve_dtype(dtype) -> torch.dtype | None:
+def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
     names = {
@@ -35,7 +36,7 @@ def _resolve_dtype(dtype) -> torch.dtype | None:
     return names[dtype]
 
 
-def _resolve_device(device) -> torch.device:
+def _resolve_device(device: str | torch.device | None) -> torch.device:
     """``device`` as a torch device that exists here: None and ``"auto"`` mean CUDA when present,
     else CPU; a CUDA or MPS device this machine lacks raises InvalidParameterError."""
     if device in (None, "auto"):
@@ -89,10 +90,10 @@ def _hub_options(repo_id: str) -> dict:
 def load(
     path_or_id: str | os.PathLike | None = None,
     *,
-    model=None,
-    tokenizer=None,
-    device=None,
-    dtype=None,
+    model: CausalLM | None = None,
+    tokenizer: Tokenizer | None = None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
     trust_remote_code: bool = False,
     use_safetensors: bool = True,
     max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
@@ -149,5 +150,5 @@ def load(
             "file must be downloaded again; for a hub id you need network access, otherwise pass a "
             "local directory."
         ) from exc
-    mdl.to(target_device)
+    mdl.to(target_device)  # type: ignore[arg-type]  # transformers' @wraps(Module.to) types it unbound
     return LanguageModel(mdl, tok, max_batch_tokens=max_batch_tokens, name=str(path_or_id))

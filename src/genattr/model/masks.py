@@ -10,16 +10,17 @@ gets one mask per layer type.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from ..errors import UnsupportedModelError
+from ..errors import InvalidParameterError, UnsupportedModelError
 
 LAYER_TYPES = frozenset({"full_attention", "sliding_attention"})
 """The layer types whose masks genattr builds."""
 
 
-def _sliding_window(config) -> tuple[int | None, list[str] | None]:
+def _sliding_window(config: Any) -> tuple[int | None, list[str] | None]:
     """(window, layer types) of a model with sliding-window attention, else (None, None); layer
     types None when every layer slides (Mistral), and kept whenever a layer is of a kind other than
     full or sliding attention (chunked, linear), which :meth:`AttentionMasks.build` refuses."""
@@ -51,12 +52,12 @@ class AttentionMasks:
     layer_types: list[str] | None = None
 
     @classmethod
-    def for_config(cls, config) -> AttentionMasks:
+    def for_config(cls, config: Any) -> AttentionMasks:
         return cls(*_sliding_window(config))
 
     def causal(
         self, visible: torch.Tensor, query_index: torch.Tensor, dtype: torch.dtype, device: torch.device
-    ):
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
         """Mask(s) where query ``q`` (at key index ``query_index[q]``) sees key ``k`` iff ``k <= q``
         and key ``k`` is visible or is the query itself. Distances are counted in key indices,
         which equal position differences between the visible tokens of genattr's rows (hidden
@@ -71,10 +72,10 @@ class AttentionMasks:
         self,
         sees: torch.Tensor,
         query_positions: torch.Tensor,
-        key_positions: torch.Tensor,
+        key_positions: torch.Tensor | None,
         dtype: torch.dtype,
         device: torch.device,
-    ):
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
         """The model's attention mask(s) for a boolean pattern ``sees`` [B, Q, K], queries and keys
         at ``query_positions`` [B, Q] and ``key_positions`` [B, K]: one additive mask [B, 1, Q, K],
         or a dict of them by layer type."""
@@ -88,6 +89,10 @@ class AttentionMasks:
         full = _additive_mask(sees, dtype, device)
         if self.window is None:
             return full
+        if key_positions is None:
+            raise InvalidParameterError(
+                "a sliding-window model needs key_positions with a custom pattern sees."
+            )
         near = key_positions[:, None, :] > query_positions[:, :, None] - self.window
         windowed = _additive_mask(sees & near, dtype, device)
         if self.layer_types is None:

@@ -11,7 +11,7 @@ removed feature on; Shapley coalitions about 35% fewer tokens.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -19,13 +19,14 @@ import torch
 from .batch import Batch
 
 if TYPE_CHECKING:
+    from ..protocols import ForwardOutput
     from .language_model import LanguageModel
 
 PREFILL_CALL_TOKENS = 128
 """The cost of one more forward pass, in tokens, when rows share prompt prefixes (see :func:`_prefix_cuts`)."""
 
 
-def returned_cache(output):
+def returned_cache(output: ForwardOutput) -> Any:
     """The key/value cache a model's forward returned, under either name (``cache`` from
     transformers 5.24, ``past_key_values`` before), without touching the deprecated alias."""
     names = {f.name for f in dataclasses.fields(output)}
@@ -37,7 +38,7 @@ def _lexicographic_order(key: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.lexsort(key.numpy().T[::-1]).copy())
 
 
-def _gather_cache(cache, index: torch.Tensor):
+def _gather_cache(cache: Any, index: torch.Tensor) -> Any:
     """A :class:`~transformers.DynamicCache` whose row i is row ``index[i]`` of a plain ``cache``."""
     from transformers import DynamicCache
 
@@ -85,7 +86,7 @@ def _prefix_cuts(same: list[int], length: int, n: int, call_tokens: int) -> list
     return cuts[::-1]
 
 
-def _plain_cache(cache) -> bool:
+def _plain_cache(cache: Any) -> bool:
     """Whether ``cache`` is a plain :class:`~transformers.DynamicCache` (full-length keys and values per
     layer), the only kind whose prefixes genattr shares between rows."""
     from transformers import DynamicCache
@@ -102,7 +103,7 @@ def sharing_order(lm: LanguageModel, inputs: Batch) -> torch.Tensor:
     return _lexicographic_order(inputs.input_ids * 2 + inputs.visible.long())
 
 
-def shared_prefixes(lm: LanguageModel, rows: Batch, n: int = 1) -> tuple[int, object | None]:
+def shared_prefixes(lm: LanguageModel, rows: Batch, n: int = 1) -> tuple[int, Any]:
     """(s, a cache of each row's first s positions), running each distinct prompt prefix once;
     (0, None) where rows cannot share. ``n``: the positions each row runs after its prompt.
 
@@ -145,7 +146,7 @@ def shared_prefixes(lm: LanguageModel, rows: Batch, n: int = 1) -> tuple[int, ob
     return done, _gather_cache(past, node[torch.argsort(order)])
 
 
-def prefill(lm: LanguageModel, rows: Batch):
+def prefill(lm: LanguageModel, rows: Batch) -> tuple[torch.Tensor, Any]:
     """Forward pass over prompt rows with a KV cache: (last-position logits [r, V], cache), each
     distinct prompt prefix run once (see :func:`shared_prefixes`)."""
     done, past = shared_prefixes(lm, rows)

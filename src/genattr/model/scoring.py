@@ -9,8 +9,8 @@ are computed in float32 whatever the model's dtype.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import torch
 
@@ -21,8 +21,11 @@ from .prefix import shared_prefixes, sharing_order
 if TYPE_CHECKING:
     from .language_model import LanguageModel
 
+TargetIds: TypeAlias = "Sequence[int] | torch.Tensor"
+"""Target token ids: one sequence shared by every row, or a [B, n] tensor of per-row targets."""
 
-def _targets(lm: LanguageModel, inputs: Batch, target_ids) -> torch.Tensor:
+
+def _targets(lm: LanguageModel, inputs: Batch, target_ids: TargetIds) -> torch.Tensor:
     """``target_ids`` as a [B, n] tensor, one row per prompt row, checked against the context window."""
     target = torch.as_tensor(target_ids, dtype=torch.long)
     if target.ndim == 1:
@@ -36,7 +39,7 @@ def _targets(lm: LanguageModel, inputs: Batch, target_ids) -> torch.Tensor:
 
 
 def _target_logits(
-    lm: LanguageModel, inputs: Batch, target: torch.Tensor, done: int = 0, past=None
+    lm: LanguageModel, inputs: Batch, target: torch.Tensor, done: int = 0, past: Any = None
 ) -> torch.Tensor:
     """Float32 logits [B, n, V] at the n positions that predict the n target tokens.
 
@@ -71,7 +74,7 @@ def _teacher_forced(
 
 
 @torch.no_grad()
-def target_log_probs(lm: LanguageModel, inputs: Batch, target_ids) -> torch.Tensor:
+def target_log_probs(lm: LanguageModel, inputs: Batch, target_ids: TargetIds) -> torch.Tensor:
     """Teacher-forced log p(y_t | prompt variant, y_<t) for every row and target token: [B, n] float32.
 
     ``target_ids`` is one sequence shared by all rows, or a [B, n] tensor of per-row targets.
@@ -86,7 +89,7 @@ def target_log_probs(lm: LanguageModel, inputs: Batch, target_ids) -> torch.Tens
 
 
 @torch.no_grad()
-def target_distributions(lm: LanguageModel, inputs: Batch, target_ids) -> torch.Tensor:
+def target_distributions(lm: LanguageModel, inputs: Batch, target_ids: TargetIds) -> torch.Tensor:
     """Teacher-forced next-token log-distributions at each target position: [B, n, V] float32."""
     target = _targets(lm, inputs, target_ids)
     out = torch.empty((*target.shape, lm.vocab_size), dtype=torch.float32)
@@ -99,10 +102,10 @@ def log_probs_from_embeddings(
     lm: LanguageModel,
     prompt_embeds: torch.Tensor,
     inputs: Batch,
-    target_ids,
+    target_ids: TargetIds,
     output_attentions: bool = False,
     return_logits: bool = False,
-):
+) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     """Differentiable teacher-forced log-probs of the target given prompt embeddings [B, L, d].
 
     ``inputs`` gives the visibility and positions of the prompt rows (its ids are not read).
@@ -128,7 +131,7 @@ def log_probs_from_embeddings(
 
 
 @torch.no_grad()
-def attention_maps(lm: LanguageModel, inputs: Batch, target_ids) -> torch.Tensor:
+def attention_maps(lm: LanguageModel, inputs: Batch, target_ids: TargetIds) -> torch.Tensor:
     """Attention probabilities of every layer and head over prompt + target[:-1]:
     [B, layers, heads, T, T] float32, read under eager attention."""
     target = _targets(lm, inputs, target_ids)

@@ -40,7 +40,8 @@ def colour(value: float, scale: float) -> RGB:
         return NEUTRAL
     t = max(-1.0, min(1.0, value / scale))
     end = POSITIVE if t > 0 else NEGATIVE
-    return tuple(round(w + (e - w) * abs(t)) for w, e in zip(NEUTRAL, end, strict=True))
+    r, g, b = (round(w + (e - w) * abs(t)) for w, e in zip(NEUTRAL, end, strict=True))
+    return r, g, b
 
 
 def ink(background: RGB) -> RGB:
@@ -74,7 +75,8 @@ def visible(text: str, *, layout: bool = False) -> str:
 def pieces(res) -> list[tuple[str, int | None]]:
     """The prompt text, in order and complete, as ``(text, feature position)`` pieces; context
     between features (template scaffolding, unscored text) has position None."""
-    text, out, cursor = res.prompt.text, [], 0
+    text, cursor = res.prompt.text, 0
+    out: list[tuple[str, int | None]] = []
     for i, f in sorted(enumerate(res.features), key=lambda item: (item[1].start, item[1].end)):
         start = max(f.start, cursor)
         if start > cursor:

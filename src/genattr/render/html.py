@@ -29,6 +29,8 @@ from . import (
 )
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from ..result import Attribution
 
 CSS = """
@@ -93,12 +95,12 @@ def _target(res: Attribution) -> str:
     )
 
 
-def _matrix(res: Attribution) -> str:
+def _matrix(res: Attribution, token_scores: np.ndarray) -> str:
     """The token-score matrix, coloured on its own scale (max |token score|) with its own legend."""
-    scale = max_abs(res.token_scores)
+    scale = max_abs(token_scores)
     head = "".join(f"<th>{_e(f.text)}</th>" for f in res.features)
     rows = []
-    for token, row in zip(res.target.tokens, res.token_scores, strict=True):
+    for token, row in zip(res.target.tokens, token_scores, strict=True):
         cells = []
         for f, v in zip(res.features, row, strict=True):
             title = f"{token} / {f.text}: score {fmt(v)}"
@@ -127,7 +129,7 @@ def _legend(scale: float, what: str, marked: bool) -> str:
 
 def _body(res: Attribution, mark: Collection[int]) -> str:
     scale = max_abs(res.scores)
-    matrix = "" if res.token_scores is None else _matrix(res)
+    matrix = "" if res.token_scores is None else _matrix(res, res.token_scores)
     return (
         _head(res) + _prompt(res, scale, mark) + _legend(scale, "prompt", bool(mark)) + _target(res) + matrix
     )

@@ -19,15 +19,17 @@ import re
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import EmptyPromptError, InputError, NoMaskableFeaturesError, UnknownTokensWarning
+from ..protocols import Tokenizer, render_chat, token_strings
 from .segment import Feature, content_span, segment
 
 SHOWN_UNKNOWN_WORDS = 10
 """How many unknown words the warning quotes (it always counts them all)."""
 
 
-def _encode(tokenizer, text: str, add_special_tokens: bool):
+def _encode(tokenizer: Tokenizer, text: str, add_special_tokens: bool) -> Mapping[str, Any]:
     try:
         enc = tokenizer(
             text,
@@ -44,7 +46,7 @@ def _encode(tokenizer, text: str, add_special_tokens: bool):
 
 
 def control_tokens(
-    tokenizer,
+    tokenizer: Tokenizer,
     text: str,
     ids: Sequence[int],
     offsets: Sequence[tuple[int, int]],
@@ -69,7 +71,11 @@ def control_tokens(
 
 
 def _warn_unknown(
-    tokenizer, text: str, ids: Sequence[int], offsets: Sequence[tuple[int, int]], maskable: Sequence[bool]
+    tokenizer: Tokenizer,
+    text: str,
+    ids: Sequence[int],
+    offsets: Sequence[tuple[int, int]],
+    maskable: Sequence[bool],
 ) -> None:
     """Warn with the number of word features (see :mod:`genattr.text.segment`) holding an unknown token."""
     unk = tokenizer.unk_token_id
@@ -96,7 +102,7 @@ _SENTINEL = "\x00genattr-system\x00"
 
 
 def default_system_message(
-    tokenizer, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = True
+    tokenizer: Tokenizer, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = True
 ) -> str | None:
     """The system message the chat template inserts when ``messages`` have none, or None.
 
@@ -109,12 +115,10 @@ def default_system_message(
     if any(m["role"] == "system" for m in messages):
         return None
     render = [dict(m) for m in messages]
-    plain = tokenizer.apply_chat_template(render, tokenize=False, add_generation_prompt=add_generation_prompt)
+    plain = render_chat(tokenizer, render, add_generation_prompt)
     try:
-        marked = tokenizer.apply_chat_template(
-            [{"role": "system", "content": _SENTINEL}, *render],
-            tokenize=False,
-            add_generation_prompt=add_generation_prompt,
+        marked = render_chat(
+            tokenizer, [{"role": "system", "content": _SENTINEL}, *render], add_generation_prompt
         )
     except TemplateError:  # a template without a system role has no default system message either
         return None
@@ -145,7 +149,7 @@ class Prompt:
     is_chat: bool = False
 
     @classmethod
-    def from_text(cls, tokenizer, text: str, *, add_special_tokens: bool = True) -> Prompt:
+    def from_text(cls, tokenizer: Tokenizer, text: str, *, add_special_tokens: bool = True) -> Prompt:
         if not isinstance(text, str):
             raise InputError(
                 f"prompt must be a string or a list of chat messages, not {type(text).__name__}."
@@ -157,7 +161,7 @@ class Prompt:
     @classmethod
     def from_messages(
         cls,
-        tokenizer,
+        tokenizer: Tokenizer,
         messages: Sequence[Mapping[str, str]],
         *,
         add_generation_prompt: bool = True,
@@ -183,9 +187,7 @@ class Prompt:
                 "or set tokenizer.chat_template."
             )
         messages = [dict(m) for m in messages]
-        text = tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=add_generation_prompt
-        )
+        text = render_chat(tokenizer, messages, add_generation_prompt)
         if include_default_system:
             default = default_system_message(tokenizer, messages, add_generation_prompt=add_generation_prompt)
             if default:
@@ -210,7 +212,7 @@ class Prompt:
     @classmethod
     def _tokenised(
         cls,
-        tokenizer,
+        tokenizer: Tokenizer,
         text: str,
         add_special_tokens: bool,
         content_spans: list[tuple[int, int]] | None = None,
@@ -233,7 +235,7 @@ class Prompt:
             text,
             tuple(ids),
             tuple(offsets),
-            tuple(tokenizer.convert_ids_to_tokens(ids)),
+            tuple(token_strings(tokenizer, ids)),
             tuple(maskable),
             add_special_tokens,
             content_spans is not None,

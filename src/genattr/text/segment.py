@@ -265,7 +265,7 @@ class Token(Level):
     name = "token"
 
     def features(self, text, offsets, maskable, *, pattern=None, spans=None) -> list[Feature]:
-        features = []
+        features: list[Feature] = []
         for t, (s, e) in enumerate(offsets):
             if maskable[t]:
                 features.append(Feature(len(features), text[s:e], s, e, (t,)))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from ..defaults import DEFAULT_MAX_NEW_TOKENS
 from ..errors import EmptyTargetError, InvalidParameterError
 from ..model import Batch, LanguageModel
+from ..protocols import Tokenizer, decode
 from .prompt import Prompt
 
 
@@ -31,8 +32,8 @@ class Target:
         return len(self.ids)
 
 
-def _display(tokenizer, ids: Sequence[int]) -> tuple[str, ...]:
-    return tuple(tokenizer.decode([i]) for i in ids)
+def _display(tokenizer: Tokenizer, ids: Sequence[int]) -> tuple[str, ...]:
+    return tuple(decode(tokenizer, [i]) for i in ids)
 
 
 def resolve_target(
@@ -52,7 +53,7 @@ def resolve_target(
                 "the model's greedy continuation is empty (its first token is end-of-sequence); "
                 "pass target=... to explain a continuation of your choice."
             )
-        return Target(tuple(ids), tokenizer.decode(ids), _display(tokenizer, ids), True)
+        return Target(tuple(ids), decode(tokenizer, ids), _display(tokenizer, ids), True)
     if isinstance(target, str):
         if not target:
             raise EmptyTargetError(
@@ -74,6 +75,6 @@ def resolve_target(
             raise InvalidParameterError(
                 f"target token ids {bad[:5]} are outside the vocabulary (0..{lm.vocab_size - 1})."
             )
-        text = tokenizer.decode(ids)
+        text = decode(tokenizer, ids)
     lm.check_length(len(prompt) + len(ids))
     return Target(tuple(ids), text, _display(tokenizer, ids), False)

@@ -107,7 +107,7 @@ def training_row(rng: random.Random, vocab: dict[str, int], augment: float):
     task = rng.choices(TASKS, weights=TASK_WEIGHTS)[0]
     ex = sample(task, rng, **_options(task, rng))
     words = list(ex.words)
-    removed, how = set(), None
+    removed, how = set(), ""  # how the removed words go (none yet)
     if rng.random() < augment:
         protected = set(ex.ground_truth) if task in ("recall", "copy") else set()
         candidates = [i for i in range(len(words)) if i not in protected]

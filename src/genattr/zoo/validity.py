@@ -12,8 +12,10 @@ import random
 
 import torch
 
+from ..errors import UnsupportedModelError
 from ..masking import Masker
 from ..model import Batch, LanguageModel
+from ..protocols import token_strings
 from ..text.prompt import Prompt
 from .tasks import Example, examples
 
@@ -26,9 +28,14 @@ def _prompt_ids(lm: LanguageModel, ex: Example) -> list[int]:
 
 def generations(lm: LanguageModel, exs: list[Example], max_new_tokens: int = 9) -> list[list[str]]:
     """Greedy continuations (as words, EOS excluded) of every example, in one batched call."""
-    inputs = Batch.left_padded([_prompt_ids(lm, ex) for ex in exs], lm.tokenizer.pad_token_id)
+    pad = lm.tokenizer.pad_token_id
+    if pad is None:
+        raise UnsupportedModelError(
+            "the zoo's checks left-pad the prompts with a pad token, which this tokenizer lacks."
+        )
+    inputs = Batch.left_padded([_prompt_ids(lm, ex) for ex in exs], pad)
     gen = lm.generate(inputs, max_new_tokens)
-    return [lm.tokenizer.convert_ids_to_tokens(ids) for ids in gen.token_ids]
+    return [token_strings(lm.tokenizer, ids) for ids in gen.token_ids]
 
 
 def correct(ex: Example, words: list[str]) -> bool:

@@ -56,12 +56,14 @@ from __future__ import annotations
 
 import time
 import warnings
+from typing import Any
 
 import torch
 
 from ...errors import ConvergenceWarning, InvalidParameterError, LowBeamMassWarning
 from ...model import LanguageModel
 from ...problem import Problem
+from ...protocols import decode
 from ...registry import register
 from ...text.target import Target
 from ..base import MAX_BEAMS, MAX_ITERATIONS, MAX_OUTPUT_POSITIONS, Method, Output, Param
@@ -173,6 +175,21 @@ class Gilot(Method):
             maximum=1.0,
         ),
     }
+    num_beams: int
+    n_positions: int
+    beams: str
+    distance: str
+    solver: str
+    top_k: int | None
+    embeddings: str
+    reg: float
+    beta: float
+    inner_iter: int
+    tol: float
+    max_iter: int
+    ot_batch_size: int
+    smoothing: float
+    mass_threshold: float
 
     def attribute(self, problem: Problem) -> Output:
         lm, F, b, J = problem.lm, problem.n_features, self.num_beams, self.n_positions
@@ -216,7 +233,7 @@ class Gilot(Method):
             )
         ids = search.sequences[0, 0].tolist()
         tokenizer = lm.tokenizer
-        target = Target(tuple(ids), tokenizer.decode(ids), tuple(tokenizer.decode([i]) for i in ids), True)
+        target = Target(tuple(ids), decode(tokenizer, ids), tuple(decode(tokenizer, [i]) for i in ids), True)
         return Output(distances.mean(1), distances.T, diagnostics, target=target)
 
     def _distances(self, lm: LanguageModel, p: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, dict]:
@@ -226,7 +243,7 @@ class Gilot(Method):
             return divergence(p[None], q, self.distance, self.smoothing), {}
         device = torch.device("cpu") if self.solver == "exact" else lm.device
         unit = _unit_embeddings(lm, self.embeddings, V).to(device)
-        options = {
+        options: dict[str, Any] = {
             "sinkhorn": {"reg": self.reg, "tol": self.tol, "max_iter": self.max_iter},
             "ipot": {
                 "beta": self.beta,

@@ -48,6 +48,7 @@ in chunks of ``batch_size`` problems (for the iterative solvers on two CPU cores
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -235,7 +236,8 @@ def solve(
         )
     if batch_size < 1:
         raise InvalidParameterError(f"batch_size must be at least 1, got {batch_size}.")  # pragma: no mutate
-    fn = {"sinkhorn": sinkhorn, "ipot": ipot, "exact": exact}[solver]
+    solvers: dict[str, Callable[..., OTResult]] = {"sinkhorn": sinkhorn, "ipot": ipot, "exact": exact}
+    fn = solvers[solver]
     parts = [
         fn(p[i : i + batch_size], q[i : i + batch_size], C[i : i + batch_size], **options)
         for i in range(0, p.shape[0], batch_size)
