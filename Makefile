@@ -35,6 +35,7 @@ test: setup
 lint: setup
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
 
 bench: setup
 	$(BIN)/pip install --quiet -c $(TORCH) -e '.[dev,bench]'
@@ -83,4 +84,4 @@ lock:
 	mv $(LOCK).tmp $(LOCK)
 
 clean:
-	rm -rf $(VENV) $(LATEST) $(OLDEST) mutants build dist src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LATEST) $(OLDEST) mutants build dist src/*.egg-info .pytest_cache .ruff_cache .mypy_cache

@@ -1,9 +1,14 @@
 """What make installs is what was tested: the lock pins every package within pyproject.toml's
-ranges, the floors file matches the lower bounds, and the build backend is pinned."""
+ranges, the floors file matches the lower bounds, and the build backend is pinned; the wheel holds
+the typing marker and the zoo model."""
 
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -78,3 +83,30 @@ def test_the_version_is_read_from_the_package_metadata(monkeypatch):
 
     monkeypatch.setattr(_version, "version", not_installed)
     assert _version.installed_version() == _version.UNKNOWN and Version(_version.UNKNOWN)
+
+
+def test_the_wheel_ships_the_typing_marker_and_the_zoo_model(tmp_path):
+    """Built offline from a copy of the sources, with the pinned backend installed here."""
+    pytest.importorskip("setuptools")
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(ROOT / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--no-deps",
+        "--no-build-isolation",
+        "-q",
+        "-w",
+        "dist",
+        ".",
+    ]
+    subprocess.run(command, cwd=source, check=True, capture_output=True)
+    (wheel,) = (source / "dist").glob("genattr-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "genattr/py.typed" in names and "genattr/protocols.py" in names
+    assert {"genattr/zoo/model/model.safetensors", "genattr/zoo/model/tokenizer.json"} <= names
