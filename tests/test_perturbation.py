@@ -14,7 +14,6 @@ import genattr
 from genattr import problem as problem_module
 from genattr import registry
 from genattr.algorithms import perturbation
-from genattr.algorithms.base import MAX_SAMPLES
 from genattr.algorithms.perturbation import (
     KernelShapFit,
     RidgeFit,
@@ -30,6 +29,7 @@ from genattr.errors import InvalidParameterError
 from genattr.masking import Masker
 from genattr.problem import Problem
 from genattr.prompt import Prompt
+from genattr.registry import MAX_SAMPLES
 from genattr.target import resolve_target
 
 from .conftest import naive_log_probs

@@ -26,19 +26,23 @@ _LAZY = {
     "Feature": "prompt",
     "Inputs": "model",
     "LanguageModel": "model",
+    "Method": "registry",
     "MethodInfo": "registry",
+    "Output": "registry",
+    "Param": "registry",
     "Prompt": "prompt",
     "Target": "target",
     "explain": "api",
     "load": "model",
     "methods": "registry",
+    "register": "registry",
 }
 
 if TYPE_CHECKING:
     from .api import explain
     from .model import Inputs, LanguageModel, load
     from .prompt import Feature, Prompt
-    from .registry import MethodInfo, methods
+    from .registry import Method, MethodInfo, Output, Param, methods, register
     from .result import Attribution
     from .target import Target
 
@@ -62,7 +66,10 @@ __all__ = [
     "LEVELS",
     "LanguageModel",
     "MASKS",
+    "Method",
     "MethodInfo",
+    "Output",
+    "Param",
     "Prompt",
     "Target",
     "__version__",
@@ -70,4 +77,5 @@ __all__ = [
     "explain",
     "load",
     "methods",
+    "register",
 ]

@@ -23,6 +23,7 @@ from pathlib import Path
 from . import __version__
 from .defaults import BASELINE_NAMES, DEFAULT_MASK, DEFAULT_MAX_NEW_TOKENS, MASKS
 from .errors import GenattrError, InputError, InvalidParameterError
+from .registry import FLAGS
 from .segment import LEVELS
 
 
@@ -320,7 +321,13 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     ex.set_defaults(func=cmd_explain)
 
-    me = sub.add_parser("methods", help="list the registered methods")
+    me = sub.add_parser(
+        "methods",
+        help="list the registered methods",
+        description="List the registered methods: name, family, flags, summary.",
+        epilog="flags:\n" + "\n".join(f"  {flag:<13} {meaning}" for flag, meaning in FLAGS.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     me.add_argument("--markdown", action="store_true", help="print the README's table of methods")
     me.set_defaults(func=cmd_methods)
 
