@@ -72,6 +72,13 @@ def test_every_built_in_is_listed_as_its_class_declares_it():
     assert listed == {name: registry.get(name).info() for name in registry.BUILTIN}
 
 
+def test_a_manifest_that_misses_a_built_in_fails_loudly(monkeypatch):
+    monkeypatch.setitem(registry.BUILTIN, "unlisted", "genattr.algorithms.baseline:RandomBaseline")
+    registry._manifest.cache_clear()
+    with pytest.raises(errors.RegistrationError, match="regenerate it"):
+        registry.methods()
+
+
 def _run(code: str) -> None:
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
 

@@ -24,7 +24,6 @@ Methods come from three places, and a name is taken once (a second registration 
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import re
@@ -215,7 +214,13 @@ class MethodInfo:
 
 class Method:
     """Base class. A subclass sets the class attributes, declares ``params`` and implements
-    :meth:`attribute`; :data:`BUILTIN`, an entry point or :func:`register` makes it a method."""
+    :meth:`attribute`; :data:`BUILTIN`, an entry point or :func:`register` makes it a method.
+
+    The flags, each the promise of one label of :data:`FLAGS`: ``needs_gradients``
+    (gradients), ``stochastic``, ``token_scores`` (token-scores), ``additive``,
+    ``convergence_delta`` (delta), ``standard_error`` (stderr) and ``needs_target`` (False:
+    no-target); ``tests/test_contract.py`` holds every registered method to them.
+    """
 
     name: ClassVar[str]
     family: ClassVar[str]
@@ -354,8 +359,16 @@ def register(cls: M) -> M:
 
 @cache
 def _manifest() -> tuple[MethodInfo, ...]:
-    data = json.loads(MANIFEST.read_text(encoding="utf-8"))
-    return tuple(MethodInfo(**entry) for entry in data["methods"])
+    """The built-ins' metadata from :data:`MANIFEST`, which must list exactly :data:`BUILTIN`."""
+    infos = tuple(
+        MethodInfo(**entry) for entry in json.loads(MANIFEST.read_text(encoding="utf-8"))["methods"]
+    )
+    if [info.name for info in infos] != list(BUILTIN):
+        raise RegistrationError(
+            f"{MANIFEST} does not list the built-in methods of genattr.registry.BUILTIN; "
+            "regenerate it with `python -m genattr.registry --write-manifest` (make manifest)."
+        )
+    return infos
 
 
 def methods() -> list[MethodInfo]:
@@ -397,6 +410,8 @@ def manifest_text() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog="python -m genattr.registry", description="Regenerate the built-in methods' manifest."
     )
