@@ -80,7 +80,9 @@ def test_a_manifest_that_misses_a_built_in_fails_loudly(monkeypatch):
 
 
 def _run(code: str) -> None:
-    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    subprocess.run(
+        [sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    )
 
 
 def test_listing_the_methods_imports_neither_torch_nor_a_method():
