@@ -123,9 +123,15 @@ def sinkhorn(
     Solves min_P <P, C> - reg H(P) over Pi(p, q) with the potentials f, g updated as
     f = log p - LSE_j(g_j - C_ij / reg), g = log q - LSE_i(f_i - C_ij / reg), zero masses staying
     at -inf. Stops when the row-marginal violation |P 1 - p|_2 of every problem is under ``tol``
-    (checked every 10 iterations) or after ``max_iter`` iterations; returns <P, C>.
+    (checked every 10 iterations) or after ``max_iter`` iterations; returns <P, C>. Needs reg > 0
+    and max_iter >= 1.
     """
     _check(p, q, C)
+    if not reg > 0 or max_iter < 1:
+        raise InvalidParameterError(
+            f"sinkhorn needs reg > 0 and max_iter >= 1; got reg={reg}, max_iter={max_iter}. "  # pragma: no mutate
+            "Pass a positive regularisation and at least one iteration."  # pragma: no mutate
+        )
     out = bregman_log_projection_batch(-C / reg, p, q, max_iter=max_iter, tol=tol)
     plan = out["T"]
     row_error = (plan.sum(2) - p).norm(dim=1)
@@ -152,11 +158,18 @@ def ipot(
     converges to the exact OT cost; on cosine costs beta = 1 with a few sweeps per step converged
     fastest per sweep in our measurements, and beta below about 0.05 stalls. Stops when
     every problem's row-marginal L1 violation and relative change of cost over ``check_every``
-    steps are both under ``tol``, or after ``max_iter`` steps.
+    steps are both under ``tol``, or after ``max_iter`` steps. Needs beta > 0 and ``inner_iter``,
+    ``max_iter``, ``check_every`` >= 1.
 
     Written by hand: POT has no correct batched IPOT (see the module docstring).
     """
     _check(p, q, C)
+    if not beta > 0 or min(inner_iter, max_iter, check_every) < 1:
+        raise InvalidParameterError(
+            f"ipot needs beta > 0 and inner_iter, max_iter, check_every >= 1; got beta={beta}, "  # pragma: no mutate
+            f"inner_iter={inner_iter}, max_iter={max_iter}, check_every={check_every}. "  # pragma: no mutate
+            "Pass a positive step and at least one sweep, step and check interval."  # pragma: no mutate
+        )
     log_p, log_q = _safe_log(p), _safe_log(q)
     has_p, has_q = p > 0, q > 0
     neg_inf = torch.tensor(float("-inf"), dtype=C.dtype, device=C.device)
