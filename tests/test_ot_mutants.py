@@ -15,7 +15,7 @@ import pytest
 import torch
 from scipy.stats import entropy as scipy_entropy
 
-from genattr import ot
+from genattr.algorithms.gilot import ot
 from genattr.errors import InvalidParameterError
 
 
