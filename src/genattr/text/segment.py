@@ -244,11 +244,37 @@ LEVELS = NameRegistry("level", Level, UnknownLevelError)
 def register_level(cls: type[Level]) -> type[Level]:
     """Class decorator: make a :class:`Level` subclass available as ``level=cls.name``.
 
-    >>> @register_level                                                         # doctest: +SKIP
-    ... class Line(Level):
-    ...     name = "line"
+    Parameters
+    ----------
+    cls : type
+        A subclass of :class:`Level` with a ``name`` and :meth:`Level.find_spans` (or
+        :meth:`Level.features`).
+
+    Returns
+    -------
+    type
+        ``cls`` itself, so that the function works as a decorator.
+
+    Raises
+    ------
+    genattr.errors.InvalidParameterError
+        When ``cls`` is not a :class:`Level` subclass, has no ``name``, or its name is taken by
+        another class (a built-in is never replaced).
+
+    Examples
+    --------
+    >>> import genattr
+    >>> from genattr.testing import tiny_lm
+    >>> @register_level
+    ... class Clause(Level):
+    ...     name = "clause"
     ...     def find_spans(self, text, *, pattern, spans):
-    ...         return [m.span() for m in re.finditer(r"[^\\n]+", text)]
+    ...         return [m.span() for m in re.finditer("[^, ][^,]*", text)]
+    >>> res = genattr.explain(tiny_lm(), "The doctor opens the door, and the nurse", target=" sings",
+    ...                       level="clause")
+    >>> [f.text for f in res.features]
+    ['The doctor opens the door', 'and the nurse']
+    >>> del LEVELS._classes["clause"]  # leave the registry as the other examples expect it
     """
     return LEVELS.register(cls)
 
