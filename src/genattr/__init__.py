@@ -31,13 +31,17 @@ _LAZY = {
     "Batch": "model",
     "Feature": "text.prompt",
     "LanguageModel": "model",
+    "Method": "registry",
     "MethodInfo": "registry",
+    "Output": "registry",
+    "Param": "registry",
     "Prompt": "text.prompt",
     "Settings": "settings",
     "Target": "text.target",
     "explain": "api",
     "load": "model",
     "methods": "registry",
+    "register": "registry",
     "register_level": "text.segment",
     "register_mask": "masking",
     "register_objective": "objectives",
@@ -48,7 +52,7 @@ if TYPE_CHECKING:
     from .masking import register_mask
     from .model import Batch, LanguageModel, load
     from .objectives import register_objective
-    from .registry import MethodInfo, methods
+    from .registry import Method, MethodInfo, Output, Param, methods, register
     from .result import Attribution
     from .settings import Settings
     from .text.prompt import Feature, Prompt
@@ -75,7 +79,10 @@ __all__ = [
     "LEVELS",
     "LanguageModel",
     "MASKS",
+    "Method",
     "MethodInfo",
+    "Output",
+    "Param",
     "Prompt",
     "Settings",
     "Target",
@@ -84,6 +91,7 @@ __all__ = [
     "explain",
     "load",
     "methods",
+    "register",
     "register_level",
     "register_mask",
     "register_objective",

@@ -33,6 +33,7 @@ from .defaults import (
     SEED_LIMIT,
 )
 from .errors import GenattrError, InputError, InvalidParameterError
+from .registry import FLAGS
 from .text.segment import plain_levels
 
 
@@ -327,7 +328,13 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     ex.set_defaults(func=cmd_explain)
 
-    me = sub.add_parser("methods", help="list the registered methods")
+    me = sub.add_parser(
+        "methods",
+        help="list the registered methods",
+        description="List the registered methods: name, family, flags, summary.",
+        epilog="flags:\n" + "\n".join(f"  {flag:<13} {meaning}" for flag, meaning in FLAGS.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     me.add_argument("--markdown", action="store_true", help="print the README's table of methods")
     me.set_defaults(func=cmd_methods)
 

@@ -27,10 +27,9 @@ from __future__ import annotations
 import torch
 
 from ..problem import Problem
-from ..registry import register
+from ..registry import MAX_GRADIENT_POINTS, Method, Output, Param
 from ._embedding import BASELINES, embedded, gradient_sums
 from .attention import attention_maps, net_attention
-from .base import MAX_GRADIENT_POINTS, Method, Output, Param
 
 
 def emphasis_factor(current: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
@@ -51,7 +50,6 @@ def pos_norm(attributions: torch.Tensor) -> torch.Tensor:
     return positive / torch.where(total > 0, total, torch.ones_like(total))
 
 
-@register
 class Aieg(Method):
     """AIEG (see the module docstring for the formulas): integrated gradients whose every step is
     weighted by the emphasis factor EF (how much F changes over that step), kept positive and

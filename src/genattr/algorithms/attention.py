@@ -14,9 +14,8 @@ import torch
 
 from ..errors import InputError
 from ..problem import Problem
-from ..registry import register
+from ..registry import MAX_GRADIENT_POINTS, Method, Output, Param
 from ._embedding import BASELINES, EmbeddedPrompt, embedded, objective_factor
-from .base import MAX_GRADIENT_POINTS, Method, Output, Param
 
 
 def attention_maps(ep: EmbeddedPrompt) -> torch.Tensor:
@@ -170,7 +169,6 @@ def attention_gradients(
 
 
 # --------------------------------------------------------------------- methods
-@register
 class Attention(Method):
     """NetAttention ("Enhancing Integrated Gradients using Emphasis Factors and Attention", 2025,
     Eq. 9; the "Attention-only" baseline there): the attention probability from the position
@@ -191,7 +189,6 @@ class Attention(Method):
         return Output(tokens.mean(0), tokens)
 
 
-@register
 class AttentionRollout(Method):
     """Attention rollout (Abnar and Zuidema, 2020): the product over layers of the head-averaged
     attention plus the identity for the residual connection, A~ = 0.5 A + 0.5 I (see
@@ -249,7 +246,6 @@ class _Bta(Method):
         return Output(sequence, tokens)
 
 
-@register
 class Bta(_Bta):
     """Bidirectional Transformer Attribution (Chen et al., 2023, "Beyond Intuition: Rethinking
     Token Attributions inside Transformers") for the whole target, as "GiLOT: Interpreting
@@ -271,9 +267,9 @@ class Bta(_Bta):
 
     name = "bta"
     summary = "token-wise attention perception rollout times the ReLU of the integrated attention gradient"
+    additive = True
 
 
-@register
 class BtaAvg(_Bta):
     """BTA-AVG (GiLOT, Sec. 4.2): BTA of each target step on its own, averaged over the steps,
 

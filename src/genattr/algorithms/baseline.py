@@ -7,11 +7,9 @@ from __future__ import annotations
 import torch
 
 from ..problem import Problem
-from ..registry import register
-from .base import Method, Output
+from ..registry import Method, Output
 
 
-@register
 class RandomBaseline(Method):
     """Independent standard normal scores per feature, seeded; no model call.
 
@@ -22,7 +20,7 @@ class RandomBaseline(Method):
     family = "baseline"
     summary = "random scores (standard normal, seeded): the floor of every faithfulness metric"
     stochastic = True
-    token_matrix = False
+    token_scores = False
 
     def attribute(self, problem: Problem) -> Output:
         scores = torch.randn(problem.n_features, generator=problem.generator(), dtype=torch.float64)

@@ -24,7 +24,7 @@ import torch
 
 from ..errors import ConvergenceWarning
 from ..problem import Problem
-from ..registry import register
+from ..registry import MAX_GRADIENT_POINTS, Method, Output, Param
 from ._embedding import (
     BASELINES,
     QUADRATURES,
@@ -34,7 +34,6 @@ from ._embedding import (
     objective_factor,
     quadrature,
 )
-from .base import MAX_GRADIENT_POINTS, Method, Output, Param
 
 
 def _factor(ep: EmbeddedPrompt, sequence: bool) -> Callable[[torch.Tensor, slice], torch.Tensor]:
@@ -68,7 +67,6 @@ def _own_sequence_row(ep: EmbeddedPrompt) -> bool:
 
 
 # --------------------------------------------------------------------- plain gradients
-@register
 class Saliency(Method):
     """Saliency ("Deep Inside Convolutional Networks: Visualising Image Classification Models and
     Saliency Maps", Simonyan et al., 2014): the norm of the gradient of F with respect to each
@@ -93,7 +91,6 @@ class Saliency(Method):
         return Output(scores, tokens)
 
 
-@register
 class InputXGradient(Method):
     """Input x gradient ("Not Just a Black Box: Learning Important Features Through Propagating
     Activation Differences", Shrikumar et al., 2016; "Grad*Inp" in the AIEG paper):
@@ -106,6 +103,7 @@ class InputXGradient(Method):
     family = "gradient"
     summary = "embedding times gradient, summed over the embedding dimension"
     needs_gradients = True
+    additive = True
 
     def attribute(self, problem: Problem) -> Output:
         ep = embedded(problem)
@@ -149,7 +147,8 @@ class _IntegratedGradients(Method):
 
     family = "gradient"
     needs_gradients = True
-    convergence_check = True
+    additive = True
+    convergence_delta = True
     average = False
     params = {
         "n_steps": Param(
@@ -258,7 +257,6 @@ class _IntegratedGradients(Method):
         return None
 
 
-@register
 class IntegratedGradients(_IntegratedGradients):
     """Integrated gradients (Sundararajan et al., 2017, "Axiomatic Attribution for Deep Networks")
     on the prompt embeddings, for the whole-sequence log-likelihood as in "GiLOT: Interpreting
@@ -291,7 +289,6 @@ class IntegratedGradients(_IntegratedGradients):
     summary = "integrated gradients of the sequence log-likelihood along the straight path from a baseline"
 
 
-@register
 class IntegratedGradientsAvg(_IntegratedGradients):
     """IG-AVG ("GiLOT: Interpreting Generative Language Models via Optimal Transport", 2024, Sec. 4.2):
     integrated gradients of each target step's own function F_t = log p(y_t | y_<t, x), one row
@@ -323,10 +320,10 @@ class IntegratedGradientsAvg(_IntegratedGradients):
     summary = (
         "IG-AVG: mean over target steps of the absolute integrated gradients of each step's log-probability"
     )
+    additive = False
     average = True
 
 
-@register
 class IntegratedGradientsClipped(_IntegratedGradients):
     """IGCG, integrated gradients with clipped gradients ("Enhancing Integrated Gradients using
     Emphasis Factors and Attention", 2025, Appendix A.2 and Sec. 5.1): every entry of the
@@ -354,7 +351,6 @@ class IntegratedGradientsClipped(_IntegratedGradients):
 
 
 # --------------------------------------------------------------------- sampling methods
-@register
 class GradientShap(Method):
     """GradientSHAP ("A Unified Approach to Interpreting Model Predictions", Lundberg and Lee, 2017;
     as Captum's GradientShap computes it): expected gradients over random
@@ -374,7 +370,8 @@ class GradientShap(Method):
     summary = "expected gradients over random baselines, path points and input noise"
     needs_gradients = True
     stochastic = True
-    convergence_check = True
+    additive = True
+    convergence_delta = True
     params = {
         "n_samples": Param(
             5, "random (baseline, alpha, noise) draws", int, minimum=1, maximum=MAX_GRADIENT_POINTS
@@ -412,7 +409,6 @@ class GradientShap(Method):
         return Output(scores, tokens, diagnostics={"convergence_delta": delta})
 
 
-@register
 class SmoothGrad(Method):
     """SmoothGrad (Smilkov et al., 2017, "SmoothGrad: removing noise by adding noise"): the
     gradient averaged over noisy copies of the input, reported as a per-token norm like

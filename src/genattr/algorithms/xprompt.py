@@ -92,8 +92,7 @@ import torch
 from ..errors import InvalidParameterError
 from ..model import Batch
 from ..problem import Problem
-from ..registry import register
-from .base import MAX_ITERATIONS, MAX_SAMPLES, Method, Output, Param
+from ..registry import MAX_ITERATIONS, MAX_SAMPLES, Method, Output, Param
 
 GUIDANCES = ("probability", "log_probability")
 
@@ -258,7 +257,6 @@ def _search(
     return key, trace, accepted, proposals
 
 
-@register
 class XPrompt(Method):
     """XPrompt (Chang et al., 2024; Eq. 3, Algorithm 1): the k features whose joint removal most
     lowers p(y | x), by gradient-guided initialisation and probabilistic swap search.
@@ -277,7 +275,7 @@ class XPrompt(Method):
     summary = "the k features whose joint removal most lowers p(y|x): gradient-guided swap search"
     needs_gradients = True
     stochastic = True
-    token_matrix = False
+    token_scores = False
     params = {
         "k": Param(3, "number of features removed together (1 <= k <= features)", int, minimum=1),
         "n_iter": Param(

@@ -62,9 +62,8 @@ import torch
 from ...errors import ConvergenceWarning, InvalidParameterError, LowBeamMassWarning
 from ...model import LanguageModel
 from ...problem import Problem
-from ...registry import register
+from ...registry import MAX_BEAMS, MAX_ITERATIONS, MAX_OUTPUT_POSITIONS, Method, Output, Param
 from ...text.target import Target
-from ..base import MAX_BEAMS, MAX_ITERATIONS, MAX_OUTPUT_POSITIONS, Method, Output, Param
 from . import ot
 from .beams import beam_search, score_beam_tree
 
@@ -108,7 +107,6 @@ def _unit_embeddings(lm: LanguageModel, which: str, vocab: int) -> torch.Tensor:
     return ot.unit_embeddings(matrix[:vocab])
 
 
-@register
 class Gilot(Method):
     """GiLOT (Li et al., ICML 2024): S(a) = (1/J) sum_j L(p_m(Y_j), p_{m/a}(Y_j)) over the beam-estimated
     distributions of the J first output positions, L an optimal transport cost between token
@@ -120,8 +118,7 @@ class Gilot(Method):
         "optimal transport between the output distributions (beam-marginalised, J positions) with "
         "and without each feature"
     )
-    token_matrix = True
-    convergence_check = True
+    token_scores = True
     needs_target = False
     params = {
         "num_beams": Param(
