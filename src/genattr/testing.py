@@ -20,7 +20,7 @@ Examples
 ...     lm = genattr.load(build("gpt2", tmp, seed=0))
 >>> lm.vocab_size
 400
->>> genattr.testing.tiny_lm("qwen2").model.config.model_type
+>>> tiny_lm("qwen2").model.config.model_type
 'qwen2'
 """
 
