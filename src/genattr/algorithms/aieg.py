@@ -70,12 +70,12 @@ class Aieg(Method):
     >>> lm = tiny_lm()
     >>> import numpy as np
     >>> res = genattr.explain(lm, "The doctor opens the door", target=" and the nurse",
-    ...                       method="aieg", n_steps=20)
+    ...                       method="aieg", n_steps=10)
     >>> pos_norm, net_attention = np.array(res.extras["pos_norm"]), np.array(res.extras["net_attention"])
     >>> bool(abs(pos_norm * net_attention - res.token_scores).max() < 1e-6)
     True
     >>> np.shape(res.extras["emphasis_factor"])          # [n_steps, target tokens]
-    (20, 3)
+    (10, 3)
     """
 
     name = "aieg"

@@ -42,8 +42,9 @@ SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+|\s*\n\s*")
 class Feature:
     """One scored unit of the prompt.
 
-    ``start``/``end`` are character offsets into the prompt text (``text == prompt[start:end]``);
-    ``tokens`` are the positions, in the prompt's token ids, that the feature covers.
+    ``index`` is its number (features are numbered 0, 1, ... in prompt order); ``start``/``end``
+    are character offsets into the prompt text (``text == prompt[start:end]``); ``tokens`` are the
+    positions, in the prompt's token ids, that the feature covers.
     """
 
     index: int

@@ -61,13 +61,13 @@ turns the warning off with ``mass_threshold=0``.
 >>> from genattr.testing import tiny_lm
 >>> lm = tiny_lm()
 >>> res = genattr.explain(lm, "Write a story about a nurse", method="gilot", num_beams=3,
-...                       n_positions=4, mass_threshold=0)
+...                       n_positions=3, mass_threshold=0)
 >>> res.token_scores.shape, len(res.diagnostics["beam_mass"]), res.target.generated
-((4, 6), 4, True)
+((3, 6), 3, True)
 >>> bool((res.scores >= 0).all()), res.diagnostics["ot_converged"]   # OT costs are >= 0
 (True, True)
 >>> res = genattr.explain(lm, "Write a story about a nurse", method="gilot", num_beams=3,
-...                       n_positions=4, mass_threshold=0, distance="kl", beams="follow")
+...                       n_positions=3, mass_threshold=0, distance="kl", beams="follow")
 >>> res.params["distance"], res.scores.shape
 ('kl', (6,))
 """
