@@ -1,10 +1,16 @@
 """genattr: explain what a generative language model wrote in terms of its prompt.
 
 >>> import genattr
->>> lm = genattr.load("path/or/hub-id")                                          # doctest: +SKIP
->>> res = genattr.explain(lm, "The capital of France is", target=" Paris")      # doctest: +SKIP
->>> res.top(3); res.save("out.json"); genattr.Attribution.load("out.json")       # doctest: +SKIP
->>> genattr.methods()                                                           # doctest: +SKIP
+>>> from genattr.testing import tiny_lm
+>>> lm = tiny_lm()  # a random model built in memory; genattr.load("path/or/hub-id") for a real one
+>>> res = genattr.explain(lm, "The doctor opens the door", target=" and the nurse")
+>>> [f.text for f in res.features], res.scores.shape, res.token_scores.shape
+(['The', 'doctor', 'opens', 'the', 'door'], (5,), (3, 5))
+>>> len(res.top(3))
+3
+>>> "shapley_sampling" in [m.name for m in genattr.methods()]
+True
+>>> res.save("out.json"); genattr.Attribution.load("out.json")                 # doctest: +SKIP
 
 The names below load on first use, so ``import genattr`` (and ``genattr --help``) does not
 import torch or transformers.

@@ -7,7 +7,10 @@ need them, and transformers' logging and progress bars stay silent unless ``--ve
 
     genattr explain --model PATH --method leave_one_out --target " Paris" "The capital of France is"
     genattr methods
+    genattr models
     genattr render out.json --html out.html
+    genattr benchmark --model zoo --methods leave_one_out,random --data zoo:recall --out runs/b1 --n 10
+    genattr demo --model zoo
 """
 
 from __future__ import annotations

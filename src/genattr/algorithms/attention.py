@@ -175,7 +175,19 @@ class Attention(Method):
     predicting each target token to each prompt token, averaged over layers and heads (see
     :func:`net_attention`). The sequence score is the mean of the rows.
 
-    >>> genattr.explain(lm, "The cat sat", target=" down", method="attention")  # doctest: +SKIP
+    References
+    ----------
+    "Enhancing Integrated Gradients using Emphasis Factors and Attention" (AIEG), ICLR 2025
+    submission, Eq. 9.
+
+    Examples
+    --------
+    >>> import genattr
+    >>> from genattr.testing import tiny_lm
+    >>> lm = tiny_lm()
+    >>> res = genattr.explain(lm, "The doctor opens the door", target=" and the nurse", method="attention")
+    >>> bool((res.token_scores >= 0).all() and (res.token_scores.sum(1) <= 1 + 1e-6).all())
+    True
     """
 
     name = "attention"

@@ -74,7 +74,14 @@ class Saliency(Method):
 
     The sequence score is the norm of the gradient of the sequence F (not the sum of the rows).
 
-    >>> genattr.explain(lm, "The cat sat", target=" down", method="saliency")  # doctest: +SKIP
+    Examples
+    --------
+    >>> import genattr
+    >>> from genattr.testing import tiny_lm
+    >>> lm = tiny_lm()
+    >>> res = genattr.explain(lm, "The doctor opens the door", target=" and the nurse", method="saliency")
+    >>> bool((res.scores >= 0).all()), res.token_scores.shape
+    (True, (3, 5))
     """
 
     name = "saliency"
@@ -96,7 +103,15 @@ class InputXGradient(Method):
     Activation Differences", Shrikumar et al., 2016; "Grad*Inp" in the AIEG paper):
     a_i = sum_d e_{i,d} dF / de_{i,d}.
 
-    >>> genattr.explain(lm, "The cat sat", target=" down", method="input_x_gradient")  # doctest: +SKIP
+    Examples
+    --------
+    >>> import genattr
+    >>> from genattr.testing import tiny_lm
+    >>> lm = tiny_lm()
+    >>> res = genattr.explain(lm, "The doctor opens the door", target=" and the nurse",
+    ...                       method="input_x_gradient")
+    >>> bool(abs(res.token_scores.sum(0) - res.scores).max() < 1e-6)   # F = sum_t F_t
+    True
     """
 
     name = "input_x_gradient"
@@ -281,8 +296,22 @@ class IntegratedGradients(_IntegratedGradients):
     quadrature misses most of F(x) - F(x') (on the zoo model, a median gap of 58% at 50 steps
     against 4% with the token baseline); ``baselines="zero"`` gives the papers' setting.
 
-    >>> genattr.explain(lm, "The cat sat", target=" down", method="integrated_gradients",
-    ...                 n_steps=64, baselines="zero")                            # doctest: +SKIP
+    References
+    ----------
+    Sundararajan, Taly and Yan, "Axiomatic Attribution for Deep Networks", ICML 2017.
+    Li, Chen, Chai and Xiong, "GiLOT: Interpreting Generative Language Models via Optimal
+    Transport", ICML 2024, Eq. 9-10.
+
+    Examples
+    --------
+    >>> import genattr
+    >>> from genattr.testing import tiny_lm
+    >>> lm = tiny_lm()
+    >>> res = genattr.explain(lm, "The doctor opens the door", target=" and the nurse",
+    ...                       method="integrated_gradients", n_steps=64, baselines="zero")
+    >>> gap = res.diagnostics["convergence_delta"]        # sum_i IG_i - (F(x) - F(x'))
+    >>> bool(abs(gap) < 1e-3), res.diagnostics["n_steps"]
+    (True, 64)
     """
 
     name = "integrated_gradients"

@@ -47,9 +47,29 @@ bench/gilot.py). ``sinkhorn`` (entropic, biased by at most reg * min entropy) an
 (converges to the exact cost) run batched on the model's device: use them on a GPU, with a
 larger ``ot_batch_size``.
 
->>> res = genattr.explain(lm, "Write a story about a nurse", method="gilot")       # doctest: +SKIP
->>> res.top(3); res.token_scores.shape, res.diagnostics["beam_mass"]               # doctest: +SKIP
->>> genattr.explain(lm, prompt, method="gilot", distance="kl", beams="follow")     # doctest: +SKIP
+References
+----------
+Li, Chen, Chai and Xiong, "GiLOT: Interpreting Generative Language Models via Optimal
+Transport", ICML 2024, Eq. 1-8, Sec. 3.4.3 and Table 8.
+
+Examples
+--------
+A random model spreads its probability thinly, so the beams cover little of it: the example
+turns the warning off with ``mass_threshold=0``.
+
+>>> import genattr
+>>> from genattr.testing import tiny_lm
+>>> lm = tiny_lm()
+>>> res = genattr.explain(lm, "Write a story about a nurse", method="gilot", num_beams=3,
+...                       n_positions=3, mass_threshold=0)
+>>> res.token_scores.shape, len(res.diagnostics["beam_mass"]), res.target.generated
+((3, 6), 3, True)
+>>> bool((res.scores >= 0).all()), res.diagnostics["ot_converged"]   # OT costs are >= 0
+(True, True)
+>>> res = genattr.explain(lm, "Write a story about a nurse", method="gilot", num_beams=3,
+...                       n_positions=3, mass_threshold=0, distance="kl", beams="follow")
+>>> res.params["distance"], res.scores.shape
+('kl', (6,))
 """
 
 from __future__ import annotations
