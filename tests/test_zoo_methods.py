@@ -1,6 +1,6 @@
 """Methods against the zoo's ground truth: what each paper claims its method finds, checked on a
 model where we know which words matter. The figures beside the assertions are printed (run
-with ``pytest -s``) so that the comparisons the issues ask for can be reported."""
+with ``pytest -s``) so that the methods can be compared on them."""
 
 from __future__ import annotations
 

@@ -1,10 +1,16 @@
 """genattr: explain what a generative language model wrote in terms of its prompt.
 
 >>> import genattr
->>> lm = genattr.load("path/or/hub-id")                                          # doctest: +SKIP
->>> res = genattr.explain(lm, "The capital of France is", target=" Paris")      # doctest: +SKIP
->>> res.top(3); res.save("out.json"); genattr.Attribution.load("out.json")       # doctest: +SKIP
->>> genattr.methods()                                                           # doctest: +SKIP
+>>> from genattr.testing import tiny_lm
+>>> lm = tiny_lm()  # a random model built in memory; genattr.load("path/or/hub-id") for a real one
+>>> res = genattr.explain(lm, "The doctor opens the door", target=" and the nurse")
+>>> [f.text for f in res.features], res.scores.shape, res.token_scores.shape
+(['The', 'doctor', 'opens', 'the', 'door'], (5,), (3, 5))
+>>> len(res.top(3))
+3
+>>> "shapley_sampling" in [m.name for m in genattr.methods()]
+True
+>>> res.save("out.json"); genattr.Attribution.load("out.json")                 # doctest: +SKIP
 
 The names below load on first use, so ``import genattr`` (and ``genattr --help``) does not
 import torch or transformers.
@@ -25,13 +31,17 @@ _LAZY = {
     "Batch": "model",
     "Feature": "text.prompt",
     "LanguageModel": "model",
+    "Method": "registry",
     "MethodInfo": "registry",
+    "Output": "registry",
+    "Param": "registry",
     "Prompt": "text.prompt",
     "Settings": "settings",
     "Target": "text.target",
     "explain": "api",
     "load": "model",
     "methods": "registry",
+    "register": "registry",
     "register_level": "text.segment",
     "register_mask": "masking",
     "register_objective": "objectives",
@@ -42,7 +52,7 @@ if TYPE_CHECKING:
     from .masking import register_mask
     from .model import Batch, LanguageModel, load
     from .objectives import register_objective
-    from .registry import MethodInfo, methods
+    from .registry import Method, MethodInfo, Output, Param, methods, register
     from .result import Attribution
     from .settings import Settings
     from .text.prompt import Feature, Prompt
@@ -69,7 +79,10 @@ __all__ = [
     "LEVELS",
     "LanguageModel",
     "MASKS",
+    "Method",
     "MethodInfo",
+    "Output",
+    "Param",
     "Prompt",
     "Settings",
     "Target",
@@ -78,6 +91,7 @@ __all__ = [
     "explain",
     "load",
     "methods",
+    "register",
     "register_level",
     "register_mask",
     "register_objective",

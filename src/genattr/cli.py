@@ -7,7 +7,10 @@ need them, and transformers' logging and progress bars stay silent unless ``--ve
 
     genattr explain --model PATH --method leave_one_out --target " Paris" "The capital of France is"
     genattr methods
+    genattr models
     genattr render out.json --html out.html
+    genattr benchmark --model zoo --methods leave_one_out,random --data zoo:recall --out runs/b1 --n 10
+    genattr demo --model zoo
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from .defaults import (
     SEED_LIMIT,
 )
 from .errors import GenattrError, InputError, InvalidParameterError
+from .registry import FLAGS
 from .text.segment import plain_levels
 
 
@@ -327,7 +331,13 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     ex.set_defaults(func=cmd_explain)
 
-    me = sub.add_parser("methods", help="list the registered methods")
+    me = sub.add_parser(
+        "methods",
+        help="list the registered methods",
+        description="List the registered methods: name, family, flags, summary.",
+        epilog="flags:\n" + "\n".join(f"  {flag:<13} {meaning}" for flag, meaning in FLAGS.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     me.add_argument("--markdown", action="store_true", help="print the README's table of methods")
     me.set_defaults(func=cmd_methods)
 

@@ -7,7 +7,7 @@ DEFAULT_METHOD = "leave_one_out"
 """The attribution method used when none is named."""
 
 DEFAULT_LEVEL = "word"
-"""How the prompt is cut into features when no level is given (see :mod:`genattr.segment`)."""
+"""How the prompt is cut into features when no level is given (see :mod:`genattr.text.segment`)."""
 
 MASKS = ("attention", "replace", "delete")
 """The built-in masks (how a feature is removed: hidden from attention, replaced by a baseline token,
@@ -20,7 +20,7 @@ BASELINE_NAMES = ("pad", "unk", "eos", "bos", "mask")
 """Names of the baseline token that ``baseline=`` accepts besides a token id."""
 
 OBJECTIVES = ("log_prob", "prob")
-"""What a coalition of features is scored by (see :mod:`genattr.problem`)."""
+"""The built-in objectives, what a coalition of features is scored by (see :mod:`genattr.objectives`)."""
 
 DEFAULT_OBJECTIVE = "log_prob"
 

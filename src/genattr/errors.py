@@ -58,6 +58,16 @@ class TooManyFeaturesError(InvalidParameterError):
     """An exact method was asked for more features than it can enumerate."""
 
 
+class RegistrationError(GenattrError, ValueError):
+    """A method cannot be registered: not a ``genattr.Method`` subclass, a name that is not its
+    class's, or an entry point that fails to import."""
+
+
+class DuplicateMethodError(RegistrationError):
+    """A method name is taken twice (built in, by an installed package's entry point, or by
+    ``genattr.register``)."""
+
+
 class ModelLoadError(GenattrError, OSError):
     """The model or tokenizer could not be loaded (missing path, unreadable files, no network)."""
 

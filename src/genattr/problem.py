@@ -1,11 +1,12 @@
 """Problem: everything a method needs to explain one prompt -> target pair.
 
 It bundles the model, the tokenised prompt, its features, the target, the masking strategy,
-the objective and the seed, and evaluates coalitions of features in one batched call.
+the objective and the seed, and evaluates coalitions of features in one batched call
+(:meth:`Problem.evaluate`).
 
 The objective is a name in :data:`genattr.objectives.OBJECTIVES` (``log_prob``, the default, or
 ``prob``, or one a user registers): it turns the target's per-token log-probabilities under a
-coalition into the sequence value v(S) and the per-token values u_t(S).
+coalition into the sequence value v(S) and the per-token values (see :class:`Problem`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,60 @@ of inputs; within such a group, rows sharing a prompt prefix run it once."""
 
 @dataclass
 class Problem:
+    """Everything a method needs to explain one prompt -> target pair, and the one way to score
+    coalitions of features.
+
+    A coalition S is a boolean row ``keep`` [F] over the F features (True = kept); the prompt
+    x_S keeps the features in S and removes the others by the ``masker``'s mask (tokens outside
+    every feature always stay). With u_t(S) = log p(y_t | y_<t, x_S) the target's per-token
+    log-probabilities under x_S, the objective gives the sequence value v(S) and per-token values;
+    for the default ``log_prob``
+
+        v(S) = sum_{t=1..n} u_t(S),
+
+    and for ``prob`` v(S) = exp(sum_t u_t(S)) = p(y | x_S) (see :mod:`genattr.objectives`).
+    Perturbation and surrogate methods (leave-one-out, Shapley, LIME, XPrompt) are functions of
+    v on the coalitions they choose; leave-one-out, for example, scores feature i by
+    v(all) - v(all without i).
+
+    Parameters
+    ----------
+    lm : LanguageModel
+        The model.
+    prompt : Prompt
+        The tokenised prompt (L tokens).
+    features : list of Feature
+        The F features, numbered 0..F-1.
+    target : Target or None
+        The continuation y of n tokens; None for methods that explain the model's likely outputs
+        (GiLOT), which then may not call :meth:`evaluate`.
+    masker : Masker
+        How a removed feature is taken out (mask and baseline token).
+    objective : str
+        A name in :data:`genattr.objectives.OBJECTIVES`.
+    seed : int or None
+        Seed of :meth:`generator`, for stochastic methods.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from genattr.masking import Masker
+    >>> from genattr.testing import tiny_lm
+    >>> from genattr.text import Prompt, resolve_target
+    >>> lm = tiny_lm()
+    >>> prompt = Prompt.from_text(lm.tokenizer, "The doctor opens the door")
+    >>> features = prompt.features("word")
+    >>> problem = Problem(lm, prompt, features, resolve_target(lm, prompt, " and the"),
+    ...                   Masker(lm, prompt, features, "attention"))
+    >>> keep = problem.all_kept(3)
+    >>> keep[1, 0] = keep[2, :] = False          # rows: every feature, all but "The", none
+    >>> values = problem.evaluate(keep)           # [B, 1 + n]: v(S), then u_1(S) .. u_n(S)
+    >>> values.shape, values.dtype
+    (torch.Size([3, 3]), torch.float64)
+    >>> torch.allclose(values[:, 0], values[:, 1:].sum(1))   # log_prob: v(S) = sum_t u_t(S)
+    True
+    """
+
     lm: LanguageModel
     prompt: Prompt
     features: list[Feature]
@@ -62,6 +117,7 @@ class Problem:
         return torch.Generator().manual_seed(0 if self.seed is None else int(self.seed))
 
     def all_kept(self, rows: int = 1) -> torch.Tensor:
+        """``rows`` coalitions that keep every feature: a [rows, F] boolean tensor of True."""
         return torch.ones(rows, self.n_features, dtype=torch.bool)
 
     def token_log_probs(self, keep: torch.Tensor) -> torch.Tensor:
@@ -76,9 +132,27 @@ class Problem:
         return torch.cat(parts) if parts else torch.empty(0, len(self.target_ids))
 
     def evaluate(self, keep: torch.Tensor) -> torch.Tensor:
-        """Values of coalitions ``keep`` [B, F] as a [B, 1 + n] float64 matrix: column 0 is the
-        sequence objective v(S), columns 1.. the per-token values u_t(S) (see module docstring).
-        Repeated coalitions are scored once."""
+        """Values of the coalitions ``keep`` under the objective.
+
+        Repeated coalitions are scored once; the prompt variants are built and scored in groups
+        of :data:`EVALUATION_PASSES` forward passes' worth of rows.
+
+        Parameters
+        ----------
+        keep : torch.Tensor or array_like of bool, shape (B, F)
+            One coalition per row, True where the feature is kept.
+
+        Returns
+        -------
+        torch.Tensor, shape (B, 1 + n), float64
+            Column 0 the sequence value v(S), columns 1..n the per-token values (u_t(S) for
+            ``log_prob``); see the class docstring.
+
+        Raises
+        ------
+        genattr.errors.InvalidParameterError
+            When a registered objective returns values of the wrong shape.
+        """
         keep = torch.as_tensor(keep, dtype=torch.bool)
         unique, inverse = torch.unique(keep, dim=0, return_inverse=True)
         lp = self.token_log_probs(unique).double()[inverse]

@@ -12,10 +12,15 @@ Results are saved as JSON only, written atomically, with a schema name and versi
 :meth:`Attribution.load` validates every field and never imports or evaluates anything named in
 the file (:mod:`genattr.io`).
 
->>> res = genattr.explain(lm, "The capital of France is", target=" Paris")   # doctest: +SKIP
->>> res.top(2)                                                               # doctest: +SKIP
-[(Feature(text='France', ...), 3.1), (Feature(text='capital', ...), 1.2)]
->>> res.save("out.json"); genattr.Attribution.load("out.json")               # doctest: +SKIP
+>>> import os, tempfile, genattr
+>>> from genattr.testing import tiny_lm
+>>> res = genattr.explain(tiny_lm(), "The doctor opens the door", target=" and")
+>>> res
+Attribution(method='leave_one_out', features=5, target=' and', top=[...])
+>>> with tempfile.TemporaryDirectory() as tmp:
+...     back = genattr.Attribution.load(res.save(os.path.join(tmp, "out.json")))
+>>> back.scores.tolist() == res.scores.tolist(), back.settings == res.settings
+(True, True)
 """
 
 from __future__ import annotations
@@ -38,10 +43,42 @@ from .text.target import Target
 class Attribution:
     """Scores of the prompt's features for what the model wrote (see the module docstring).
 
-    ``scores[i]`` belongs to ``features[i]``; ``token_scores[t, i]`` (when not None) is feature
-    ``i``'s score for target token ``t``. The meaning and sign of a score depend on the method:
-    ``genattr.methods()`` and the README say what each one computes. ``settings`` says how the
-    call was made, ``params`` holds the method's own parameters only.
+    The meaning and sign of a score depend on the method: ``genattr.methods()`` and the README
+    say what each one computes. Built by :func:`genattr.explain`; the constructor checks shapes.
+
+    Parameters
+    ----------
+    method : str
+        The registered name of the method that made the result.
+    prompt : Prompt
+        The prompt explained (text, token ids, offsets, which tokens were maskable).
+    features : list of Feature
+        The F features scored, numbered 0..F-1 in prompt order.
+    scores : array_like, shape (F,)
+        ``scores[i]`` is the score of ``features[i]`` (stored as float64).
+    target : Target
+        The continuation explained (n tokens), or for GiLOT the model's most probable output.
+    token_scores : array_like, shape (n, F), optional
+        ``token_scores[t, i]``: feature ``i``'s score for target token ``t``, for the methods
+        that give one row per target token (``genattr.methods()`` says which); else None.
+    settings : Settings
+        How the call was made (level, mask, baseline, objective, max_new_tokens, pattern, spans,
+        seed), kept apart from the method's parameters.
+    params : dict
+        The method's own parameters, as validated.
+    diagnostics : dict
+        Work done (forward passes, tokens processed, seconds) and the method's checks of itself
+        (for example integrated gradients' ``convergence_delta``, GiLOT's ``beam_mass``).
+    version : str
+        The genattr version that made the result.
+    extras : dict
+        Method-specific outputs (for example XPrompt's chosen set).
+
+    Raises
+    ------
+    genattr.errors.InputError
+        When ``scores`` or ``token_scores`` do not match the features and target, or the features
+        are not numbered in order.
     """
 
     method: str
@@ -95,7 +132,27 @@ class Attribution:
         return list(self.target.tokens)
 
     def top(self, k: int = 5) -> list[tuple[Feature, float]]:
-        """The ``k`` highest-scoring features with their scores, best first (ties by position)."""
+        """The ``k`` highest-scoring features with their scores, best first (ties by position).
+
+        Parameters
+        ----------
+        k : int
+            How many features (all of them when ``k`` >= F).
+
+        Returns
+        -------
+        list of (Feature, float)
+
+        Examples
+        --------
+        >>> import genattr
+        >>> from genattr.testing import tiny_lm
+        >>> res = genattr.explain(tiny_lm(), "The doctor opens the door", target=" and")
+        >>> [(f.text, round(score, 3)) for f, score in res.top(2)]
+        [(..., ...), (..., ...)]
+        >>> [f.index for f, _ in res.top(5)] == sorted(range(5), key=lambda i: -res.scores[i])
+        True
+        """
         if k < 0:
             raise InputError(f"k must be non-negative, got {k}.")
         order = sorted(range(len(self.features)), key=lambda i: (-self.scores[i], i))[:k]
@@ -103,7 +160,9 @@ class Attribution:
 
     def aggregate(self, level: str, *, pattern=None, spans=None) -> Attribution:
         """The same result at a coarser ``level``: each coarse feature's score is the sum of the
-        scores of the features it contains (per target token too).
+        scores of the features it contains (per target token too),
+
+            s'(c) = sum_{f inside c} s(f).
 
         Summing is exact for additive attributions (gradient x input, integrated gradients, the
         AIEG paper's word-level sums); for Shapley values and leave-one-out it approximates what a
@@ -111,6 +170,40 @@ class Attribution:
         cannot be aggregated and raises :class:`~genattr.errors.InputError`. The new result's
         settings hold the new ``level`` (with ``pattern`` or ``spans``); ``extras["aggregated_from"]``
         the old one.
+
+        Parameters
+        ----------
+        level : str
+            The coarser level (``"word"``, ``"sentence"``, ``"regex"``, ``"spans"`` or a registered one).
+        pattern, spans : optional
+            As in :func:`genattr.explain`, for ``level="regex"`` and ``level="spans"``.
+
+        Returns
+        -------
+        Attribution
+            With the coarse features that hold at least one scored feature.
+
+        Raises
+        ------
+        genattr.errors.InputError
+            When a feature straddles two coarse features.
+
+        References
+        ----------
+        AIEG ("Enhancing Integrated Gradients using Emphasis Factors and Attention", ICLR 2025
+        submission) scores words by summing the scores of their sub-tokens.
+
+        Examples
+        --------
+        >>> import genattr
+        >>> from genattr.testing import tiny_lm
+        >>> res = genattr.explain(tiny_lm(), "The doctor opens the door. And the nurse",
+        ...                       target=" sings", level="token", method="input_x_gradient")
+        >>> sentences = res.aggregate("sentence")
+        >>> [f.text for f in sentences.features]
+        ['The doctor opens the door.', 'And the nurse']
+        >>> bool(abs(sentences.scores.sum() - res.scores.sum()) < 1e-9), sentences.level
+        (True, 'sentence')
         """
         p = self.prompt
         coarse = segment(p.text, p.offsets, p.maskable, level, pattern=pattern, spans=spans)
@@ -151,14 +244,33 @@ class Attribution:
         return cls(**io.attribution_fields(data))
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the result as JSON, atomically: a reader never sees a half-written file."""
+        """Write the result as JSON (schema ``genattr.attribution`` version 2), atomically: a reader
+        never sees a half-written file. The directory must exist.
+
+        Returns
+        -------
+        pathlib.Path
+            The path written. See the module docstring for an example.
+        """
         return io.write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Attribution:
         """Read a result written by :meth:`save`, validating every field; anything else (not
         UTF-8, not JSON, NaN or Infinity, nesting deeper than Python parses, a wrong field)
-        raises :class:`~genattr.errors.ResultFormatError`."""
+        raises :class:`~genattr.errors.ResultFormatError`. Files of schema version 1 (settings stored
+        among the parameters) are read too.
+
+        Returns
+        -------
+        Attribution
+            Equal to the saved one (see the module docstring's example).
+
+        Raises
+        ------
+        genattr.errors.ResultFormatError
+            For any file that is not a valid saved result.
+        """
         return cls(**io.attribution_fields(io.read_json(path), str(path)))
 
     # ----------------------------------------------------------------- display

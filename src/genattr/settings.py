@@ -15,14 +15,35 @@ from .defaults import DEFAULT_LEVEL, DEFAULT_MASK, DEFAULT_OBJECTIVE
 
 @dataclass(frozen=True)
 class Settings:
-    """The settings of one call, as they took effect.
+    """The settings of one call, as they took effect (frozen). None means "not set".
 
-    ``level`` says how the prompt was cut into features, with ``pattern`` (the regular
-    expression's text, for ``level="regex"``) or ``spans`` (character spans, for ``level="spans"``);
-    ``mask`` and ``baseline`` (a token id, or the name of one such as ``"eos"``) how a feature is
-    removed; ``objective`` what a coalition of features is scored by; ``max_new_tokens`` the
-    length of the greedy continuation explained (None when the target was given); ``seed`` the
-    seed of a stochastic method (None for a deterministic one). None means "not set".
+    Parameters
+    ----------
+    level : str
+        How the prompt was cut into features (a name in :data:`genattr.LEVELS`).
+    mask : str
+        How a feature was removed (a name in :data:`genattr.masking.MASKS`).
+    baseline : int or str, optional
+        The token that stood in for a removed one: a token id, or the name of one such as ``"eos"``.
+    objective : str
+        What a coalition of features was scored by (a name in :data:`genattr.objectives.OBJECTIVES`).
+    max_new_tokens : int, optional
+        The length limit of the greedy continuation explained; None when the target was given.
+    pattern : str, optional
+        The regular expression's text, for ``level="regex"`` (a compiled pattern is stored as its text).
+    spans : tuple of (int, int), optional
+        The character spans, for ``level="spans"`` (stored as a tuple of pairs).
+    seed : int, optional
+        The seed of a stochastic method; None for a deterministic one.
+
+    Examples
+    --------
+    >>> import re
+    >>> s = Settings(level="regex", pattern=re.compile("[a-z]+"), seed=3)
+    >>> s.pattern, s.set_items(leave_out=("mask",))
+    ('[a-z]+', [('level', 'regex'), ('objective', 'log_prob'), ('pattern', '[a-z]+'), ('seed', 3)])
+    >>> Settings(level="spans", spans=[[0, 3]]).to_dict()["spans"]
+    [[0, 3]]
     """
 
     level: str = DEFAULT_LEVEL

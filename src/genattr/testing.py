@@ -1,9 +1,10 @@
-"""Small random causal LMs and tokenizers built here from configs, for tests, benchmarks and demos.
+"""Small random causal LMs and tokenizers built here from configs, for tests, benchmarks, demos
+and the library's runnable examples.
 
-No model can be downloaded on our machines, so the library proves its loading code
-(:func:`genattr.load` on a saved directory) on models it builds itself: a tokenizer trained in
-under a second on a synthetic corpus, and a GPT-2, Llama or Qwen2 model initialised at random
-from a small config, saved with ``save_pretrained`` (safetensors).
+They let genattr run, and prove its loading code (:func:`genattr.load` on a saved directory),
+without downloading a model: a tokenizer trained in under a second on a synthetic corpus, and a
+GPT-2, Llama or Qwen2 model initialised at random from a small config. :func:`build` saves the
+pair with ``save_pretrained`` (safetensors); :func:`tiny_lm` keeps it in memory.
 
 Three tokenizer kinds cover what real models use:
 
@@ -11,8 +12,16 @@ Three tokenizer kinds cover what real models use:
 * ``sentencepiece``  BPE over ``▁``-prefixed pieces with a ``<s>`` prefix (Llama);
 * ``word``       one token per whitespace-separated word (the zoo).
 
->>> path = build("llama", "/tmp/tiny-llama")            # doctest: +SKIP
->>> lm = genattr.load(path)                              # doctest: +SKIP
+Examples
+--------
+>>> import tempfile, genattr
+>>> from genattr.testing import build
+>>> with tempfile.TemporaryDirectory() as tmp:
+...     lm = genattr.load(build("gpt2", tmp, seed=0))
+>>> lm.vocab_size
+400
+>>> tiny_lm("qwen2").model.config.model_type
+'qwen2'
 """
 
 from __future__ import annotations
@@ -20,6 +29,10 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .model import LanguageModel
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
@@ -40,7 +53,27 @@ _WORDS = (
 
 
 def corpus(n_sentences: int = 400, n_pseudo: int = 0, seed: int = 0) -> list[str]:
-    """A deterministic synthetic corpus: English-like sentences, plus pseudo-words for a larger vocabulary."""
+    """A deterministic synthetic corpus: English-like sentences, plus pseudo-words for a larger vocabulary.
+
+    Parameters
+    ----------
+    n_sentences : int
+        Number of sentences (lines), each of 4 to 12 words and a final punctuation mark.
+    n_pseudo : int
+        Number of pseudo-words (2 to 4 random syllables) added to the 100 English words.
+    seed : int
+        Seed of the draws; the same arguments give the same corpus.
+
+    Returns
+    -------
+    list of str
+        ``n_sentences`` capitalised sentences.
+
+    Examples
+    --------
+    >>> corpus(2, seed=0) == corpus(2, seed=0), len(corpus(5))
+    (True, 5)
+    """
     rng = random.Random(seed)
     words = list(_WORDS)
     for _ in range(n_pseudo):
@@ -53,7 +86,33 @@ def corpus(n_sentences: int = 400, n_pseudo: int = 0, seed: int = 0) -> list[str
 
 
 def train_tokenizer(kind: str, lines: list[str], vocab_size: int = 400):
-    """Train a ``PreTrainedTokenizerFast`` of ``kind`` (``byte_bpe``, ``sentencepiece`` or ``word``)."""
+    """Train a ``PreTrainedTokenizerFast`` of ``kind`` on ``lines``.
+
+    Parameters
+    ----------
+    kind : {"byte_bpe", "sentencepiece", "word"}
+        The tokenizer family (see the module docstring).
+    lines : list of str
+        The training text, for example :func:`corpus`.
+    vocab_size : int
+        The BPE vocabulary size, special tokens included (``word`` takes every word of ``lines``).
+
+    Returns
+    -------
+    transformers.PreTrainedTokenizerFast
+        ``byte_bpe`` carries a ChatML chat template; ``sentencepiece`` and ``word`` prepend ``<s>``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``kind``.
+
+    Examples
+    --------
+    >>> tok = train_tokenizer("word", ["the cat sat"])
+    >>> tok.convert_ids_to_tokens(tok("the cat")["input_ids"])
+    ['<s>', 'the', 'cat']
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -101,7 +160,22 @@ def train_tokenizer(kind: str, lines: list[str], vocab_size: int = 400):
 
 def word_tokenizer(words: list[str]):
     """A word-level ``PreTrainedTokenizerFast``: one token per whitespace-separated word of ``words``,
-    after ``<pad> <unk> <s> </s> <mask>``, with ``<s>`` prepended to every prompt."""
+    after ``<pad> <unk> <s> </s> <mask>``, with ``<s>`` prepended to every prompt.
+
+    Parameters
+    ----------
+    words : list of str
+        The vocabulary after the five special tokens, in id order (ids 5, 6, ...).
+
+    Returns
+    -------
+    transformers.PreTrainedTokenizerFast
+
+    Examples
+    --------
+    >>> word_tokenizer(["red", "blue"])("blue red")["input_ids"]
+    [2, 6, 5]
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
@@ -135,7 +209,34 @@ def model_config(
     context: int = 256,
     tokenizer=None,
 ):
-    """A small config of architecture ``arch`` (``gpt2``, ``llama`` or ``qwen2``)."""
+    """A small config of architecture ``arch``, without dropout.
+
+    Parameters
+    ----------
+    arch : {"gpt2", "llama", "qwen2"}
+        The architecture.
+    vocab_size : int
+        Rows of the embedding and output matrices (``len(tokenizer)``).
+    hidden, layers, heads, context : int
+        Hidden size d, number of layers, attention heads (Llama and Qwen2 use ``heads // 2`` key-value
+        heads) and the context window in tokens.
+    tokenizer : transformers.PreTrainedTokenizerBase, optional
+        Its ``bos``, ``eos`` and ``pad`` token ids are copied into the config.
+
+    Returns
+    -------
+    transformers.PretrainedConfig
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``arch``.
+
+    Examples
+    --------
+    >>> model_config("llama", 100, hidden=16, layers=1, heads=2).num_key_value_heads
+    1
+    """
     from transformers import GPT2Config, LlamaConfig, Qwen2Config
 
     special = {}
@@ -189,7 +290,68 @@ def build(
     n_sentences: int = 400,
     tokenizer_kind: str | None = None,
 ) -> Path:
-    """Build a random model of ``arch`` with a tokenizer trained here, save both to ``out``; return the path."""
+    """Build a random model of ``arch`` with a tokenizer trained here, save both to ``out``.
+
+    Parameters
+    ----------
+    arch : {"gpt2", "llama", "qwen2"}
+        The architecture (see :func:`model_config`).
+    out : str or os.PathLike
+        The directory to write (created if missing): config, ``model.safetensors`` and tokenizer files.
+    seed : int
+        Seed of the corpus and of the weights' initialisation (the global torch generator is left
+        as it was).
+    vocab_size, hidden, layers, heads, context : int
+        Sizes of the tokenizer and model (see :func:`train_tokenizer`, :func:`model_config`).
+    n_pseudo, n_sentences : int
+        The training corpus (see :func:`corpus`).
+    tokenizer_kind : str, optional
+        The tokenizer family; by default the one of ``arch`` (:data:`ARCHITECTURES`).
+
+    Returns
+    -------
+    pathlib.Path
+        ``out``, ready for :func:`genattr.load`.
+
+    Examples
+    --------
+    See the module docstring.
+    """
+    model, tokenizer = random_model(
+        arch,
+        seed=seed,
+        vocab_size=vocab_size,
+        hidden=hidden,
+        layers=layers,
+        heads=heads,
+        context=context,
+        n_pseudo=n_pseudo,
+        n_sentences=n_sentences,
+        tokenizer_kind=tokenizer_kind,
+    )
+    out = Path(out)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def random_model(
+    arch: str,
+    *,
+    seed: int = 0,
+    vocab_size: int = 400,
+    hidden: int = 32,
+    layers: int = 2,
+    heads: int = 4,
+    context: int = 256,
+    n_pseudo: int = 0,
+    n_sentences: int = 400,
+    tokenizer_kind: str | None = None,
+):
+    """A random model of ``arch`` and a tokenizer trained here, in memory: ``(model, tokenizer)``.
+
+    The parameters are those of :func:`build`, which saves this pair.
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -201,7 +363,38 @@ def build(
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config)
-    out = Path(out)
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    return out
+    return model, tokenizer
+
+
+def tiny_lm(arch: str = "llama", *, seed: int = 0, **sizes) -> LanguageModel:
+    """A random model of ``arch`` and a tokenizer trained here, built in memory in about a second
+    and wrapped by :func:`genattr.load`: the model of the library's runnable examples.
+
+    Its scores mean nothing about language; they exercise every code path a real model does.
+
+    Parameters
+    ----------
+    arch : {"llama", "gpt2", "qwen2"}
+        The architecture.
+    seed : int
+        Seed of the corpus and of the weights (see :func:`build`).
+    **sizes
+        The other keywords of :func:`build` (``vocab_size``, ``hidden``, ``layers``, ...).
+
+    Returns
+    -------
+    genattr.LanguageModel
+        On the CPU, in float32.
+
+    Examples
+    --------
+    >>> import genattr
+    >>> lm = genattr.testing.tiny_lm()
+    >>> res = genattr.explain(lm, "The cat sat on the", target=" mat", method="leave_one_out")
+    >>> [f.text for f in res.features]
+    ['The', 'cat', 'sat', 'on', 'the']
+    """
+    from .model import load
+
+    model, tokenizer = random_model(arch, seed=seed, **sizes)
+    return load(model=model, tokenizer=tokenizer, device="cpu")

@@ -1,7 +1,7 @@
-"""The use cases of generation attributions in the GiLOT paper (seed ``000_6d6fe8da323dc14d.txt``,
-Section 5 and Appendix A): how much a model's answer rests on the query rather than on the
-in-context examples, and whether a word in a slot of a prompt matters for one filler but not for
-another (a bias probe).
+"""The use cases of generation attributions in the GiLOT paper ("GiLOT: Interpreting Generative
+Language Models via Optimal Transport", Li et al., ICML 2024, Section 5 and Appendix A): how
+much a model's answer rests on the query rather than on the in-context examples, and whether a
+word in a slot of a prompt matters for one filler but not for another (a bias probe).
 
 * :func:`query_weight` is the attribution-guided query weight of Eq. 12,
   aqw(a) = (a_(p+1) + ... + a_N) / (a_1 + ... + a_N), features p+1..N being the query's.

@@ -27,10 +27,9 @@ from __future__ import annotations
 import torch
 
 from ..problem import Problem
-from ..registry import register
+from ..registry import MAX_GRADIENT_POINTS, Method, Output, Param
 from ._embedding import BASELINES, embedded, gradient_sums
 from .attention import attention_maps, net_attention
-from .base import MAX_GRADIENT_POINTS, Method, Output, Param
 
 
 def emphasis_factor(current: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
@@ -51,7 +50,6 @@ def pos_norm(attributions: torch.Tensor) -> torch.Tensor:
     return positive / torch.where(total > 0, total, torch.ones_like(total))
 
 
-@register
 class Aieg(Method):
     """AIEG (see the module docstring for the formulas): integrated gradients whose every step is
     weighted by the emphasis factor EF (how much F changes over that step), kept positive and
@@ -60,7 +58,24 @@ class Aieg(Method):
     ``extras`` holds the feature-level ``pos_norm`` and ``net_attention`` matrices [n, F] whose
     product is ``token_scores``, and the ``emphasis_factor`` [n_steps, n] of every step and token.
 
-    >>> genattr.explain(lm, "The movie took me by", target=" surprise", method="aieg")  # doctest: +SKIP
+    References
+    ----------
+    "Enhancing Integrated Gradients using Emphasis Factors and Attention" (AIEG), ICLR 2025
+    submission, Eq. 9-13 and Appendix A.3.
+
+    Examples
+    --------
+    >>> import genattr
+    >>> from genattr.testing import tiny_lm
+    >>> lm = tiny_lm()
+    >>> import numpy as np
+    >>> res = genattr.explain(lm, "The doctor opens the door", target=" and the nurse",
+    ...                       method="aieg", n_steps=10)
+    >>> pos_norm, net_attention = np.array(res.extras["pos_norm"]), np.array(res.extras["net_attention"])
+    >>> bool(abs(pos_norm * net_attention - res.token_scores).max() < 1e-6)
+    True
+    >>> np.shape(res.extras["emphasis_factor"])          # [n_steps, target tokens]
+    (10, 3)
     """
 
     name = "aieg"

@@ -18,9 +18,8 @@ from torch.utils.hooks import RemovableHandle
 from ..errors import InputError
 from ..problem import Problem
 from ..protocols import CausalLM
-from ..registry import register
+from ..registry import MAX_GRADIENT_POINTS, Method, Output, Param
 from ._embedding import BASELINES, EmbeddedPrompt, embedded, objective_factor
-from .base import MAX_GRADIENT_POINTS, Method, Output, Param
 
 
 def attention_maps(ep: EmbeddedPrompt) -> torch.Tensor:
@@ -175,14 +174,25 @@ def attention_gradients(
 
 
 # --------------------------------------------------------------------- methods
-@register
 class Attention(Method):
     """NetAttention ("Enhancing Integrated Gradients using Emphasis Factors and Attention", 2025,
     Eq. 9; the "Attention-only" baseline there): the attention probability from the position
     predicting each target token to each prompt token, averaged over layers and heads (see
     :func:`net_attention`). The sequence score is the mean of the rows.
 
-    >>> genattr.explain(lm, "The cat sat", target=" down", method="attention")  # doctest: +SKIP
+    References
+    ----------
+    "Enhancing Integrated Gradients using Emphasis Factors and Attention" (AIEG), ICLR 2025
+    submission, Eq. 9.
+
+    Examples
+    --------
+    >>> import genattr
+    >>> from genattr.testing import tiny_lm
+    >>> lm = tiny_lm()
+    >>> res = genattr.explain(lm, "The doctor opens the door", target=" and the nurse", method="attention")
+    >>> bool((res.token_scores >= 0).all() and (res.token_scores.sum(1) <= 1 + 1e-6).all())
+    True
     """
 
     name = "attention"
@@ -196,7 +206,6 @@ class Attention(Method):
         return Output(tokens.mean(0), tokens)
 
 
-@register
 class AttentionRollout(Method):
     """Attention rollout (Abnar and Zuidema, 2020): the product over layers of the head-averaged
     attention plus the identity for the residual connection, A~ = 0.5 A + 0.5 I (see
@@ -256,7 +265,6 @@ class _Bta(Method):
         return Output(sequence, tokens)
 
 
-@register
 class Bta(_Bta):
     """Bidirectional Transformer Attribution (Chen et al., 2023, "Beyond Intuition: Rethinking
     Token Attributions inside Transformers") for the whole target, as "GiLOT: Interpreting
@@ -278,9 +286,9 @@ class Bta(_Bta):
 
     name = "bta"
     summary = "token-wise attention perception rollout times the ReLU of the integrated attention gradient"
+    additive = True
 
 
-@register
 class BtaAvg(_Bta):
     """BTA-AVG (GiLOT, Sec. 4.2): BTA of each target step on its own, averaged over the steps,
 

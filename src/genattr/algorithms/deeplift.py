@@ -63,9 +63,8 @@ from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from ..errors import ConvergenceWarning, UnsupportedModelError
 from ..problem import Problem
-from ..registry import register
+from ..registry import Method, Output, Param
 from ._embedding import BASELINES, EmbeddedPrompt, _batched_gradients, _head_input, embedded
-from .base import Method, Output, Param
 from .gradient import CONVERGENCE_TOLERANCE, _own_sequence_row, _split
 
 Pair = tuple[torch.Tensor, torch.Tensor]
@@ -414,7 +413,6 @@ def multipliers(
     return grads * factor.to(grads)[:, None, None], values, values_ref, rules
 
 
-@register
 class DeepLift(Method):
     """DeepLIFT (Shrikumar et al., 2017) with rules for every operation of a transformer, so that
     the scores sum to F(x) - F(x') (summation-to-delta), F the problem's objective:
@@ -433,7 +431,8 @@ class DeepLift(Method):
     family = "gradient"
     summary = "DeepLIFT, Rescale and product rules at every operation: multipliers times (x - x'), summing to F(x) - F(x')"
     needs_gradients = True
-    convergence_check = True
+    additive = True
+    convergence_delta = True
     params = {
         "baselines": Param(
             "token",

@@ -24,7 +24,7 @@ import torch
 
 from ..errors import ConvergenceWarning
 from ..problem import Problem
-from ..registry import register
+from ..registry import MAX_GRADIENT_POINTS, Method, Output, Param
 from ._embedding import (
     BASELINES,
     QUADRATURES,
@@ -34,7 +34,6 @@ from ._embedding import (
     objective_factor,
     quadrature,
 )
-from .base import MAX_GRADIENT_POINTS, Method, Output, Param
 
 
 def _factor(ep: EmbeddedPrompt, sequence: bool) -> Callable[[torch.Tensor, slice], torch.Tensor]:
@@ -68,7 +67,6 @@ def _own_sequence_row(ep: EmbeddedPrompt) -> bool:
 
 
 # --------------------------------------------------------------------- plain gradients
-@register
 class Saliency(Method):
     """Saliency ("Deep Inside Convolutional Networks: Visualising Image Classification Models and
     Saliency Maps", Simonyan et al., 2014): the norm of the gradient of F with respect to each
@@ -76,7 +74,14 @@ class Saliency(Method):
 
     The sequence score is the norm of the gradient of the sequence F (not the sum of the rows).
 
-    >>> genattr.explain(lm, "The cat sat", target=" down", method="saliency")  # doctest: +SKIP
+    Examples
+    --------
+    >>> import genattr
+    >>> from genattr.testing import tiny_lm
+    >>> lm = tiny_lm()
+    >>> res = genattr.explain(lm, "The doctor opens the door", target=" and the nurse", method="saliency")
+    >>> bool((res.scores >= 0).all()), res.token_scores.shape
+    (True, (3, 5))
     """
 
     name = "saliency"
@@ -93,19 +98,27 @@ class Saliency(Method):
         return Output(scores, tokens)
 
 
-@register
 class InputXGradient(Method):
     """Input x gradient ("Not Just a Black Box: Learning Important Features Through Propagating
     Activation Differences", Shrikumar et al., 2016; "Grad*Inp" in the AIEG paper):
     a_i = sum_d e_{i,d} dF / de_{i,d}.
 
-    >>> genattr.explain(lm, "The cat sat", target=" down", method="input_x_gradient")  # doctest: +SKIP
+    Examples
+    --------
+    >>> import genattr
+    >>> from genattr.testing import tiny_lm
+    >>> lm = tiny_lm()
+    >>> res = genattr.explain(lm, "The doctor opens the door", target=" and the nurse",
+    ...                       method="input_x_gradient")
+    >>> bool(abs(res.token_scores.sum(0) - res.scores).max() < 1e-6)   # F = sum_t F_t
+    True
     """
 
     name = "input_x_gradient"
     family = "gradient"
     summary = "embedding times gradient, summed over the embedding dimension"
     needs_gradients = True
+    additive = True
 
     def attribute(self, problem: Problem) -> Output:
         ep = embedded(problem)
@@ -149,7 +162,8 @@ class _IntegratedGradients(Method):
 
     family = "gradient"
     needs_gradients = True
-    convergence_check = True
+    additive = True
+    convergence_delta = True
     average = False
     params = {
         "n_steps": Param(
@@ -262,7 +276,6 @@ class _IntegratedGradients(Method):
         return None
 
 
-@register
 class IntegratedGradients(_IntegratedGradients):
     """Integrated gradients (Sundararajan et al., 2017, "Axiomatic Attribution for Deep Networks")
     on the prompt embeddings, for the whole-sequence log-likelihood as in "GiLOT: Interpreting
@@ -287,15 +300,28 @@ class IntegratedGradients(_IntegratedGradients):
     quadrature misses most of F(x) - F(x') (on the zoo model, a median gap of 58% at 50 steps
     against 4% with the token baseline); ``baselines="zero"`` gives the papers' setting.
 
-    >>> genattr.explain(lm, "The cat sat", target=" down", method="integrated_gradients",
-    ...                 n_steps=64, baselines="zero")                            # doctest: +SKIP
+    References
+    ----------
+    Sundararajan, Taly and Yan, "Axiomatic Attribution for Deep Networks", ICML 2017.
+    Li, Chen, Chai and Xiong, "GiLOT: Interpreting Generative Language Models via Optimal
+    Transport", ICML 2024, Eq. 9-10.
+
+    Examples
+    --------
+    >>> import genattr
+    >>> from genattr.testing import tiny_lm
+    >>> lm = tiny_lm()
+    >>> res = genattr.explain(lm, "The doctor opens the door", target=" and the nurse",
+    ...                       method="integrated_gradients", n_steps=64, baselines="zero")
+    >>> gap = res.diagnostics["convergence_delta"]        # sum_i IG_i - (F(x) - F(x'))
+    >>> bool(abs(gap) < 1e-3), res.diagnostics["n_steps"]
+    (True, 64)
     """
 
     name = "integrated_gradients"
     summary = "integrated gradients of the sequence log-likelihood along the straight path from a baseline"
 
 
-@register
 class IntegratedGradientsAvg(_IntegratedGradients):
     """IG-AVG ("GiLOT: Interpreting Generative Language Models via Optimal Transport", 2024, Sec. 4.2):
     integrated gradients of each target step's own function F_t = log p(y_t | y_<t, x), one row
@@ -327,10 +353,10 @@ class IntegratedGradientsAvg(_IntegratedGradients):
     summary = (
         "IG-AVG: mean over target steps of the absolute integrated gradients of each step's log-probability"
     )
+    additive = False
     average = True
 
 
-@register
 class IntegratedGradientsClipped(_IntegratedGradients):
     """IGCG, integrated gradients with clipped gradients ("Enhancing Integrated Gradients using
     Emphasis Factors and Attention", 2025, Appendix A.2 and Sec. 5.1): every entry of the
@@ -359,7 +385,6 @@ class IntegratedGradientsClipped(_IntegratedGradients):
 
 
 # --------------------------------------------------------------------- sampling methods
-@register
 class GradientShap(Method):
     """GradientSHAP ("A Unified Approach to Interpreting Model Predictions", Lundberg and Lee, 2017;
     as Captum's GradientShap computes it): expected gradients over random
@@ -379,7 +404,8 @@ class GradientShap(Method):
     summary = "expected gradients over random baselines, path points and input noise"
     needs_gradients = True
     stochastic = True
-    convergence_check = True
+    additive = True
+    convergence_delta = True
     params = {
         "n_samples": Param(
             5, "random (baseline, alpha, noise) draws", int, minimum=1, maximum=MAX_GRADIENT_POINTS
@@ -420,7 +446,6 @@ class GradientShap(Method):
         return Output(scores, tokens, diagnostics={"convergence_delta": delta})
 
 
-@register
 class SmoothGrad(Method):
     """SmoothGrad (Smilkov et al., 2017, "SmoothGrad: removing noise by adding noise"): the
     gradient averaged over noisy copies of the input, reported as a per-token norm like

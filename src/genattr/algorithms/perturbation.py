@@ -24,8 +24,7 @@ import torch
 
 from ..errors import InvalidParameterError, TooManyFeaturesError
 from ..problem import Problem
-from ..registry import register
-from .base import MAX_SAMPLES, Method, Output, Param
+from ..registry import MAX_SAMPLES, Method, Output, Param
 
 MAX_EXACT_FEATURES = 12
 SAMPLE_BLOCK = 4096
@@ -228,7 +227,6 @@ def _check_groups(value) -> str | None:
     return None
 
 
-@register
 class LeaveOneOut(Method):
     """Leave-one-out / feature ablation: phi_i = v(x) - v(x without feature i).
 
@@ -236,12 +234,32 @@ class LeaveOneOut(Method):
     Generation via Joint Prompt Attribution" (Eq. 2). With ``groups``, the features of a group
     are removed together and each member gets the group's score (Captum's ``feature_mask``).
 
-    >>> genattr.explain(lm, "The cat sat", target=" down", method="leave_one_out")  # doctest: +SKIP
+    References
+    ----------
+    Chang et al., "XPrompt: Explaining Large Language Model's Generation via Joint Prompt
+    Attribution", 2024, Eq. 2; Captum's ``FeatureAblation``.
+
+    Examples
+    --------
+    >>> import genattr
+    >>> from genattr.testing import tiny_lm
+    >>> lm = tiny_lm()
+    >>> res = genattr.explain(lm, "The doctor opens the door", target=" and the nurse",
+    ...                       method="leave_one_out")
+    >>> res.diagnostics["forward_passes"]   # the full prompt and its 5 variants in one batch
+    1
+    >>> bool(abs(res.token_scores.sum(0) - res.scores).max() < 1e-9)   # v sums over target tokens
+    True
+    >>> res = genattr.explain(lm, "The doctor opens the door", target=" and", method="leave_one_out",
+    ...                       groups=[[0, 1], [2, 3, 4]])
+    >>> bool(res.scores[0] == res.scores[1]), bool(res.scores[2] == res.scores[4])
+    (True, True)
     """
 
     name = "leave_one_out"
     family = "perturbation"
     summary = "v(x) - v(x without feature i), one feature (or group) removed at a time"
+    additive = True
     params = {
         "groups": Param(
             None,
@@ -273,7 +291,6 @@ class LeaveOneOut(Method):
         return Output(scores, tokens, extras={"groups": groups} if self.groups else {})
 
 
-@register
 class ShapleySampling(Method):
     """Shapley value sampling (Strumbelj and Kononenko, 2010; Captum's ShapleyValueSampling).
 
@@ -288,7 +305,8 @@ class ShapleySampling(Method):
     family = "perturbation"
     summary = "Shapley values estimated from random feature permutations (exactly efficient)"
     stochastic = True
-    convergence_check = True
+    additive = True
+    standard_error = True
     params = {"n_samples": Param(25, "permutations sampled", int, minimum=1, maximum=MAX_SAMPLES)}
     n_samples: int
 
@@ -301,7 +319,6 @@ class ShapleySampling(Method):
         return Output(scores, tokens, diagnostics={"stderr": stderr.tolist()})
 
 
-@register
 class ShapleyExact(Method):
     """Exact Shapley values by enumerating all 2^F coalitions (F <= 12).
 
@@ -311,6 +328,7 @@ class ShapleyExact(Method):
     name = "shapley_exact"
     family = "perturbation"
     summary = "exact Shapley values by enumerating every coalition (up to 12 features)"
+    additive = True
 
     def attribute(self, problem: Problem) -> Output:
         F = problem.n_features
@@ -341,7 +359,6 @@ def kernel_coalition_blocks(n_features: int, n: int, gen: torch.Generator) -> It
         yield torch.cat([keep, ~keep])[:rows]
 
 
-@register
 class KernelShap(Method):
     """KernelSHAP (Lundberg and Lee, 2017): Shapley values as a weighted linear regression over
     coalitions with the Shapley kernel, the efficiency constraint imposed exactly.
@@ -357,6 +374,7 @@ class KernelShap(Method):
     family = "perturbation"
     summary = "Shapley values by Shapley-kernel weighted regression with exact efficiency"
     stochastic = True
+    additive = True
     params = {
         "n_samples": Param(
             128, "coalitions sampled (all of them when >= 2^F - 2)", int, minimum=2, maximum=MAX_SAMPLES
@@ -404,7 +422,6 @@ def lime_coalition_blocks(n_features: int, n: int, gen: torch.Generator) -> Iter
         yield torch.cat([torch.ones(1, F, dtype=torch.bool), keep]) if start == 0 else keep
 
 
-@register
 class Lime(Method):
     """LIME (Ribeiro et al., 2016) as the GiLOT paper applies it to LLMs.
 
@@ -423,6 +440,7 @@ class Lime(Method):
         "weighted linear surrogate fitted on random coalitions (exponential kernel on the fraction kept)"
     )
     stochastic = True
+    additive = True
     params = {
         "n_samples": Param(128, "random coalitions", int, minimum=2, maximum=MAX_SAMPLES),
         "kernel_width": Param(0.25, "kernel width w on the cosine distance", float, minimum=1e-6),

@@ -78,9 +78,17 @@ at m = 1 by default, d log p(y | m (.) x) / dm with ``guidance='log_probability'
 computed) and the search ``trace``: log p(y | m (.) x) after each iteration (entry 0 is the
 initial mask), the curve of the paper's Figure 4; it never increases.
 
->>> res = genattr.explain(lm, "Write a story about the doctor and his patient", target=" Once",
-...                       method="xprompt", k=2, n_iter=50, seed=0)          # doctest: +SKIP
->>> res.extras["chosen_text"], res.extras["probability_ratio"]              # doctest: +SKIP
+Examples
+--------
+>>> import genattr
+>>> from genattr.testing import tiny_lm
+>>> res = genattr.explain(tiny_lm(), "The doctor opens the door and the nurse", target=" sings",
+...                       method="xprompt", k=2, n_iter=50, seed=0)
+>>> len(res.extras["chosen"]), float(res.scores.sum())        # k features, scores summing to k
+(2, 2.0)
+>>> trace = res.extras["trace"]                               # log p(y | m (.) x), never increasing
+>>> all(b <= a for a, b in zip(trace, trace[1:])), 0 < res.extras["probability_ratio"] <= 1
+(True, True)
 """
 
 from __future__ import annotations
@@ -92,8 +100,7 @@ import torch
 from ..errors import InvalidParameterError
 from ..model import Batch
 from ..problem import Problem
-from ..registry import register
-from .base import MAX_ITERATIONS, MAX_SAMPLES, Method, Output, Param
+from ..registry import MAX_ITERATIONS, MAX_SAMPLES, Method, Output, Param
 
 GUIDANCES = ("probability", "log_probability")
 
@@ -258,7 +265,6 @@ def _search(
     return key, trace, accepted, proposals
 
 
-@register
 class XPrompt(Method):
     """XPrompt (Chang et al., 2024; Eq. 3, Algorithm 1): the k features whose joint removal most
     lowers p(y | x), by gradient-guided initialisation and probabilistic swap search.
@@ -269,7 +275,14 @@ class XPrompt(Method):
     at a mask whose every swap is scored and none improves (``stopped_early``), and the
     ``gradient_passes``.
 
-    >>> genattr.explain(lm, prompt, target=" Paris", method="xprompt", k=2)   # doctest: +SKIP
+    References
+    ----------
+    Chang, Cao, Wang, Chen and Lin, "XPrompt: Explaining Large Language Model's Generation via
+    Joint Prompt Attribution", 2024, Section 4.
+
+    Examples
+    --------
+    See :mod:`genattr.algorithms.xprompt`.
     """
 
     name = "xprompt"
@@ -277,7 +290,7 @@ class XPrompt(Method):
     summary = "the k features whose joint removal most lowers p(y|x): gradient-guided swap search"
     needs_gradients = True
     stochastic = True
-    token_matrix = False
+    token_scores = False
     params = {
         "k": Param(3, "number of features removed together (1 <= k <= features)", int, minimum=1),
         "n_iter": Param(

@@ -37,6 +37,19 @@ generated or scored in one batched call.
    (teacher-forced) between the next-token distributions and averaged over positions. Lower
    similarity, lower PR and higher KL mean a more faithful attribution. The same metrics for
    ``n_random`` random masks of the same size give the random baseline.
+
+Examples
+--------
+>>> import genattr
+>>> from genattr.testing import tiny_lm
+>>> lm = tiny_lm()
+>>> res = genattr.explain(lm, "The doctor opens the door and the nurse", target=" sings")
+>>> curves = perturbation_curves(lm, res, step=0.25, max_new_tokens=3)
+>>> curves.fractions, abs(curves.morf[0]) < 1e-6    # nothing removed: the same output, d = 0
+([0.0, 0.25, 0.5, 0.75, 1.0], True)
+>>> scores = erasure(lm, res, percents=(10, 50))
+>>> len(scores["log_odds"]), bool(scores["comprehensiveness_clipped"][0] >= 0)
+(2, True)
 """
 
 from __future__ import annotations

@@ -70,7 +70,40 @@ def resolve_baseline(tokenizer: Tokenizer, baseline: int | str | None, vocab_siz
 
 class Masker:
     """Builds prompt variants with features removed by the mask named ``strategy`` (see the
-    module docstring)."""
+    module docstring).
+
+    Parameters
+    ----------
+    lm : LanguageModel
+        The model (its tokenizer and vocabulary size).
+    prompt : Prompt
+        The prompt (L tokens).
+    features : sequence of Feature
+        The F features a coalition keeps or removes.
+    strategy : str
+        A name in :data:`~genattr.masking.base.MASKS`: ``"attention"`` (default), ``"replace"``,
+        ``"delete"`` or a registered one.
+    baseline : int or str, optional
+        The baseline token (see the module docstring).
+
+    Raises
+    ------
+    genattr.errors.UnknownMaskError
+        For an unknown strategy or baseline, or a baseline token the tokenizer lacks.
+
+    Examples
+    --------
+    >>> from genattr.testing import tiny_lm
+    >>> lm = tiny_lm()
+    >>> prompt = Prompt.from_text(lm.tokenizer, "The doctor opens the door")
+    >>> masker = Masker(lm, prompt, prompt.features("word"), "attention", baseline="eos")
+    >>> batch = masker.inputs(torch.tensor([[True, False, True, True, True]]))   # "doctor" removed
+    >>> removed = [i for i in range(len(prompt)) if not batch.visible[0, i]]
+    >>> removed == list(prompt.features("word")[1].tokens)
+    True
+    >>> batch.input_ids[0, removed].tolist() == [masker.baseline_id] * len(removed)
+    True
+    """
 
     def __init__(
         self,

@@ -36,10 +36,25 @@ class Usage:
 
 @dataclass(frozen=True)
 class Batch:
-    """A batch of prompt variants of one length (left-padded where lengths differ).
+    """A batch of B prompt variants of one length L (left-padded where lengths differ).
 
-    ``visible[b, i]`` is False where position ``i`` of row ``b`` is hidden from every other
-    token (a masked feature, or left padding); ``positions`` are the position ids.
+    Parameters
+    ----------
+    input_ids : torch.Tensor, shape (B, L), int64
+        The token ids.
+    visible : torch.Tensor, shape (B, L), bool
+        False where position ``i`` of row ``b`` is hidden from every other token (a masked
+        feature, or left padding); a hidden position still attends to itself.
+    positions : torch.Tensor, shape (B, L), int64
+        The position ids (hiding a token does not move the others).
+
+    Examples
+    --------
+    >>> batch = Batch.left_padded([[5, 6, 7], [8, 9]], pad_id=0)
+    >>> batch.input_ids.tolist(), batch.visible.tolist(), batch.positions.tolist()
+    ([[5, 6, 7], [0, 8, 9]], [[True, True, True], [False, True, True]], [[0, 1, 2], [0, 0, 1]])
+    >>> len(Batch.from_ids([5, 6, 7], rows=4)), batch.extended(torch.tensor([[1], [2]])).positions.tolist()
+    (4, [[0, 1, 2, 3], [0, 0, 1, 2]])
     """
 
     input_ids: torch.Tensor
@@ -48,6 +63,7 @@ class Batch:
 
     @classmethod
     def from_ids(cls, ids: Sequence[int], rows: int = 1) -> Batch:
+        """``rows`` copies of the prompt ``ids``, every position visible, positions 0..L-1."""
         t = torch.tensor(list(ids), dtype=torch.long).unsqueeze(0).expand(rows, -1).contiguous()
         return cls(
             t, torch.ones_like(t, dtype=torch.bool), torch.arange(t.shape[1]).expand(rows, -1).contiguous()
@@ -74,6 +90,7 @@ class Batch:
         return self.input_ids.shape[1]
 
     def rows(self, index: slice | torch.Tensor) -> Batch:
+        """The rows ``index`` (a slice or index tensor) as a batch."""
         return Batch(self.input_ids[index], self.visible[index], self.positions[index])
 
     def extended(self, continuation: torch.Tensor) -> Batch:

