@@ -15,7 +15,7 @@ import torch
 import genattr
 from genattr import registry
 from genattr.algorithms import Method, Output
-from genattr.algorithms.perturbation import shapley_sampling_estimate
+from genattr.algorithms.perturbation import Lime, shapley_sampling_estimate
 from genattr.catalog import CATALOG
 from genattr.errors import InvalidParameterError, ModelLoadError, UnsupportedModelError
 from genattr.masking import Masker
@@ -72,6 +72,8 @@ def test_a_problem_without_target_has_no_log_probabilities_to_score(llama):
     problem = Problem(llama, prompt, features, None, Masker(llama, prompt, features))
     with pytest.raises(InvalidParameterError, match="no target"):
         problem.evaluate(problem.all_kept())
+    with pytest.raises(InvalidParameterError, match="has none"):
+        Lime(n_samples=2).attribute(problem)
 
 
 class _NoTargetNoOutput(Method):

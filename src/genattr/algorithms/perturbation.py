@@ -452,7 +452,9 @@ class Lime(Method):
 
     def attribute(self, problem: Problem) -> Output:
         F = problem.n_features
-        fit = RidgeFit(F, 1 + len(problem.target_ids))
+        if problem.target is None:
+            raise InvalidParameterError("lime fits the values of a target, and this problem has none.")
+        fit = RidgeFit(F, 1 + len(problem.target))
         for keep in lime_coalition_blocks(F, self.n_samples, problem.generator()):
             distance = 1 - (keep.sum(1).double() / F).sqrt()
             fit.add(keep, problem.evaluate(keep), torch.exp(-(distance**2) / (2 * self.kernel_width**2)))
