@@ -16,6 +16,7 @@ from genattr.errors import (
     UnknownTokensWarning,
 )
 from genattr.text.prompt import Prompt
+from genattr.text.segment import token_owners
 from genattr.zoo.tokenizer import build_tokenizer
 
 TEXT = "The cat sat on the mat. Then a dog runs!\nIs it warm?"
@@ -55,6 +56,18 @@ def _check_partition(prompt, features):
     for i, f in enumerate(features):
         assert f.index == i
         assert prompt.text[f.start : f.end] == f.text
+
+
+@pytest.mark.parametrize("level", ["token", "word", "sentence"])
+def test_token_owners_name_the_one_feature_of_every_position(tokenizers, level):
+    prompt = Prompt.from_text(tokenizers["sentencepiece"], TEXT)
+    features = prompt.features(level)
+    owners = token_owners(features, len(prompt))
+    assert len(owners) == len(prompt)
+    for t in range(len(prompt)):
+        holding = [f.index for f in features if t in f.tokens]
+        assert len(holding) <= 1 and owners[t] == (holding[0] if holding else -1)
+    assert owners.count(-1) == prompt.maskable.count(False)
 
 
 @pytest.mark.parametrize("kind", ["byte_bpe", "sentencepiece", "word"])

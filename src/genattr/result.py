@@ -30,7 +30,7 @@ from . import io
 from .errors import InputError
 from .settings import Settings
 from .text.prompt import Prompt
-from .text.segment import Feature, segment
+from .text.segment import Feature, segment, token_owners
 from .text.target import Target
 
 
@@ -114,11 +114,11 @@ class Attribution:
         """
         p = self.prompt
         coarse = segment(p.text, p.offsets, p.maskable, level, pattern=pattern, spans=spans)
-        owner = {t: c.index for c in coarse for t in c.tokens}
+        owner = token_owners(coarse, len(p))
         matrix = np.zeros((len(self.features), len(coarse)))
         for f in self.features:
-            owners = {owner.get(t) for t in f.tokens}
-            if len(owners) != 1 or None in owners:
+            owners = {owner[t] for t in f.tokens}
+            if len(owners) != 1 or -1 in owners:
                 raise InputError(
                     f"feature {f.text!r} does not fall inside one {level}-level feature; "
                     "aggregate only to a coarser level."

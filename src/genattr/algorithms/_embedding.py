@@ -28,6 +28,7 @@ import torch
 from ..errors import InvalidParameterError
 from ..model import Batch, LanguageModel
 from ..problem import Problem
+from ..text.segment import token_owners
 
 BASELINES = ("zero", "token")
 QUADRATURES = ("gausslegendre", "riemann_trapezoid")
@@ -104,9 +105,8 @@ def embedded(problem: Problem) -> EmbeddedPrompt:
     """The :class:`EmbeddedPrompt` of a problem (prompt, features, target, baseline token, objective)."""
     lm = problem.lm
     ids = torch.tensor(problem.prompt.input_ids, dtype=torch.long)
-    membership = torch.zeros(len(ids), problem.n_features, dtype=torch.float64)
-    for f in problem.features:
-        membership[list(f.tokens), f.index] = 1.0
+    owners = torch.tensor(token_owners(problem.features, len(ids)), dtype=torch.long)
+    membership = torch.nn.functional.one_hot(owners + 1, problem.n_features + 1)[:, 1:].double()
     embeds = lm.embed(ids[None])[0].detach().float()
     covered = (membership.sum(1) > 0).to(embeds.device)
     target = torch.tensor(problem.target.ids, dtype=torch.long)

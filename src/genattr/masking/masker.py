@@ -28,7 +28,7 @@ from ..defaults import BASELINE_NAMES, DEFAULT_MASK
 from ..errors import InvalidParameterError, UnknownMaskError
 from ..model import Batch, LanguageModel
 from ..text.prompt import Prompt
-from ..text.segment import Feature
+from ..text.segment import Feature, token_owners
 from .base import MASKS
 
 
@@ -83,9 +83,7 @@ class Masker:
         self.lm, self.prompt, self.features, self.strategy = lm, prompt, list(features), strategy
         self.baseline_id = resolve_baseline(lm.tokenizer, baseline, lm.vocab_size)
         self.ids = torch.tensor(prompt.input_ids, dtype=torch.long)
-        owner = torch.full((len(prompt),), -1, dtype=torch.long)
-        for f in self.features:
-            owner[list(f.tokens)] = f.index
+        owner = torch.tensor(token_owners(self.features, len(prompt)), dtype=torch.long)
         self._covered = (owner >= 0).nonzero().squeeze(-1)
         self._owner = owner[self._covered]
 

@@ -62,6 +62,17 @@ class Feature:
         }
 
 
+def token_owners(features: Sequence[Feature], n_tokens: int) -> list[int]:
+    """The index of the feature holding each of the prompt's ``n_tokens`` positions, -1 for a
+    position outside every feature (a control token, template scaffolding, context): the one map
+    from tokens to features that masking, the gradient methods and aggregation read."""
+    owners = [-1] * n_tokens
+    for f in features:
+        for t in f.tokens:
+            owners[t] = f.index
+    return owners
+
+
 def content_span(text: str, start: int, end: int) -> tuple[int, int] | None:
     """The span of ``text[start:end]`` without leading and trailing whitespace, or None if blank."""
     piece = text[start:end]
