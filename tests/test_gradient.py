@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import genattr
-from genattr.algorithms.gradient import CONVERGENCE_TOLERANCE
+from genattr.algorithms._embedding import CONVERGENCE_TOLERANCE, completeness_gap
 from genattr.errors import ConvergenceWarning, InvalidParameterError
 from genattr.model import Batch, LanguageModel
 from genattr.registry import methods
@@ -51,6 +51,33 @@ def test_ig_completeness_on_tiny_transformers(lm, rule):
     np.testing.assert_allclose(res.token_scores.sum(0), res.scores, atol=1e-9)
     coarse = _explain(lm, "integrated_gradients", n_steps=2, **kw)
     assert coarse.diagnostics["relative_convergence_delta"] > res.diagnostics["relative_convergence_delta"]
+
+
+def test_completeness_gap_by_hand():
+    scores, tokens = torch.tensor([1.0, 2.0]), torch.tensor([[0.5, 0.5], [1.0, 1.0]])
+    gap = torch.tensor([1.5, 1.0, 3.5])  # F_1, F_2, then the sequence's F(x) - F(x')
+    sequence = completeness_gap(scores, tokens, gap)
+    assert sequence.delta == pytest.approx(-0.5) and sequence.relative == pytest.approx(0.5 / 3.5)
+    assert sequence.token_deltas.tolist() == pytest.approx([-0.5, 1.0]) and not sequence.converged
+    per_token = completeness_gap(scores, tokens, gap, per_token=True)
+    assert per_token.delta == pytest.approx(0.75) and per_token.relative == pytest.approx(0.75 / 1.25)
+    closed = completeness_gap(scores, tokens, torch.tensor([1.0, 2.0, 3.0 * (1 + CONVERGENCE_TOLERANCE)]))
+    assert closed.converged and closed.diagnostics()["converged"]
+    assert completeness_gap(scores, tokens, torch.tensor([1.0, 2.0, 0.0])).relative == pytest.approx(3e12)
+
+
+@pytest.mark.parametrize("method", ["integrated_gradients", "integrated_gradients_avg", "deeplift"])
+def test_completeness_diagnostics_are_the_gap_of_the_scores_returned(llama, method):
+    res = _explain(llama, method, **({} if method == "deeplift" else {"n_steps": 8}))
+    d = res.diagnostics
+    gap = torch.tensor(d["objective_input"], dtype=torch.float64) - torch.tensor(
+        d["objective_baseline"], dtype=torch.float64
+    )
+    rows = torch.tensor(res.token_scores, dtype=torch.float64)
+    expected = completeness_gap(rows.sum(0), rows, gap, per_token=method == "integrated_gradients_avg")
+    assert d["convergence_delta"] == pytest.approx(expected.delta, abs=1e-9)
+    assert d["relative_convergence_delta"] == pytest.approx(expected.relative, rel=1e-9)
+    assert d["convergence_delta_tokens"] == pytest.approx(expected.token_deltas.tolist(), abs=1e-9)
 
 
 @pytest.fixture(scope="module")

@@ -33,6 +33,55 @@ from ..text.segment import token_owners
 BASELINES = ("zero", "token")
 QUADRATURES = ("gausslegendre", "riemann_trapezoid")
 
+CONVERGENCE_TOLERANCE = 0.05
+"""Relative completeness gap |sum IG - (F(x) - F(x'))| / |F(x) - F(x')| above which integrated gradients and DeepLIFT warn."""
+
+
+@dataclass(frozen=True)
+class Completeness:
+    """How far attributions a_i miss completeness, sum_i a_i = F(x) - F(x') (integrated gradients'
+    axiom, DeepLIFT's summation-to-delta): ``delta`` the convergence delta, ``relative`` it over
+    the gap it should close, ``token_deltas`` [n] sum_i a_{t,i} - (F_t(x) - F_t(x')) per target
+    token. See :func:`completeness_gap`."""
+
+    delta: float
+    relative: float
+    token_deltas: torch.Tensor
+
+    @property
+    def converged(self) -> bool:
+        """Whether ``relative`` is within :data:`CONVERGENCE_TOLERANCE`."""
+        return self.relative <= CONVERGENCE_TOLERANCE
+
+    def diagnostics(self) -> dict:
+        """The result's ``convergence_delta``, ``relative_convergence_delta``, ``converged`` and
+        ``convergence_delta_tokens``."""
+        return {
+            "convergence_delta": self.delta,
+            "relative_convergence_delta": self.relative,
+            "converged": self.converged,
+            "convergence_delta_tokens": self.token_deltas.tolist(),
+        }
+
+
+def completeness_gap(
+    scores: torch.Tensor, tokens: torch.Tensor, gap: torch.Tensor, *, per_token: bool = False
+) -> Completeness:
+    """The :class:`Completeness` of sequence ``scores`` [F] and token rows ``tokens`` [n, F]
+    against ``gap`` = F(x) - F(x') [n + 1] (the target tokens, then the sequence).
+
+    For the sequence: delta = sum_i a_i - (F(x) - F(x')), relative = |delta| / |F(x) - F(x')|.
+    With ``per_token`` (scores that aggregate the rows through their absolute values, so that
+    each row's own gap counts): delta = (1/n) sum_t |sum_i a_{t,i} - (F_t(x) - F_t(x'))|,
+    relative to (1/n) sum_t |F_t(x) - F_t(x')|. A zero gap counts as 1e-12.
+    """
+    token_deltas = tokens.sum(1) - gap[:-1]
+    if per_token:
+        delta = float(token_deltas.abs().mean())
+        return Completeness(delta, delta / max(float(gap[:-1].abs().mean()), 1e-12), token_deltas)
+    delta = float(scores.sum() - gap[-1])
+    return Completeness(delta, abs(delta) / max(float(gap[-1].abs()), 1e-12), token_deltas)
+
 
 @dataclass
 class EmbeddedPrompt:

@@ -29,6 +29,7 @@ from ._embedding import (
     BASELINES,
     QUADRATURES,
     EmbeddedPrompt,
+    completeness_gap,
     embedded,
     gradient_sums,
     objective_factor,
@@ -118,9 +119,6 @@ class InputXGradient(Method):
 
 
 # --------------------------------------------------------------------- integrated gradients
-CONVERGENCE_TOLERANCE = 0.05
-"""Relative completeness gap |sum IG - (F(x) - F(x'))| / |F(x) - F(x')| above which IG warns."""
-
 FIRST_STEPS = 32
 """The first step count of the adaptive schedule (``n_steps`` unset), doubled from there."""
 
@@ -184,22 +182,19 @@ class _IntegratedGradients(Method):
         tried: list[float] = []
         for n_steps in self._step_counts():
             scores, tokens = self._integral(ep, x, base, n_steps)
-            delta, relative, token_deltas = self._completeness(scores, tokens, gap)
-            tried.append(relative)
-            if relative <= CONVERGENCE_TOLERANCE:
+            gap_left = completeness_gap(scores, tokens, gap, per_token=self.average)
+            tried.append(gap_left.relative)
+            if gap_left.converged:
                 break
-        if relative > CONVERGENCE_TOLERANCE and self._clip() is None:
-            self._warn(n_steps, delta, relative)
+        if not gap_left.converged and self._clip() is None:
+            self._warn(n_steps, gap_left.delta, gap_left.relative)
         if self.average:
             scores = tokens.abs().mean(0)
         diagnostics = {
             "n_steps": n_steps,
-            "convergence_delta": delta,
-            "relative_convergence_delta": relative,
-            "converged": relative <= CONVERGENCE_TOLERANCE,
+            **gap_left.diagnostics(),
             "steps_tried": self._step_counts()[: len(tried)],
             "relative_convergence_delta_tried": tried,
-            "convergence_delta_tokens": token_deltas.tolist(),
             "objective_input": ends[0].tolist(),
             "objective_baseline": ends[1].tolist(),
         }
@@ -226,22 +221,6 @@ class _IntegratedGradients(Method):
             ep, rows, _factor(ep, seq), weights, sequence=seq, multipliers=delta, clip=self._clip()
         )
         return _split(ep, sums.sum(-1), "row" if seq else "sum")
-
-    def _completeness(
-        self, scores: torch.Tensor, tokens: torch.Tensor, gap: torch.Tensor
-    ) -> tuple[float, float, torch.Tensor]:
-        """(convergence delta, relative delta, per-token deltas) against ``gap`` = F(x) - F(x') [n + 1].
-
-        Plain IG: sum_i IG_i - (F(x) - F(x')) for the sequence. The AVG variant aggregates the rows
-        through their absolute values, so each row's own gap counts: the mean over tokens of
-        |sum_i IG_{t,i} - (F_t(x) - F_t(x'))|, relative to the mean of |F_t(x) - F_t(x')|.
-        """
-        token_deltas = tokens.sum(1) - gap[:-1]
-        if self.average:
-            delta = float(token_deltas.abs().mean())
-            return delta, delta / max(float(gap[:-1].abs().mean()), 1e-12), token_deltas
-        delta = float(scores.sum() - gap[-1])
-        return delta, abs(delta) / max(float(gap[-1].abs()), 1e-12), token_deltas
 
     def _warn(self, n_steps: int, delta: float, relative: float) -> None:
         advice = "raise max_steps" if self.n_steps is None else "raise n_steps (or leave it unset)"
@@ -408,7 +387,7 @@ class GradientShap(Method):
         scores, tokens = _split(ep, sums.sum(-1), "row" if seq else "sum")
         ends = _objective_values(ep, torch.cat([noisy, bases]))
         gap = (ends[:k] - ends[k:]).mean(0)
-        delta = float(scores.sum() - gap[-1])
+        delta = completeness_gap(scores, tokens, gap).delta
         return Output(scores, tokens, diagnostics={"convergence_delta": delta})
 
 
