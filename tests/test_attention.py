@@ -11,8 +11,11 @@ import pytest
 import torch
 
 import genattr
+from genattr.algorithms._embedding import forward_hooks
 from genattr.algorithms.attention import ValueTap, rollout
 from genattr.errors import InputError
+
+from .conftest import our_hooks
 
 PROMPT = "The cat sat on the mat."
 TARGET = " and the bird sings"
@@ -190,3 +193,35 @@ def test_bta_integrates_the_attention_gradient_along_the_path(llama):
 def test_bta_needs_known_attention_modules():
     with pytest.raises(InputError, match="v_proj/o_proj"):
         ValueTap(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+
+
+def test_forward_hooks_record_while_open_and_are_removed_on_error():
+    first, second = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    seen: list[str] = []
+
+    def recorder(name: str):
+        return lambda _m, _i, _o: seen.append(name)
+
+    record = {first: recorder("a"), second: recorder("b")}
+    with pytest.raises(RuntimeError, match="inside"), forward_hooks(record.items()):
+        second(first(torch.ones(2)))
+        raise RuntimeError("inside")
+    assert seen == ["a", "b"] and not first._forward_hooks and not second._forward_hooks
+
+    def failing():
+        yield first, record[first]
+        raise RuntimeError("while registering")
+
+    with pytest.raises(RuntimeError, match="registering"), forward_hooks(failing()):
+        pass
+    assert not first._forward_hooks
+
+
+def test_bta_leaves_no_hook_when_the_forward_pass_fails(llama, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("forward failed")
+
+    monkeypatch.setattr(llama, "attention_maps", broken)
+    with pytest.raises(RuntimeError, match="forward failed"):
+        genattr.explain(llama, "The cat sat", target=" down", method="bta", n_steps=2)
+    assert not our_hooks(llama.model)

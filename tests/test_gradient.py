@@ -18,7 +18,7 @@ from genattr.model import Batch, LanguageModel
 from genattr.registry import methods
 from genattr.zoo import examples
 
-from .conftest import naive_log_probs
+from .conftest import naive_log_probs, our_hooks
 
 PROMPT = "The cat sat on the mat."
 TARGET = " and the bird sings"
@@ -291,8 +291,7 @@ def test_gradient_methods_leave_the_model_as_found(llama, method):
         np.testing.assert_array_equal(first.token_scores, second.token_scores)  # nothing accumulates
         assert {name: p.requires_grad for name, p in model.named_parameters()} == flags
         assert all(p.grad is None for p in model.parameters())
-        hooks = [h.__qualname__ for m in model.modules() for h in m._forward_hooks.values()]
-        assert not [h for h in hooks if "RescaleRule" in h or "ValueTap" in h]  # our hooks are removed
+        assert not our_hooks(model)
         assert not model.training
         assert llama.attn_implementation == "sdpa"
     finally:

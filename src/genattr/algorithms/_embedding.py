@@ -18,7 +18,7 @@ once, not once per token; see :func:`_batched_gradients`). Chunks hold at most
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -204,17 +204,30 @@ def objective_factor(objective: str, values: torch.Tensor, sequence: bool) -> to
     return torch.cat([tokens, values.sum(1).exp()[None]])
 
 
+ForwardHook = Callable[[torch.nn.Module, tuple, object], None]
+"""A forward hook: (module, its inputs, its output) -> None."""
+
+
 @contextmanager
-def _head_input(model: torch.nn.Module):
+def forward_hooks(hooks: Iterable[tuple[torch.nn.Module, ForwardHook]]) -> Iterator[None]:
+    """Registers each ``(module, hook)`` as a forward hook while open, and removes every one of them
+    on exit, also when the block, or registering a later hook, raises."""
+    handles = []
+    try:
+        for module, hook in hooks:
+            handles.append(module.register_forward_hook(hook))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def _head_input(model: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
     """Collects, while open, the inputs of every call of the model's output embedding (the head)."""
     calls: list[torch.Tensor] = []
-    handle = model.get_output_embeddings().register_forward_hook(
-        lambda _m, inputs, _o: calls.append(inputs[0])
-    )
-    try:
+    with forward_hooks([(model.get_output_embeddings(), lambda _m, inputs, _o: calls.append(inputs[0]))]):
         yield calls
-    finally:
-        handle.remove()
 
 
 def _batched_gradients(
