@@ -73,7 +73,7 @@ from ._embedding import (
     embedded,
 )
 from .base import Method, Output, Param
-from .gradient import _own_sequence_row, _split
+from .gradient import _own_sequence_row, _scores_from_positions
 
 Pair = tuple[torch.Tensor, torch.Tensor]
 """A tensor on the input (in the autograd graph, carrying multipliers) and its value on the reference."""
@@ -448,7 +448,7 @@ class DeepLift(Method):
         sequence = _own_sequence_row(ep)
         grads, before, after, rules = multipliers(ep, x, base, sequence)
         token_level = (grads * (x - base)[None]).sum(-1)
-        scores, tokens = _split(ep, token_level, "row" if sequence else "sum")
+        scores, tokens = _scores_from_positions(ep, token_level, sequence)
         gap = completeness_gap(scores, tokens, before - after)
         unruled = sorted(rules.unruled)
         if not gap.converged:

@@ -42,16 +42,16 @@ def _factor(ep: EmbeddedPrompt, sequence: bool) -> Callable[[torch.Tensor, slice
     return lambda values, _sl: objective_factor(ep.objective, values, sequence)
 
 
-def _split(ep: EmbeddedPrompt, token_level: torch.Tensor, sequence: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token-level attributions [m, L] -> (sequence scores [F], token matrix [n, F]).
-
-    ``sequence`` is ``"row"`` (row n holds the sequence) or ``"sum"`` (the sum of the token rows).
-    """
-    scores = ep.features(token_level)
-    n = ep.n_target
-    tokens = scores[:n]
-    if sequence == "row":
-        return scores[n], tokens
+def _scores_from_positions(
+    ep: EmbeddedPrompt, position_level: torch.Tensor, sequence_row: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attributions to prompt positions [m, L], summed over each feature's positions, as (sequence
+    scores [F], token matrix [n, F]): rows 0..n-1 are the target tokens'; the sequence scores are
+    row n with ``sequence_row``, else the sum of the token rows."""
+    scores = ep.features(position_level)
+    tokens = scores[: ep.n_target]
+    if sequence_row:
+        return scores[ep.n_target], tokens
     return tokens.sum(0), tokens
 
 
@@ -90,7 +90,7 @@ class Saliency(Method):
         sums = gradient_sums(
             ep, ep.embeds[None], _factor(ep, True), torch.ones(1, dtype=torch.float64), sequence=True
         )
-        scores, tokens = _split(ep, sums.norm(dim=-1), "row")
+        scores, tokens = _scores_from_positions(ep, sums.norm(dim=-1), True)
         return Output(scores, tokens)
 
 
@@ -114,7 +114,7 @@ class InputXGradient(Method):
         sums = gradient_sums(
             ep, ep.embeds[None], _factor(ep, seq), torch.ones(1, dtype=torch.float64), sequence=seq
         )
-        scores, tokens = _split(ep, (sums * ep.embeds).sum(-1), "row" if seq else "sum")
+        scores, tokens = _scores_from_positions(ep, (sums * ep.embeds).sum(-1), seq)
         return Output(scores, tokens)
 
 
@@ -220,7 +220,7 @@ class _IntegratedGradients(Method):
         sums = gradient_sums(
             ep, rows, _factor(ep, seq), weights, sequence=seq, multipliers=delta, clip=self._clip()
         )
-        return _split(ep, sums.sum(-1), "row" if seq else "sum")
+        return _scores_from_positions(ep, sums.sum(-1), seq)
 
     def _warn(self, n_steps: int, delta: float, relative: float) -> None:
         advice = "raise max_steps" if self.n_steps is None else "raise n_steps (or leave it unset)"
@@ -384,7 +384,7 @@ class GradientShap(Method):
         seq = _own_sequence_row(ep)
         weights = torch.full((k,), 1.0 / k, dtype=torch.float64)
         sums = gradient_sums(ep, rows, _factor(ep, seq), weights, sequence=seq, multipliers=noisy - bases)
-        scores, tokens = _split(ep, sums.sum(-1), "row" if seq else "sum")
+        scores, tokens = _scores_from_positions(ep, sums.sum(-1), seq)
         ends = _objective_values(ep, torch.cat([noisy, bases]))
         gap = (ends[:k] - ends[k:]).mean(0)
         delta = completeness_gap(scores, tokens, gap).delta
@@ -430,5 +430,5 @@ class SmoothGrad(Method):
         rows = ep.embeds[None] + noise * ep.covered[None, :, None]
         weights = torch.full((k,), 1.0 / k, dtype=torch.float64)
         sums = gradient_sums(ep, rows, _factor(ep, True), weights, sequence=True)
-        scores, tokens = _split(ep, sums.norm(dim=-1), "row")
+        scores, tokens = _scores_from_positions(ep, sums.norm(dim=-1), True)
         return Output(scores, tokens, diagnostics={"stdevs": sigma})
