@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import genattr
-from genattr.algorithms.aieg import emphasis_factor, pos_norm
+from genattr.algorithms.aieg import EmphasisPath, emphasis_factor, pos_norm
 from genattr.model import Batch
 
 PROMPT = "The cat sat on the mat."
@@ -31,6 +31,34 @@ def test_emphasis_factor_lies_in_unit_interval_and_vanishes_where_flat():
         emphasis_factor(torch.tensor([1.0, 2.0, -1.0]), torch.tensor([0.0, 1.0, 1.0])),
         torch.tensor([1.0, 1 / 3, 1.0]),
     )
+
+
+@pytest.mark.parametrize("logits", [False, True])
+def test_emphasis_path_is_eq_12_whatever_the_chunks_and_refuses_them_out_of_order(logits):
+    K, n = 7, 3
+    grid = -torch.rand(K + 1, n, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3
+    f = (grid if logits else grid.exp()).float().double()  # F(x(alpha_k)), k = 0..K
+
+    def run(cuts: list[int]) -> tuple[EmphasisPath, torch.Tensor]:
+        path = EmphasisPath(grid[0], K, logits)
+        factors = [
+            path.factor(grid[1 + a : 1 + b].float(), slice(a, b))
+            for a, b in zip(cuts[:-1], cuts[1:], strict=True)
+        ]
+        return path, torch.cat(factors, 1)
+
+    whole, whole_factor = run([0, K])
+    expected = (f[1:] - f[:-1]).abs() / (f[1:].abs() + f[:-1].abs())
+    torch.testing.assert_close(whole.emphasis, expected, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(whole.values, f)
+    torch.testing.assert_close(
+        whole_factor.double(), (expected if logits else expected * f[1:]).T, rtol=1e-6, atol=1e-7
+    )
+    pieces, pieces_factor = run([0, 2, 3, K])
+    assert torch.equal(pieces.emphasis, whole.emphasis) and torch.equal(pieces_factor, whole_factor)
+    fresh = EmphasisPath(grid[0], K, logits)
+    with pytest.raises(RuntimeError, match="in order"):
+        fresh.factor(grid[4:6].float(), slice(3, 5))
 
 
 def test_pos_norm_keeps_positives_and_sums_to_one():
