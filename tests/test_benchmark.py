@@ -18,7 +18,7 @@ from genattr.errors import GenattrWarning, InputError, ResultFormatError, Unknow
 from genattr.evaluate import benchmark
 from genattr.evaluate.benchmark import example_seed, load_items, run_benchmark
 
-FAST = {"metrics": ["ground_truth"], "progress": False, "max_new_tokens": 3}
+FAST = {"metrics": ["ground_truth"], "max_new_tokens": 3}
 
 
 @pytest.fixture(scope="module")
@@ -230,3 +230,19 @@ def test_the_command_exits_2_on_a_row_without_example(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "genattr: error:" in err and "rows.jsonl:1 has no str field 'example'" in err
     assert "Traceback" not in err
+
+
+def test_progress_hears_each_computed_row_and_nothing_for_reused_ones(zoo, tmp_path):
+    items, _ = load_items(["zoo:recall"], n=2, seed=0)
+    heard: list[tuple] = []
+    _run(zoo, items, tmp_path / "out", progress=lambda *args: heard.append(args))
+    assert heard == [
+        (1, 4, f"leave_one_out on {items[0].id}"),
+        (2, 4, f"random on {items[0].id}"),
+        (3, 4, f"leave_one_out on {items[1].id}"),
+        (4, 4, f"random on {items[1].id}"),
+    ]
+    _run(zoo, items, tmp_path / "out", progress=lambda *args: heard.append(args))
+    assert len(heard) == 4
+    with pytest.raises(InputError, match="progress must be a callable"):
+        run_benchmark(zoo, ["random"], items, tmp_path / "other", progress=True, **FAST)

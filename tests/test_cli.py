@@ -322,3 +322,26 @@ def test_render_of_a_result_with_huge_integers_exits_2(model_dirs, tmp_path, cap
     out.write_text(json.dumps(data))
     assert main(["render", str(out)]) == 2
     _one_line_error(capsys, "not a finite number")
+
+
+def test_explain_and_benchmark_pass_their_progress_bar(model_dirs, tmp_path, monkeypatch):
+    import genattr.api
+    from genattr.evaluate import benchmark
+
+    calls = {}
+
+    def explain(*args, **kwargs):
+        calls["explain"] = kwargs["progress"]
+        return real_explain(*args, **kwargs)
+
+    def run_benchmark(*args, **kwargs):
+        calls["benchmark"] = kwargs["progress"]
+        raise genattr.errors.InputError("stop here")
+
+    real_explain = genattr.api.explain
+    monkeypatch.setattr(genattr.api, "explain", explain)
+    monkeypatch.setattr(benchmark, "run_benchmark", run_benchmark)
+    assert main(["explain", "--model", str(model_dirs["llama"]), "--target", " on", "-q", "The cat sat"]) == 0
+    argv = ["benchmark", "--model", str(model_dirs["llama"]), "--data", "zoo:recall", "--n", "1"]
+    assert main([*argv, "--out", str(tmp_path / "b")]) == 2
+    assert callable(calls["explain"]) and callable(calls["benchmark"])

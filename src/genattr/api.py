@@ -24,6 +24,7 @@ from .masking import Masker
 from .model import LanguageModel, load
 from .objectives import OBJECTIVES, gradient_objectives
 from .problem import Problem
+from .progress import Progress, checked, reporting
 from .result import Attribution
 from .settings import Settings
 from .text.prompt import Prompt
@@ -91,6 +92,7 @@ def explain(
     pattern=None,
     spans=None,
     params: Mapping[str, object] | None = None,
+    progress: Progress | None = None,
     **method_params,
 ) -> Attribution:
     """Explain what ``lm`` wrote after ``prompt`` in terms of the prompt's features.
@@ -108,6 +110,8 @@ def explain(
     and recorded in the result's ``params``; ``params`` may give them as a mapping instead, which
     also reaches a parameter named like one of the settings above. The settings, as they took
     effect, are recorded apart in the result's ``settings`` (:class:`~genattr.settings.Settings`).
+    ``progress``, a callable ``(done, total)``, hears of every chunk of rows the model scores during
+    the call (see :mod:`genattr.progress`; :func:`genattr.progress.progress_bar` gives a display).
 
     >>> lm = genattr.load("path/to/model")                                    # doctest: +SKIP
     >>> res = genattr.explain(lm, "The capital of France is", target=" Paris",
@@ -126,6 +130,7 @@ def explain(
             "without gradients (see `genattr methods`)."
         )
     algorithm = method_cls(**_method_params(params, method_params))
+    progress = checked(progress)
     if isinstance(lm, str):
         lm = load(lm)
     if max_new_tokens < 1:
@@ -136,9 +141,10 @@ def explain(
     features = prompt_obj.features(level, pattern=pattern, spans=spans)
     lm.check_length(len(prompt_obj), "the prompt")
     masker = Masker(lm, prompt_obj, features, mask, baseline)
-    resolved = resolve_target(lm, prompt_obj, target, max_new_tokens) if method_cls.needs_target else None
-    problem = Problem(lm, prompt_obj, features, resolved, masker, objective, seed)
-    output = algorithm.attribute(problem)
+    with reporting(progress):
+        resolved = resolve_target(lm, prompt_obj, target, max_new_tokens) if method_cls.needs_target else None
+        problem = Problem(lm, prompt_obj, features, resolved, masker, objective, seed)
+        output = algorithm.attribute(problem)
     scores, token_scores = _to_numpy(output.scores), _to_numpy(output.token_scores)
     if not np.isfinite(scores).all() or (token_scores is not None and not np.isfinite(token_scores).all()):
         raise NumericalError(

@@ -17,7 +17,6 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from contextlib import contextmanager
 from pathlib import Path
 
 from ._version import __version__
@@ -119,40 +118,12 @@ def _fixed_seed(text: str) -> int:
     return seed
 
 
-@contextmanager
-def progress_bar(lm, enabled: bool, label: str = "scoring"):
-    """A rich progress bar fed by the model's chunk callback (shown on stderr, when it is a terminal)."""
-    if not enabled or not sys.stderr.isatty():
-        yield
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    ) as progress:
-        task = progress.add_task(label, total=None)
-
-        def update(done: int, total: int) -> None:
-            progress.update(task, completed=done, total=total)
-
-        lm.progress = update
-        try:
-            yield
-        finally:
-            lm.progress = None
-
-
 def cmd_explain(args: argparse.Namespace) -> int:
     from . import registry
     from .api import explain
     from .io import check_writable, write_atomic
     from .model import load
+    from .progress import progress_bar
 
     method_cls = registry.get(args.method)  # an unknown name fails before the model loads
     if args.target is not None and not method_cls.needs_target:
@@ -166,7 +137,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             check_writable(out)
     _configure_transformers(args.verbose)
     lm = load(args.model, device=args.device, dtype=args.dtype)
-    with progress_bar(lm, not args.quiet):
+    with progress_bar("scoring", not args.quiet) as bar:
         res = explain(
             lm,
             args.prompt,
@@ -178,6 +149,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             seed=args.seed,
             max_new_tokens=args.max_new_tokens,
             params=params,
+            progress=bar,
         )
     if not args.quiet:
         res.show()
@@ -224,6 +196,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     from . import registry
     from .evaluate.benchmark import load_items, run_benchmark
     from .model import load
+    from .progress import progress_bar
 
     _configure_transformers(args.verbose)
 
@@ -238,19 +211,20 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     if not items:
         raise InputError("no usable example in --data; see the messages above.")
     lm = load(args.model, device=args.device, dtype=args.dtype)
-    result = run_benchmark(
-        lm,
-        methods,
-        items,
-        args.out,
-        metrics=[m.strip() for m in args.metrics.split(",")],
-        seed=args.seed,
-        progress=not args.quiet,
-        level=args.level,
-        mask=args.mask,
-        max_new_tokens=args.max_new_tokens,
-        k=args.k,
-    )
+    with progress_bar("benchmark", not args.quiet) as bar:
+        result = run_benchmark(
+            lm,
+            methods,
+            items,
+            args.out,
+            metrics=[m.strip() for m in args.metrics.split(",")],
+            seed=args.seed,
+            progress=bar,
+            level=args.level,
+            mask=args.mask,
+            max_new_tokens=args.max_new_tokens,
+            k=args.k,
+        )
     if not args.quiet:
         print(_safe(result["table"], layout=True))
         print(_safe(result["cost"], layout=True))

@@ -188,8 +188,8 @@ def run_real_demo(
     include_system: bool = False,
 ) -> list:
     """Explain a real model's answer to :data:`REAL_QUESTION` with :data:`REAL_METHODS`; returns the results."""
-    from .cli import progress_bar
     from .model import Batch
+    from .progress import progress_bar
     from .render.html import render_html
 
     console = console or Console()
@@ -210,10 +210,12 @@ def run_real_demo(
     for i, (name, params, level) in enumerate(plan, start=1):
         console.print(f"[{i}/{len(plan)}] {name} {params or ''} ...", markup=False, highlight=False)
         began = time.perf_counter()
-        with warnings.catch_warnings(record=True) as caught, progress_bar(lm, True, name):
+        with warnings.catch_warnings(record=True) as caught, progress_bar(name) as bar:
             warnings.simplefilter("always", GenattrWarning)
             target_ids = answer if registry.get(name).needs_target else None
-            res = explain(lm, prompt, target=target_ids, method=name, level=level, seed=0, **params)
+            res = explain(
+                lm, prompt, target=target_ids, method=name, level=level, seed=0, progress=bar, **params
+            )
         notes[name] = [str(w.message) for w in caught if issubclass(w.category, GenattrWarning)]
         console.rule(f"[bold]{name}[/bold] ({time.perf_counter() - began:.1f} s)")
         res.show(console=console)
