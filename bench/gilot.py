@@ -170,7 +170,7 @@ def main() -> None:
     lm = load_model()
     prompt_text, _ = token_exact_texts(lm.tokenizer, PROMPT_TOKENS, 1)
     prompt = Prompt.from_text(lm.tokenizer, prompt_text)
-    masked = sorted(t for f in prompt.features("token") for t in f.tokens)
+    masked = sorted(t for f in prompt.features("token") for t in f.positions)
     print(
         f"model {lm.name}: {sum(p.numel() for p in lm.model.parameters()) / 1e6:.1f}M parameters, vocabulary "
         f"{lm.vocab_size}; prompt {len(prompt)} tokens, {len(masked)} masked; b={BEAMS}, J={POSITIONS}, "

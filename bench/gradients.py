@@ -97,7 +97,7 @@ def main() -> None:
             level="token",
             n_steps=args.n_steps,
             baselines="token",
-            baseline=BASELINE_ID,
+            mask_token=BASELINE_ID,
         )
     }
     if not args.skip_captum:

@@ -71,7 +71,7 @@ def test_pos_norm_keeps_positives_and_sums_to_one():
 def _naive_aieg(lm, res, n_steps: int, logits: bool) -> tuple[np.ndarray, np.ndarray]:
     """AIEG rows [n, F] and EF [N, n] with one single-row forward and backward per (step, token)."""
     ids, target = list(res.prompt.input_ids), list(res.target.ids)
-    positions = [f.tokens[0] for f in res.features]
+    positions = [f.positions[0] for f in res.features]
     x = lm.embed(torch.tensor([ids]))[0].detach()
     base = x.clone()
     base[positions] = 0.0
@@ -138,7 +138,7 @@ def test_aieg_properties_on_every_architecture(lm):
     members = np.zeros((len(word.features), len(res.features)))
     for f in res.features:
         for g in word.features:
-            if set(g.tokens) <= set(f.tokens):
+            if set(g.positions) <= set(f.positions):
                 members[g.index, f.index] = 1
     np.testing.assert_allclose(word.token_scores @ members, res.token_scores, atol=1e-9)
 

@@ -47,7 +47,7 @@ def _hf_forward(lm, res, embeds=None):
 def _rows(res):
     """Predicting positions and the prompt positions of the (token-level) features."""
     L, n = len(res.prompt.input_ids), len(res.target.ids)
-    return torch.arange(n) + L - 1, [f.tokens[0] for f in res.features]
+    return torch.arange(n) + L - 1, [f.positions[0] for f in res.features]
 
 
 def test_net_attention_is_the_mean_attention_probability(lm):

@@ -50,8 +50,8 @@ def test_prompt_plus_target_longer_than_the_context(llama):
         ({"method": "magic"}, errors.UnknownMethodError, "unknown method 'magic'; choose one of"),
         ({"level": "paragraph"}, errors.UnknownLevelError, "unknown level"),
         ({"mask": "blur"}, errors.UnknownMaskError, "unknown mask strategy"),
-        ({"baseline": "mask"}, errors.UnknownMaskError, "no mask token"),
-        ({"baseline": 10**6}, errors.UnknownMaskError, "outside the vocabulary"),
+        ({"mask_token": "mask"}, errors.UnknownMaskError, "no mask token"),
+        ({"mask_token": 10**6}, errors.UnknownMaskError, "outside the vocabulary"),
         (
             {"method": "shapley_sampling", "n_samples": 0},
             errors.InvalidParameterError,
@@ -66,6 +66,19 @@ def test_prompt_plus_target_longer_than_the_context(llama):
 def test_bad_arguments(llama, kwargs, error, message):
     with pytest.raises(error, match=message):
         genattr.explain(llama, PROMPT, target=TARGET, **kwargs)
+
+
+def test_baseline_is_a_deprecated_alias_of_mask_token(llama):
+    new = genattr.explain(llama, PROMPT, target=TARGET, mask="replace", mask_token="eos")
+    with pytest.warns(errors.GenattrDeprecationWarning, match=r"pass mask_token=\.\.\.") as caught:
+        old = genattr.explain(llama, PROMPT, target=TARGET, mask="replace", baseline="eos")
+    assert caught[0].filename == __file__  # the warning points at the caller
+    assert issubclass(errors.GenattrDeprecationWarning, errors.GenattrWarning)
+    assert issubclass(errors.GenattrDeprecationWarning, DeprecationWarning)
+    assert old.settings == new.settings and old.settings.mask_token == llama.tokenizer.eos_token_id
+    np.testing.assert_array_equal(old.scores, new.scores)
+    with pytest.raises(errors.InvalidParameterError, match="give mask_token only"):
+        genattr.explain(llama, PROMPT, target=TARGET, mask_token="eos", baseline="eos")
 
 
 def test_too_many_features_for_exact_shapley(llama):

@@ -31,7 +31,7 @@ def _explain(lm, method, **kw):
 
 def _replaced(res, baseline_id: int) -> list[int]:
     """The prompt ids with every feature token replaced by the baseline token."""
-    covered = {t for f in res.features for t in f.tokens}
+    covered = {t for f in res.features for t in f.positions}
     return [baseline_id if i in covered else tok for i, tok in enumerate(res.prompt.input_ids)]
 
 
@@ -170,9 +170,9 @@ def test_ig_is_exact_on_a_quadratic_model(llama, rule, n_steps, curvature):
         quad, "integrated_gradients", level="token", n_steps=n_steps, quadrature=rule, baselines="token"
     )
     x = llama.embed(torch.tensor([res.prompt.input_ids]))[0].detach().float()
-    base = llama.embed(torch.tensor([_replaced(res, res.settings.baseline)]))[0].detach().float()
+    base = llama.embed(torch.tensor([_replaced(res, res.settings.mask_token)]))[0].detach().float()
     closed = ((x - base)[None] * (quad.B + quad.C * (x + base)[None] / 2)).sum(-1)  # [n, L]
-    positions = [f.tokens[0] for f in res.features]
+    positions = [f.positions[0] for f in res.features]
     np.testing.assert_allclose(res.token_scores, closed[:, positions].double().numpy(), rtol=1e-4, atol=1e-6)
     assert abs(res.diagnostics["convergence_delta"]) < 1e-4 * np.abs(res.scores).sum()
     avg = _explain(
@@ -197,14 +197,14 @@ def test_clipped_ig_clamps_every_gradient_entry(llama):
     res = _explain(quad, "ig_clipped", threshold=theta, **kw)
     x = llama.embed(torch.tensor([res.prompt.input_ids]))[0].detach().float()
     covered = torch.zeros(L, 1)
-    covered[[f.tokens[0] for f in res.features]] = 1
+    covered[[f.positions[0] for f in res.features]] = 1
     base = x * (1 - covered)  # the zero baseline at feature positions
     alphas, weights = torch.linspace(0, 1, 5), torch.tensor([0.125, 0.25, 0.25, 0.25, 0.125])
     expected = torch.zeros(n, L)
     for a, w in zip(alphas, weights, strict=True):
         grad = (quad.B + quad.C * (base + a * (x - base))[None]).clamp(-theta, theta)
         expected += w * (grad * (x - base)[None]).sum(-1)
-    positions = [f.tokens[0] for f in res.features]
+    positions = [f.positions[0] for f in res.features]
     np.testing.assert_allclose(
         res.token_scores, expected[:, positions].double().numpy(), rtol=1e-4, atol=1e-6
     )
@@ -224,8 +224,8 @@ def test_input_x_gradient_equals_finite_differences(lm):
     columns = []
     for f in res.features:
         rows = e[None].repeat(2, 1, 1)
-        rows[0, f.tokens[0]] *= 1 + h
-        rows[1, f.tokens[0]] *= 1 - h
+        rows[0, f.positions[0]] *= 1 + h
+        rows[1, f.positions[0]] *= 1 - h
         with torch.no_grad():
             lp = lm.log_probs_from_embeddings(rows, Batch.from_ids(ids, 2), target).double()
         columns.append((lp[0] - lp[1]) / (2 * h))
@@ -239,7 +239,7 @@ def test_saliency_is_the_gradient_norm_and_smoothgrad_without_noise_equals_it(qw
     ids, target = list(res.prompt.input_ids), list(res.target.ids)
     x = qwen.embed(torch.tensor([ids])).detach().requires_grad_(True)
     lp = qwen.log_probs_from_embeddings(x, Batch.from_ids(ids), target)[0]
-    positions = [f.tokens[0] for f in res.features]
+    positions = [f.positions[0] for f in res.features]
     for t in range(len(target)):
         (g,) = torch.autograd.grad(lp[t], x, retain_graph=True)
         np.testing.assert_allclose(
@@ -337,7 +337,7 @@ def test_ig_rows_match_captum_layer_integrated_gradients(lms, rule):
             n_steps=16,
             quadrature=rule,
             baselines="token",
-            baseline="eos",
+            mask_token="eos",
         )
         eos = lm.tokenizer.eos_token_id
         llm = captum.LLMGradientAttribution(
@@ -350,7 +350,7 @@ def test_ig_rows_match_captum_layer_integrated_gradients(lms, rule):
             [[int(t == tok) for t, tok in zip(_replaced(res, eos), res.prompt.input_ids, strict=True)]]
         )
         out = llm.attribute(inp, target=torch.tensor(res.target.ids), n_steps=16, method=rule, baselines=kept)
-        positions = [f.tokens[0] for f in res.features]
+        positions = [f.positions[0] for f in res.features]
         theirs = out.token_attr[:, positions].double().numpy()
         if rule == "riemann_trapezoid":  # Captum's steps are 1/K where the trapezoid rule's are 1/(K-1)
             theirs = theirs * 16 / 15

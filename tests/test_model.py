@@ -112,7 +112,7 @@ def test_replace_and_delete_variants_equal_the_oracle_on_the_edited_prompt(llama
     replaced = Masker(lm, prompt, features, "replace", baseline="unk")
     ids = list(prompt.input_ids)
     for f in (features[1], features[4]):
-        for t in f.tokens:
+        for t in f.positions:
             ids[t] = lm.tokenizer.unk_token_id
     torch.testing.assert_close(
         lm.target_log_probs(replaced.inputs(keep), target)[0],
@@ -292,7 +292,7 @@ def test_attention_maps_under_eager_and_restore(lm):
     layers, heads = lm.model.config.num_hidden_layers, lm.model.config.num_attention_heads
     assert maps.shape == (1, layers, heads, T, T)
     torch.testing.assert_close(maps.sum(-1), torch.ones(1, layers, heads, T), atol=1e-5, rtol=0)
-    hidden = list(features[1].tokens)
+    hidden = list(features[1].positions)
     others = [q for q in range(T) if q not in hidden]
     assert maps[0][:, :, others][:, :, :, hidden].abs().max() == 0
     assert torch.triu(maps[0], diagonal=1).abs().max() == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -19,7 +20,7 @@ from .defaults import (
     DEFAULT_SEED,
     SEED_LIMIT,
 )
-from .errors import InputError, InvalidParameterError, NumericalError
+from .errors import GenattrDeprecationWarning, InputError, InvalidParameterError, NumericalError
 from .masking import Masker
 from .model import LanguageModel, load
 from .objectives import OBJECTIVES, gradient_objectives
@@ -77,6 +78,24 @@ def _method_params(params: Mapping[str, object] | None, keywords: dict) -> dict:
     return {**params, **keywords}
 
 
+def _mask_token(mask_token: int | str | None, baseline: int | str | None) -> int | str | None:
+    """The call's mask token, given as ``mask_token`` or under its deprecated name ``baseline``."""
+    if baseline is None:
+        return mask_token
+    if mask_token is not None:
+        raise InvalidParameterError(
+            f"mask_token={mask_token!r} and baseline={baseline!r} are given; baseline is the former "
+            "name of mask_token: give mask_token only."
+        )
+    warnings.warn(
+        "explain(baseline=...) is deprecated and will be removed in the next release; "
+        "pass mask_token=... (the token that stands in for a removed feature) instead.",
+        GenattrDeprecationWarning,
+        stacklevel=3,
+    )
+    return baseline
+
+
 def explain(
     lm: LanguageModel | str,
     prompt: str | Sequence[Mapping[str, str]] | Prompt,
@@ -85,7 +104,7 @@ def explain(
     method: str = DEFAULT_METHOD,
     level: str = DEFAULT_LEVEL,
     mask: str = DEFAULT_MASK,
-    baseline: int | str | None = None,
+    mask_token: int | str | None = None,
     seed: int | None = DEFAULT_SEED,
     objective: str = DEFAULT_OBJECTIVE,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
@@ -93,6 +112,7 @@ def explain(
     spans=None,
     params: Mapping[str, object] | None = None,
     progress: Progress | None = None,
+    baseline: int | str | None = None,
     **method_params,
 ) -> Attribution:
     """Explain what ``lm`` wrote after ``prompt`` in terms of the prompt's features.
@@ -101,8 +121,10 @@ def explain(
     (text or token ids), or None for the model's own greedy output (``max_new_tokens`` at most).
     ``level`` is how the prompt is cut into features (``token``, ``word``, ``sentence``,
     ``regex`` with ``pattern``, ``spans`` with ``spans``); ``mask`` how a feature is removed
-    (``attention``, ``replace``, ``delete``; see :mod:`genattr.masking`) and ``baseline`` the
-    token that stands in for it. ``objective`` is ``log_prob`` (default), ``prob`` or one registered
+    (``attention``, ``replace``, ``delete``; see :mod:`genattr.masking`) and ``mask_token`` the
+    token that stands in for it (a token id, or ``pad``, ``unk``, ``eos``, ``bos``, ``mask``; by
+    default pad, else unk, else eos). ``baseline`` is its former name, deprecated: it warns
+    (:class:`~genattr.errors.GenattrDeprecationWarning`) and goes in the next release. ``objective`` is ``log_prob`` (default), ``prob`` or one registered
     with :func:`genattr.objectives.register_objective` (see :mod:`genattr.objectives`).
     ``seed`` (an integer in [0, 2**64)) drives every random draw of a stochastic method; None
     draws a fresh seed, recorded in the result's ``seed``.
@@ -131,6 +153,7 @@ def explain(
         )
     algorithm = method_cls(**_method_params(params, method_params))
     progress = checked(progress)
+    mask_token = _mask_token(mask_token, baseline)
     if isinstance(lm, str):
         lm = load(lm)
     if max_new_tokens < 1:
@@ -140,7 +163,7 @@ def explain(
     prompt_obj = _as_prompt(lm, prompt)
     features = prompt_obj.features(level, pattern=pattern, spans=spans)
     lm.check_length(len(prompt_obj), "the prompt")
-    masker = Masker(lm, prompt_obj, features, mask, baseline)
+    masker = Masker(lm, prompt_obj, features, mask, mask_token)
     with reporting(progress):
         resolved = resolve_target(lm, prompt_obj, target, max_new_tokens) if method_cls.needs_target else None
         problem = Problem(lm, prompt_obj, features, resolved, masker, objective, seed)
@@ -159,7 +182,7 @@ def explain(
     settings = Settings(
         level=level,
         mask=mask,
-        baseline=masker.baseline_id,
+        mask_token=masker.baseline_id,
         objective=objective,
         max_new_tokens=max_new_tokens if target is None else None,
         pattern=pattern if level == "regex" else None,

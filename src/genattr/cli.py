@@ -106,8 +106,22 @@ def _seed(text: str) -> int | None:
     return seed
 
 
-def _baseline(text: str) -> int | str:
+def _mask_token(text: str) -> int | str:
     return int(text) if text.lstrip("-").isdigit() else text
+
+
+def _deprecated_baseline(args: argparse.Namespace) -> int | str | None:
+    """``--mask-token``, or its former name ``--baseline`` with a note on stderr (not both)."""
+    if args.baseline is None:
+        return args.mask_token
+    if args.mask_token is not None:
+        raise InputError("--baseline is the former name of --mask-token; give --mask-token only.")
+    print(
+        "genattr: warning: --baseline is deprecated and will be removed in the next release; "
+        "use --mask-token (it takes the same values).",
+        file=sys.stderr,
+    )
+    return args.baseline
 
 
 def _fixed_seed(text: str) -> int:
@@ -132,6 +146,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             "(the no-target flag of `genattr methods`); drop --target."
         )
     params = {key: _param_value(method_cls, key, text) for key, text in args.param or []}
+    mask_token = _deprecated_baseline(args)
     for out in (args.json, args.html):
         if out:
             check_writable(out)
@@ -145,7 +160,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             method=args.method,
             level=args.level,
             mask=args.mask,
-            baseline=args.baseline,
+            mask_token=mask_token,
             seed=args.seed,
             max_new_tokens=args.max_new_tokens,
             params=params,
@@ -274,10 +289,13 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--level", default=DEFAULT_LEVEL, choices=plain_levels())
     ex.add_argument("--mask", default=DEFAULT_MASK, choices=MASKS)
     ex.add_argument(
-        "--baseline",
-        type=_baseline,
+        "--mask-token",
+        type=_mask_token,
         default=None,
-        help=f"baseline token: an id or one of {', '.join(BASELINE_NAMES)}",
+        help=f"the token that stands in for a removed feature: an id or one of {', '.join(BASELINE_NAMES)}",
+    )
+    ex.add_argument(
+        "--baseline", type=_mask_token, default=None, help="deprecated: the former name of --mask-token"
     )
     ex.add_argument(
         "--seed",

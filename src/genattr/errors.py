@@ -92,3 +92,10 @@ class LowBeamMassWarning(GenattrWarning):
 class UnknownTokensWarning(GenattrWarning):
     """The tokenizer read words of the prompt as its unknown token: they are features like any
     other, but the model sees each of them as that one token."""
+
+
+class GenattrDeprecationWarning(GenattrWarning, DeprecationWarning):
+    """A name genattr still accepts but will drop in its next release (the message names the
+    new one): ``baseline=`` of :func:`genattr.explain`, now ``mask_token=``. Python shows
+    deprecation warnings of code run as ``__main__`` and hides the others unless asked
+    (``-W default::DeprecationWarning``, or pytest, which shows them)."""

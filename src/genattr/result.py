@@ -4,7 +4,7 @@ It describes itself: the prompt (text, tokens, character offsets, what was maska
 features scored (text, character span, token positions), one score per feature, and where the
 method gives it, one row of scores per target token (``token_scores``, target tokens x
 features); the target explained; the method and its parameters; the call's settings (level,
-mask, baseline, objective, max_new_tokens, pattern, spans, seed: :class:`~genattr.settings.Settings`,
+mask, mask_token, objective, max_new_tokens, pattern, spans, seed: :class:`~genattr.settings.Settings`,
 kept apart from the parameters); the library version; and diagnostics (forward passes, tokens
 processed, time, and what the method checks of itself, such as a convergence delta).
 
@@ -117,7 +117,7 @@ class Attribution:
         owner = token_owners(coarse, len(p))
         matrix = np.zeros((len(self.features), len(coarse)))
         for f in self.features:
-            owners = {owner[t] for t in f.tokens}
+            owners = {owner[t] for t in f.positions}
             if len(owners) != 1 or -1 in owners:
                 raise InputError(
                     f"feature {f.text!r} does not fall inside one {level}-level feature; "
@@ -127,7 +127,7 @@ class Attribution:
         used = matrix.sum(0) > 0
         keep = [c for c in coarse if used[c.index]]
         matrix = matrix[:, used]
-        features = [Feature(i, c.text, c.start, c.end, c.tokens) for i, c in enumerate(keep)]
+        features = [Feature(i, c.text, c.start, c.end, c.positions) for i, c in enumerate(keep)]
         return replace(
             self,
             features=features,

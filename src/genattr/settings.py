@@ -8,9 +8,11 @@ features were removed without looking through the method's parameters.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, fields
 
 from .defaults import DEFAULT_LEVEL, DEFAULT_MASK, DEFAULT_OBJECTIVE
+from .errors import GenattrDeprecationWarning
 
 
 @dataclass(frozen=True)
@@ -19,15 +21,15 @@ class Settings:
 
     ``level`` says how the prompt was cut into features, with ``pattern`` (the regular
     expression's text, for ``level="regex"``) or ``spans`` (character spans, for ``level="spans"``);
-    ``mask`` and ``baseline`` (a token id, or the name of one such as ``"eos"``) how a feature is
-    removed; ``objective`` what a coalition of features is scored by; ``max_new_tokens`` the
+    ``mask`` and ``mask_token`` (the token that stands in for a removed feature: a token id, or the
+    name of one such as ``"eos"``) how a feature is removed; ``objective`` what a coalition of features is scored by; ``max_new_tokens`` the
     length of the greedy continuation explained (None when the target was given); ``seed`` the
     seed of a stochastic method (None for a deterministic one). None means "not set".
     """
 
     level: str = DEFAULT_LEVEL
     mask: str = DEFAULT_MASK
-    baseline: int | str | None = None
+    mask_token: int | str | None = None
     objective: str = DEFAULT_OBJECTIVE
     max_new_tokens: int | None = None
     pattern: str | None = None
@@ -39,6 +41,16 @@ class Settings:
         object.__setattr__(self, "pattern", getattr(self.pattern, "pattern", self.pattern))
         if self.spans is not None:
             object.__setattr__(self, "spans", tuple((start, end) for start, end in self.spans))
+
+    @property
+    def baseline(self) -> int | str | None:
+        """Deprecated: the former name of :attr:`mask_token`."""
+        warnings.warn(
+            "Settings.baseline is deprecated and will be removed in the next release; read mask_token.",
+            GenattrDeprecationWarning,
+            stacklevel=2,
+        )
+        return self.mask_token
 
     def to_dict(self) -> dict:
         """Every setting by name, in field order (spans as lists, the way JSON holds them)."""

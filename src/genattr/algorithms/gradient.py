@@ -5,8 +5,8 @@ The attributed function is the problem's objective: with ``log_prob`` (default)
 F_t(x) = log p(y_t | y_<t, x) for target token t and F = sum_t F_t for the sequence (so positive
 scores support the target, and the sequence score of a method linear in F is the sum of its
 per-token rows); with ``prob``, F_t = p(y_t | y_<t, x) and F = p(y | x). The masking strategy is
-not used; the ``token`` baseline is the embedding of the problem's baseline token (the
-``baseline=`` argument of :func:`genattr.explain`), placed at every feature position. Other
+not used; the ``token`` baseline is the embedding of the problem's mask token (the
+``mask_token=`` argument of :func:`genattr.explain`), placed at every feature position. Other
 positions (special tokens, chat scaffolding) and the target tokens keep their own embeddings.
 
 A token's attribution is reduced over the embedding dimension (a sum of ``e * grad`` terms, or a
@@ -256,7 +256,7 @@ class IntegratedGradients(_IntegratedGradients):
     same rule names and conventions), or, with ``n_steps`` unset, as many as it takes to bring
     the relative convergence delta under 5% (doubling from 32 up to ``max_steps``; the count
     used is ``diagnostics['n_steps']``); the baseline replaces the feature tokens' embeddings only.
-    It is, by default, the embedding of the call's baseline token (``baseline=`` of explain):
+    It is, by default, the embedding of the call's mask token (``mask_token=`` of explain):
     the zero embedding of the papers is a hard path for models that normalise their inputs
     (RMSNorm, LayerNorm), whose output is flat along most of it and jumps near 0, so that the
     quadrature misses most of F(x) - F(x') (on the zoo model, a median gap of 58% at 50 steps

@@ -40,7 +40,7 @@ def resolve_baseline(tokenizer, baseline: int | str | None, vocab_size: int) -> 
             if token_id is not None:
                 return int(token_id)
         raise UnknownMaskError(
-            "the tokenizer has no pad, unk or eos token to use as baseline; pass baseline=<token id>."  # pragma: no mutate
+            "the tokenizer has no pad, unk or eos token to use as baseline; pass mask_token=<token id>."  # pragma: no mutate
         )
     if isinstance(baseline, bool):
         raise UnknownMaskError(

@@ -43,14 +43,14 @@ class Feature:
     """One scored unit of the prompt.
 
     ``start``/``end`` are character offsets into the prompt text (``text == prompt[start:end]``);
-    ``tokens`` are the positions, in the prompt's token ids, that the feature covers.
+    ``positions`` are the indices, into the prompt's token ids, of the tokens the feature covers.
     """
 
     index: int
     text: str
     start: int
     end: int
-    tokens: tuple[int, ...]
+    positions: tuple[int, ...]
 
     def to_dict(self) -> dict:
         return {
@@ -58,7 +58,7 @@ class Feature:
             "text": self.text,
             "start": self.start,
             "end": self.end,
-            "tokens": list(self.tokens),
+            "positions": list(self.positions),
         }
 
 
@@ -68,7 +68,7 @@ def token_owners(features: Sequence[Feature], n_tokens: int) -> list[int]:
     from tokens to features that masking, the gradient methods and aggregation read."""
     owners = [-1] * n_tokens
     for f in features:
-        for t in f.tokens:
+        for t in f.positions:
             owners[t] = f.index
     return owners
 
