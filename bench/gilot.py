@@ -39,6 +39,7 @@ import genattr
 from common import load_model, time_calls, token_exact_texts
 from genattr.algorithms.gilot import ot
 from genattr.algorithms.gilot.beams import beam_search
+from genattr.errors import LowBeamMassWarning
 from genattr.masking import Masker
 from genattr.text.prompt import Prompt
 
@@ -163,9 +164,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    warnings.filterwarnings(
-        "ignore", message="gilot: the .* beams cover only"
-    )  # a random model spreads its mass
+    warnings.simplefilter("ignore", LowBeamMassWarning)  # a random model spreads its mass
 
     lm = load_model()
     prompt_text, _ = token_exact_texts(lm.tokenizer, PROMPT_TOKENS, 1)

@@ -13,7 +13,7 @@ import torch
 import genattr
 from genattr.algorithms._embedding import forward_hooks
 from genattr.algorithms.attention import ValueTap, rollout
-from genattr.errors import InputError
+from genattr.errors import UnsupportedModelError
 
 from .conftest import our_hooks
 
@@ -191,8 +191,15 @@ def test_bta_integrates_the_attention_gradient_along_the_path(llama):
 
 
 def test_bta_needs_known_attention_modules():
-    with pytest.raises(InputError, match="v_proj/o_proj"):
+    with pytest.raises(UnsupportedModelError, match="v_proj/o_proj"):
         ValueTap(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+
+
+def test_bta_refuses_a_model_whose_value_projections_do_not_match_its_attention_maps(llama):
+    tap = ValueTap(llama.model)
+    tap.records = [(torch.ones(4, 8), torch.ones(4, 8))] * 2
+    with pytest.raises(UnsupportedModelError, match="2 value projections for 3 attention maps"):
+        tap.perceptions(torch.zeros(3, 1, 4, 4))
 
 
 def test_forward_hooks_record_while_open_and_are_removed_on_error():

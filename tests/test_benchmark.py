@@ -7,14 +7,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import warnings
 
 import numpy as np
 import pytest
 
 import genattr
 from genattr.cli import main
-from genattr.errors import GenattrWarning, InputError, ResultFormatError, UnknownTokensWarning
+from genattr.errors import InputError, ResultFormatError, UnknownTokensWarning, collecting
 from genattr.evaluate import benchmark
 from genattr.evaluate.benchmark import example_seed, load_items, run_benchmark
 
@@ -30,10 +29,8 @@ def _run(zoo, items, out, methods=("leave_one_out", "random"), **settings):
     """Run the benchmark; returns its result, the rows it computed (not reused) and its warnings
     (but those about words the zoo's tokenizer does not know)."""
     computed = []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with collecting() as ours:
         result = run_benchmark(zoo, list(methods), items, out, on_row=computed.append, **{**FAST, **settings})
-    ours = [w for w in caught if issubclass(w.category, GenattrWarning)]
     return result, computed, [w for w in ours if not issubclass(w.category, UnknownTokensWarning)]
 
 

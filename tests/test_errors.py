@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import struct
+import warnings
 
 import numpy as np
 import pytest
@@ -157,3 +158,15 @@ def test_corrupt_safetensors(model_dirs, tmp_path, how, message):
     _corrupt(copy / "model.safetensors", how)
     with pytest.raises(errors.ModelLoadError, match=f"{message}. A truncated or corrupt weights file"):
         genattr.load(copy)
+
+
+def test_collecting_keeps_our_warnings_and_passes_the_others_on():
+    with pytest.warns(FutureWarning, match="a peer's notice") as passed, errors.collecting() as ours:
+        for _ in range(2):
+            warnings.warn("steps short", errors.ConvergenceWarning, stacklevel=1)
+        warnings.warn("a peer's notice", FutureWarning, stacklevel=1)
+    assert [(w.category, str(w.message)) for w in ours] == [(errors.ConvergenceWarning, "steps short")] * 2
+    assert [w.category for w in passed] == [FutureWarning]
+    with pytest.warns(errors.ConvergenceWarning), errors.collecting(errors.LowBeamMassWarning) as ours:
+        warnings.warn("steps short", errors.ConvergenceWarning, stacklevel=1)
+    assert ours == []

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import InputError
+from ..errors import UnsupportedModelError
 from ..problem import Problem
 from ..registry import register
 from ._embedding import BASELINES, EmbeddedPrompt, ForwardHook, embedded, forward_hooks, objective_factor
@@ -57,7 +57,7 @@ class ValueTap:
     def __init__(self, model: torch.nn.Module) -> None:
         self.layers = [m for m in model.modules() if _value_modules(m) is not None]
         if not self.layers:
-            raise InputError(
+            raise UnsupportedModelError(
                 f"bta reads the value and output projections of the attention layers, but found no "
                 f"GPT-2 (c_attn/c_proj) or Llama/Qwen2 (v_proj/o_proj) attention module in "
                 f"{type(model).__name__}; use attention_rollout or a gradient method for this model."
@@ -78,7 +78,7 @@ class ValueTap:
     def perceptions(self, maps: torch.Tensor) -> list[torch.Tensor]:
         """The token-wise attention perception of every layer (see :func:`token_perception`)."""
         if len(self.records) != maps.shape[0]:
-            raise InputError(
+            raise UnsupportedModelError(
                 f"bta found {len(self.records)} value projections for {maps.shape[0]} attention maps; "
                 "this architecture is not supported."
             )
