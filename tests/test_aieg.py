@@ -148,7 +148,7 @@ def test_aieg_is_zero_where_the_path_is_flat(word_lm):
     the float32 noise between batches of different sizes) and nothing is attributed."""
     red = word_lm.tokenizer.convert_tokens_to_ids("red")
     res = genattr.explain(
-        word_lm, "red red red", target="cat sat", method="aieg", baseline=red, baselines="token", n_steps=5
+        word_lm, "red red red", target="cat sat", method="aieg", mask_token=red, baselines="token", n_steps=5
     )
     assert np.array(res.extras["emphasis_factor"]).max() < 1e-6
     assert res.diagnostics["tokens_without_positive_attribution"] == 2

@@ -38,7 +38,7 @@ def _replaced(res, baseline_id: int) -> list[int]:
 # --------------------------------------------------------------------- integrated gradients
 @pytest.mark.parametrize("rule", ["gausslegendre", "riemann_trapezoid"])
 def test_ig_completeness_on_tiny_transformers(lm, rule):
-    kw = {"baselines": "token", "baseline": "eos", "quadrature": rule}
+    kw = {"baselines": "token", "mask_token": "eos", "quadrature": rule}
     res = _explain(lm, "integrated_gradients", n_steps=128, **kw)
     target = list(res.target.ids)
     full = naive_log_probs(lm, res.prompt.input_ids, target).double()

@@ -124,8 +124,9 @@ def explain(
     (``attention``, ``replace``, ``delete``; see :mod:`genattr.masking`) and ``mask_token`` the
     token that stands in for it (a token id, or ``pad``, ``unk``, ``eos``, ``bos``, ``mask``; by
     default pad, else unk, else eos). ``baseline`` is its former name, deprecated: it warns
-    (:class:`~genattr.errors.GenattrDeprecationWarning`) and goes in the next release. ``objective`` is ``log_prob`` (default), ``prob`` or one registered
-    with :func:`genattr.objectives.register_objective` (see :mod:`genattr.objectives`).
+    (:class:`~genattr.errors.GenattrDeprecationWarning`) and goes in the next release.
+    ``objective`` is ``log_prob`` (default), ``prob`` or one registered with
+    :func:`genattr.objectives.register_objective` (see :mod:`genattr.objectives`).
     ``seed`` (an integer in [0, 2**64)) drives every random draw of a stochastic method; None
     draws a fresh seed, recorded in the result's ``seed``.
     Other keywords are the method's parameters (``n_samples``, ``n_steps``, ...), validated by it

@@ -110,7 +110,7 @@ def _mask_token(text: str) -> int | str:
     return int(text) if text.lstrip("-").isdigit() else text
 
 
-def _deprecated_baseline(args: argparse.Namespace) -> int | str | None:
+def _mask_token_option(args: argparse.Namespace) -> int | str | None:
     """``--mask-token``, or its former name ``--baseline`` with a note on stderr (not both)."""
     if args.baseline is None:
         return args.mask_token
@@ -146,7 +146,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             "(the no-target flag of `genattr methods`); drop --target."
         )
     params = {key: _param_value(method_cls, key, text) for key, text in args.param or []}
-    mask_token = _deprecated_baseline(args)
+    mask_token = _mask_token_option(args)
     for out in (args.json, args.html):
         if out:
             check_writable(out)

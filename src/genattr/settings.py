@@ -22,9 +22,11 @@ class Settings:
     ``level`` says how the prompt was cut into features, with ``pattern`` (the regular
     expression's text, for ``level="regex"``) or ``spans`` (character spans, for ``level="spans"``);
     ``mask`` and ``mask_token`` (the token that stands in for a removed feature: a token id, or the
-    name of one such as ``"eos"``) how a feature is removed; ``objective`` what a coalition of features is scored by; ``max_new_tokens`` the
-    length of the greedy continuation explained (None when the target was given); ``seed`` the
-    seed of a stochastic method (None for a deterministic one). None means "not set".
+    name of one such as ``"eos"``) how a feature is removed; ``objective`` what a coalition of
+    features is scored by; ``max_new_tokens`` the length of the greedy continuation explained
+    (None when the target was given); ``seed`` the seed of a stochastic method (None for a
+    deterministic one). None means "not set". ``baseline`` is the deprecated former name of
+    ``mask_token`` (read-only).
     """
 
     level: str = DEFAULT_LEVEL
