@@ -94,7 +94,7 @@ def _warn_unknown(
     }
     if not unknown:
         return
-    words = [f.text for f in segment(text, offsets, maskable, "word") if unknown.intersection(f.tokens)]
+    words = [f.text for f in segment(text, offsets, maskable, "word") if unknown.intersection(f.positions)]
     shown = ", ".join(map(repr, words[:SHOWN_UNKNOWN_WORDS]))
     more = f" and {len(words) - SHOWN_UNKNOWN_WORDS} more" if len(words) > SHOWN_UNKNOWN_WORDS else ""
     warnings.warn(
