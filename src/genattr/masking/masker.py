@@ -98,7 +98,7 @@ class Masker:
     >>> masker = Masker(lm, prompt, prompt.features("word"), "attention", baseline="eos")
     >>> batch = masker.inputs(torch.tensor([[True, False, True, True, True]]))   # "doctor" removed
     >>> removed = [i for i in range(len(prompt)) if not batch.visible[0, i]]
-    >>> removed == list(prompt.features("word")[1].tokens)
+    >>> removed == list(prompt.features("word")[1].positions)
     True
     >>> batch.input_ids[0, removed].tolist() == [masker.baseline_id] * len(removed)
     True
