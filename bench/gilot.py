@@ -39,6 +39,7 @@ import genattr
 from common import load_model, time_calls, token_exact_texts
 from genattr.algorithms.gilot import ot
 from genattr.algorithms.gilot.beams import beam_search
+from genattr.errors import LowBeamMassWarning
 from genattr.masking import Masker
 from genattr.text.prompt import Prompt
 
@@ -163,14 +164,12 @@ def main() -> None:
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    warnings.filterwarnings(
-        "ignore", message="gilot: the .* beams cover only"
-    )  # a random model spreads its mass
+    warnings.simplefilter("ignore", LowBeamMassWarning)  # a random model spreads its mass
 
     lm = load_model()
     prompt_text, _ = token_exact_texts(lm.tokenizer, PROMPT_TOKENS, 1)
     prompt = Prompt.from_text(lm.tokenizer, prompt_text)
-    masked = sorted(t for f in prompt.features("token") for t in f.tokens)
+    masked = sorted(t for f in prompt.features("token") for t in f.positions)
     print(
         f"model {lm.name}: {sum(p.numel() for p in lm.model.parameters()) / 1e6:.1f}M parameters, vocabulary "
         f"{lm.vocab_size}; prompt {len(prompt)} tokens, {len(masked)} masked; b={BEAMS}, J={POSITIONS}, "

@@ -40,6 +40,7 @@ import torch
 
 import genattr
 from common import DEFAULT_CACHE, load_model, time_calls, token_exact_texts
+from genattr.errors import GenattrWarning
 
 PROMPT_TOKENS, TARGET_TOKENS = 64, 16
 BASELINE_ID = 0  # TextTokenInput's default baseline token
@@ -73,6 +74,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     warnings.filterwarnings("ignore")  # Captum's and Inseq's notices
+    warnings.filterwarnings("default", category=GenattrWarning)  # but genattr's own are shown
     logging.disable(logging.WARNING)
     repeats = 1 if args.quick else 3
     load_before = os.getloadavg()[0]
@@ -97,7 +99,7 @@ def main() -> None:
             level="token",
             n_steps=args.n_steps,
             baselines="token",
-            baseline=BASELINE_ID,
+            mask_token=BASELINE_ID,
         )
     }
     if not args.skip_captum:

@@ -93,7 +93,7 @@ def genattr_calls(case: Case) -> tuple[dict, dict]:
             method=method,
             level="token",
             mask="replace",
-            baseline=BASELINE_ID,
+            mask_token=BASELINE_ID,
             **params,
         )
 

@@ -72,6 +72,12 @@ def word_lm(tmp_path_factory):
     return word_level_lm(tmp_path_factory.mktemp("word") / "model", layers=2, seed=3)
 
 
+def our_hooks(model: torch.nn.Module) -> list:
+    """The forward hooks genattr's code left on ``model`` (transformers keeps its own output recorders)."""
+    hooks = [h for m in model.modules() for h in m._forward_hooks.values()]
+    return [h for h in hooks if getattr(h, "__module__", "").startswith("genattr")]
+
+
 def naive_log_probs(lm, prompt_ids, target_ids) -> torch.Tensor:
     """Oracle: log p(target | prompt) by calling the Hugging Face model directly, one step per
     target token, no cache, no batching, no genattr code path."""

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import genattr
-from genattr.algorithms.aieg import emphasis_factor, pos_norm
+from genattr.algorithms.aieg import EmphasisPath, emphasis_factor, pos_norm
 from genattr.model import Batch
 
 PROMPT = "The cat sat on the mat."
@@ -33,6 +33,34 @@ def test_emphasis_factor_lies_in_unit_interval_and_vanishes_where_flat():
     )
 
 
+@pytest.mark.parametrize("logits", [False, True])
+def test_emphasis_path_is_eq_12_whatever_the_chunks_and_refuses_them_out_of_order(logits):
+    K, n = 7, 3
+    grid = -torch.rand(K + 1, n, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3
+    f = (grid if logits else grid.exp()).float().double()  # F(x(alpha_k)), k = 0..K
+
+    def run(cuts: list[int]) -> tuple[EmphasisPath, torch.Tensor]:
+        path = EmphasisPath(grid[0], K, logits)
+        factors = [
+            path.factor(grid[1 + a : 1 + b].float(), slice(a, b))
+            for a, b in zip(cuts[:-1], cuts[1:], strict=True)
+        ]
+        return path, torch.cat(factors, 1)
+
+    whole, whole_factor = run([0, K])
+    expected = (f[1:] - f[:-1]).abs() / (f[1:].abs() + f[:-1].abs())
+    torch.testing.assert_close(whole.emphasis, expected, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(whole.values, f)
+    torch.testing.assert_close(
+        whole_factor.double(), (expected if logits else expected * f[1:]).T, rtol=1e-6, atol=1e-7
+    )
+    pieces, pieces_factor = run([0, 2, 3, K])
+    assert torch.equal(pieces.emphasis, whole.emphasis) and torch.equal(pieces_factor, whole_factor)
+    fresh = EmphasisPath(grid[0], K, logits)
+    with pytest.raises(RuntimeError, match="in order"):
+        fresh.factor(grid[4:6].float(), slice(3, 5))
+
+
 def test_pos_norm_keeps_positives_and_sums_to_one():
     a = torch.tensor([[0.5, -1.0, 1.5, 0.0], [-1.0, -2.0, -0.1, 0.0]])
     out = pos_norm(a)
@@ -43,7 +71,7 @@ def test_pos_norm_keeps_positives_and_sums_to_one():
 def _naive_aieg(lm, res, n_steps: int, logits: bool) -> tuple[np.ndarray, np.ndarray]:
     """AIEG rows [n, F] and EF [N, n] with one single-row forward and backward per (step, token)."""
     ids, target = list(res.prompt.input_ids), list(res.target.ids)
-    positions = [f.tokens[0] for f in res.features]
+    positions = [f.positions[0] for f in res.features]
     x = lm.embed(torch.tensor([ids]))[0].detach()
     base = x.clone()
     base[positions] = 0.0
@@ -110,7 +138,7 @@ def test_aieg_properties_on_every_architecture(lm):
     members = np.zeros((len(word.features), len(res.features)))
     for f in res.features:
         for g in word.features:
-            if set(g.tokens) <= set(f.tokens):
+            if set(g.positions) <= set(f.positions):
                 members[g.index, f.index] = 1
     np.testing.assert_allclose(word.token_scores @ members, res.token_scores, atol=1e-9)
 
@@ -120,7 +148,7 @@ def test_aieg_is_zero_where_the_path_is_flat(word_lm):
     the float32 noise between batches of different sizes) and nothing is attributed."""
     red = word_lm.tokenizer.convert_tokens_to_ids("red")
     res = genattr.explain(
-        word_lm, "red red red", target="cat sat", method="aieg", baseline=red, baselines="token", n_steps=5
+        word_lm, "red red red", target="cat sat", method="aieg", mask_token=red, baselines="token", n_steps=5
     )
     assert np.array(res.extras["emphasis_factor"]).max() < 1e-6
     assert res.diagnostics["tokens_without_positive_attribution"] == 2

@@ -11,8 +11,11 @@ import pytest
 import torch
 
 import genattr
+from genattr.algorithms._embedding import forward_hooks
 from genattr.algorithms.attention import ValueTap, rollout
-from genattr.errors import InputError
+from genattr.errors import UnsupportedModelError
+
+from .conftest import our_hooks
 
 PROMPT = "The cat sat on the mat."
 TARGET = " and the bird sings"
@@ -44,7 +47,7 @@ def _hf_forward(lm, res, embeds=None):
 def _rows(res):
     """Predicting positions and the prompt positions of the (token-level) features."""
     L, n = len(res.prompt.input_ids), len(res.target.ids)
-    return torch.arange(n) + L - 1, [f.tokens[0] for f in res.features]
+    return torch.arange(n) + L - 1, [f.positions[0] for f in res.features]
 
 
 def test_net_attention_is_the_mean_attention_probability(lm):
@@ -188,5 +191,44 @@ def test_bta_integrates_the_attention_gradient_along_the_path(llama):
 
 
 def test_bta_needs_known_attention_modules():
-    with pytest.raises(InputError, match="v_proj/o_proj"):
+    with pytest.raises(UnsupportedModelError, match="v_proj/o_proj"):
         ValueTap(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+
+
+def test_bta_refuses_a_model_whose_value_projections_do_not_match_its_attention_maps(llama):
+    tap = ValueTap(llama.model)
+    tap.records = [(torch.ones(4, 8), torch.ones(4, 8))] * 2
+    with pytest.raises(UnsupportedModelError, match="2 value projections for 3 attention maps"):
+        tap.perceptions(torch.zeros(3, 1, 4, 4))
+
+
+def test_forward_hooks_record_while_open_and_are_removed_on_error():
+    first, second = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    seen: list[str] = []
+
+    def recorder(name: str):
+        return lambda _m, _i, _o: seen.append(name)
+
+    record = {first: recorder("a"), second: recorder("b")}
+    with pytest.raises(RuntimeError, match="inside"), forward_hooks(record.items()):
+        second(first(torch.ones(2)))
+        raise RuntimeError("inside")
+    assert seen == ["a", "b"] and not first._forward_hooks and not second._forward_hooks
+
+    def failing():
+        yield first, record[first]
+        raise RuntimeError("while registering")
+
+    with pytest.raises(RuntimeError, match="registering"), forward_hooks(failing()):
+        pass
+    assert not first._forward_hooks
+
+
+def test_bta_leaves_no_hook_when_the_forward_pass_fails(llama, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("forward failed")
+
+    monkeypatch.setattr(llama, "attention_maps", broken)
+    with pytest.raises(RuntimeError, match="forward failed"):
+        genattr.explain(llama, "The cat sat", target=" down", method="bta", n_steps=2)
+    assert not our_hooks(llama.model)

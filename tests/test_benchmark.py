@@ -7,18 +7,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import warnings
 
 import numpy as np
 import pytest
 
 import genattr
 from genattr.cli import main
-from genattr.errors import GenattrWarning, InputError, ResultFormatError, UnknownTokensWarning
+from genattr.errors import InputError, ResultFormatError, UnknownTokensWarning, collecting
 from genattr.evaluate import benchmark
 from genattr.evaluate.benchmark import example_seed, load_items, run_benchmark
 
-FAST = {"metrics": ["ground_truth"], "progress": False, "max_new_tokens": 3}
+FAST = {"metrics": ["ground_truth"], "max_new_tokens": 3}
 
 
 @pytest.fixture(scope="module")
@@ -30,10 +29,8 @@ def _run(zoo, items, out, methods=("leave_one_out", "random"), **settings):
     """Run the benchmark; returns its result, the rows it computed (not reused) and its warnings
     (but those about words the zoo's tokenizer does not know)."""
     computed = []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with collecting() as ours:
         result = run_benchmark(zoo, list(methods), items, out, on_row=computed.append, **{**FAST, **settings})
-    ours = [w for w in caught if issubclass(w.category, GenattrWarning)]
     return result, computed, [w for w in ours if not issubclass(w.category, UnknownTokensWarning)]
 
 
@@ -230,3 +227,19 @@ def test_the_command_exits_2_on_a_row_without_example(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "genattr: error:" in err and "rows.jsonl:1 has no str field 'example'" in err
     assert "Traceback" not in err
+
+
+def test_progress_hears_each_computed_row_and_nothing_for_reused_ones(zoo, tmp_path):
+    items, _ = load_items(["zoo:recall"], n=2, seed=0)
+    heard: list[tuple] = []
+    _run(zoo, items, tmp_path / "out", progress=lambda *args: heard.append(args))
+    assert heard == [
+        (1, 4, f"leave_one_out on {items[0].id}"),
+        (2, 4, f"random on {items[0].id}"),
+        (3, 4, f"leave_one_out on {items[1].id}"),
+        (4, 4, f"random on {items[1].id}"),
+    ]
+    _run(zoo, items, tmp_path / "out", progress=lambda *args: heard.append(args))
+    assert len(heard) == 4
+    with pytest.raises(InputError, match="progress must be a callable"):
+        run_benchmark(zoo, ["random"], items, tmp_path / "other", progress=True, **FAST)

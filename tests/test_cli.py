@@ -116,7 +116,7 @@ def test_render_and_methods_commands(model_dirs, tmp_path, capsys):
             ["explain", "--model", "{llama}", "--method", "lime", "-p", "n_samples=0", "hi there"],
             "at least 2",
         ),
-        (["explain", "--model", "{llama}", "--baseline", "mask", "hi there"], "no mask token"),
+        (["explain", "--model", "{llama}", "--mask-token", "mask", "hi there"], "no mask token"),
         (["render", "{bad}"], "not valid JSON"),
     ],
 )
@@ -333,3 +333,40 @@ def test_render_of_a_result_with_huge_integers_exits_2(model_dirs, tmp_path, cap
     out.write_text(json.dumps(data))
     assert main(["render", str(out)]) == 2
     _one_line_error(capsys, "not a finite number")
+
+
+def test_explain_and_benchmark_pass_their_progress_bar(model_dirs, tmp_path, monkeypatch):
+    import genattr.api
+    from genattr.evaluate import benchmark
+
+    calls = {}
+
+    def explain(*args, **kwargs):
+        calls["explain"] = kwargs["progress"]
+        return real_explain(*args, **kwargs)
+
+    def run_benchmark(*args, **kwargs):
+        calls["benchmark"] = kwargs["progress"]
+        raise genattr.errors.InputError("stop here")
+
+    real_explain = genattr.api.explain
+    monkeypatch.setattr(genattr.api, "explain", explain)
+    monkeypatch.setattr(benchmark, "run_benchmark", run_benchmark)
+    assert main(["explain", "--model", str(model_dirs["llama"]), "--target", " on", "-q", "The cat sat"]) == 0
+    argv = ["benchmark", "--model", str(model_dirs["llama"]), "--data", "zoo:recall", "--n", "1"]
+    assert main([*argv, "--out", str(tmp_path / "b")]) == 2
+    assert callable(calls["explain"]) and callable(calls["benchmark"])
+
+
+def test_baseline_option_is_a_deprecated_alias_of_mask_token(model_dirs, tmp_path, capsys):
+    base = ["explain", "--model", str(model_dirs["llama"]), "--target", " on", "--mask", "replace", "-q"]
+    assert main([*base, "--mask-token", "eos", "--json", str(tmp_path / "new.json"), "The cat sat"]) == 0
+    assert "deprecated" not in capsys.readouterr().err
+    assert main([*base, "--baseline", "eos", "--json", str(tmp_path / "old.json"), "The cat sat"]) == 0
+    err = capsys.readouterr().err
+    assert "--baseline is deprecated" in err and "--mask-token" in err
+    new, old = (json.loads((tmp_path / name).read_text()) for name in ("new.json", "old.json"))
+    assert old["settings"] == new["settings"] and old["scores"] == new["scores"]
+    assert new["settings"]["mask_token"] == genattr.load(model_dirs["llama"]).tokenizer.eos_token_id
+    assert main([*base, "--baseline", "eos", "--mask-token", "eos", "The cat sat"]) == 2
+    assert "give --mask-token only" in capsys.readouterr().err

@@ -28,7 +28,7 @@ def zoo():
 
 def _gap(lm, res) -> np.ndarray:
     """F_t(x) - F_t(x') per target token (log-probs), x' with every feature token replaced by eos."""
-    covered = {t for f in res.features for t in f.tokens}
+    covered = {t for f in res.features for t in f.positions}
     eos = lm.tokenizer.eos_token_id
     replaced = [eos if i in covered else tok for i, tok in enumerate(res.prompt.input_ids)]
     target = list(res.target.ids)
@@ -42,7 +42,7 @@ def test_summation_to_delta_on_the_zoo(zoo, task):
     """The zoo's answers move by about 11 nats between prompt and reference; the scores must
     account for that move (the Rescale rule at the activations alone gave sums near 0)."""
     ex = examples(task, 1, seed=0)[0]
-    res = genattr.explain(zoo, ex.prompt, target=ex.answer, method="deeplift", baseline="eos")
+    res = genattr.explain(zoo, ex.prompt, target=ex.answer, method="deeplift", mask_token="eos")
     gap = _gap(zoo, res)
     assert abs(gap.sum()) > 1.0
     assert abs(res.scores.sum() - gap.sum()) <= 0.05 * abs(gap.sum())
@@ -53,7 +53,7 @@ def test_summation_to_delta_on_the_zoo(zoo, task):
 
 @pytest.mark.parametrize("baselines", ["token", "zero"])
 def test_summation_to_delta_on_tiny_transformers(lm, baselines):
-    res = genattr.explain(lm, PROMPT, target=TARGET, method="deeplift", baseline="eos", baselines=baselines)
+    res = genattr.explain(lm, PROMPT, target=TARGET, method="deeplift", mask_token="eos", baselines=baselines)
     before, after = (np.array(res.diagnostics[k]) for k in ("objective_input", "objective_baseline"))
     gap = before - after
     if baselines == "token":  # the reference's objective from a plain Hugging Face loop
@@ -69,7 +69,7 @@ def test_summation_to_delta_with_eager_attention_and_the_probability_objective(q
     """Eager attention runs matmul, softmax and matmul as separate operations (each ruled); with
     objective='prob' the exp of the log-likelihood gets the Rescale rule too."""
     with qwen.eager_attention():
-        res = genattr.explain(qwen, PROMPT, target=TARGET, method="deeplift", baseline="eos")
+        res = genattr.explain(qwen, PROMPT, target=TARGET, method="deeplift", mask_token="eos")
     gap = np.array(res.diagnostics["objective_input"]) - np.array(res.diagnostics["objective_baseline"])
     assert abs(res.scores.sum() - gap[-1]) <= 1e-3 * abs(gap[-1])
     prob = genattr.explain(qwen, PROMPT, target=TARGET[:4], method="deeplift", objective="prob")

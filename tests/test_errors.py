@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import struct
+import warnings
 
 import numpy as np
 import pytest
@@ -50,8 +51,8 @@ def test_prompt_plus_target_longer_than_the_context(llama):
         ({"method": "magic"}, errors.UnknownMethodError, "unknown method 'magic'; choose one of"),
         ({"level": "paragraph"}, errors.UnknownLevelError, "unknown level"),
         ({"mask": "blur"}, errors.UnknownMaskError, "unknown mask strategy"),
-        ({"baseline": "mask"}, errors.UnknownMaskError, "no mask token"),
-        ({"baseline": 10**6}, errors.UnknownMaskError, "outside the vocabulary"),
+        ({"mask_token": "mask"}, errors.UnknownMaskError, "no mask token"),
+        ({"mask_token": 10**6}, errors.UnknownMaskError, "outside the vocabulary"),
         (
             {"method": "shapley_sampling", "n_samples": 0},
             errors.InvalidParameterError,
@@ -66,6 +67,19 @@ def test_prompt_plus_target_longer_than_the_context(llama):
 def test_bad_arguments(llama, kwargs, error, message):
     with pytest.raises(error, match=message):
         genattr.explain(llama, PROMPT, target=TARGET, **kwargs)
+
+
+def test_baseline_is_a_deprecated_alias_of_mask_token(llama):
+    new = genattr.explain(llama, PROMPT, target=TARGET, mask="replace", mask_token="eos")
+    with pytest.warns(errors.GenattrDeprecationWarning, match=r"pass mask_token=\.\.\.") as caught:
+        old = genattr.explain(llama, PROMPT, target=TARGET, mask="replace", baseline="eos")
+    assert caught[0].filename == __file__  # the warning points at the caller
+    assert issubclass(errors.GenattrDeprecationWarning, errors.GenattrWarning)
+    assert issubclass(errors.GenattrDeprecationWarning, DeprecationWarning)
+    assert old.settings == new.settings and old.settings.mask_token == llama.tokenizer.eos_token_id
+    np.testing.assert_array_equal(old.scores, new.scores)
+    with pytest.raises(errors.InvalidParameterError, match="give mask_token only"):
+        genattr.explain(llama, PROMPT, target=TARGET, mask_token="eos", baseline="eos")
 
 
 def test_too_many_features_for_exact_shapley(llama):
@@ -144,3 +158,15 @@ def test_corrupt_safetensors(model_dirs, tmp_path, how, message):
     _corrupt(copy / "model.safetensors", how)
     with pytest.raises(errors.ModelLoadError, match=f"{message}. A truncated or corrupt weights file"):
         genattr.load(copy)
+
+
+def test_collecting_keeps_our_warnings_and_passes_the_others_on():
+    with pytest.warns(FutureWarning, match="a peer's notice") as passed, errors.collecting() as ours:
+        for _ in range(2):
+            warnings.warn("steps short", errors.ConvergenceWarning, stacklevel=1)
+        warnings.warn("a peer's notice", FutureWarning, stacklevel=1)
+    assert [(w.category, str(w.message)) for w in ours] == [(errors.ConvergenceWarning, "steps short")] * 2
+    assert [w.category for w in passed] == [FutureWarning]
+    with pytest.warns(errors.ConvergenceWarning), errors.collecting(errors.LowBeamMassWarning) as ours:
+        warnings.warn("steps short", errors.ConvergenceWarning, stacklevel=1)
+    assert ours == []

@@ -144,7 +144,7 @@ def test_evaluation_works_on_a_saved_result(zoo, recall_results, tmp_path):
 def test_interrupted_benchmark_resumes_to_the_same_tables(zoo, tmp_path):
     items, _ = load_items(["zoo:recall", "zoo:either"], n=2, seed=3)
     methods = ["leave_one_out", "random"]
-    settings = {"metrics": ["curves", "erasure", "ground_truth"], "progress": False, "max_new_tokens": 3}
+    settings = {"metrics": ["curves", "erasure", "ground_truth"], "max_new_tokens": 3}
     whole = run_benchmark(zoo, methods, items, tmp_path / "whole", **settings)
 
     calls = []

@@ -96,11 +96,11 @@ def test_a_registered_level_segments_and_is_explained_end_to_end(llama, tmp_path
         for f in res.features
     ]
     newline = [t for t, (s, e) in enumerate(enc["offset_mapping"]) if TEXT[s:e].strip() == "" and e > s]
-    assert [sorted(f.tokens) for f in res.features] == [tokens[0], sorted(tokens[1] + newline)]
+    assert [sorted(f.positions) for f in res.features] == [tokens[0], sorted(tokens[1] + newline)]
     prompt_ids, target = _ids(llama)
     full = naive_log_probs(llama, prompt_ids, target).sum()
     for feature, score in zip(res.features, res.scores, strict=True):
-        ids = [res.settings.baseline if t in feature.tokens else i for t, i in enumerate(prompt_ids)]
+        ids = [res.settings.mask_token if t in feature.positions else i for t, i in enumerate(prompt_ids)]
         expected = float(full - naive_log_probs(llama, ids, target).sum())
         assert score == pytest.approx(expected, abs=1e-4) and abs(expected) > 1e-3
     parsed = build_parser().parse_args(["explain", "--model", "m", "--level", "line", "hi"])
@@ -139,7 +139,7 @@ def test_a_registered_mask_removes_features_its_way_end_to_end(llama, tmp_path):
     prompt_ids, target = _ids(llama)
     full = naive_log_probs(llama, prompt_ids, target).sum()
     for feature, score in zip(res.features, res.scores, strict=True):
-        ids = [i for t, i in enumerate(prompt_ids) if t not in feature.tokens]
+        ids = [i for t, i in enumerate(prompt_ids) if t not in feature.positions]
         assert score == pytest.approx(float(full - naive_log_probs(llama, ids, target).sum()), abs=1e-4)
     replaced = genattr.explain(
         llama, TEXT, target=TARGET, level="word", mask="replace", method="leave_one_out"

@@ -34,7 +34,7 @@ def _present(res, input_ids: torch.Tensor, visible: torch.Tensor) -> list[list[b
     """For each row of model inputs, which features are still in the prompt (token unchanged and visible)."""
     ids = res.prompt.input_ids
     return [
-        [all(int(row[t]) == ids[t] and bool(vis[t]) for t in f.tokens) for f in res.features]
+        [all(int(row[t]) == ids[t] and bool(vis[t]) for t in f.positions) for f in res.features]
         for row, vis in zip(input_ids, visible, strict=True)
     ]
 
@@ -169,8 +169,8 @@ def test_similarity_kl_and_probability_ratio_equal_direct_model_calls(word_lm):
     ids = list(res.prompt.input_ids)
     masked = list(ids)
     for f in (1, 4):
-        for t in res.features[f].tokens:
-            masked[t] = res.settings.baseline
+        for t in res.features[f].positions:
+            masked[t] = res.settings.mask_token
     y = _greedy(lm, ids, 4)
     assert out["original"] == lm.tokenizer.decode(y) and len(y) >= 2
     assert out["masked"] == lm.tokenizer.decode(_greedy(lm, masked, 4))
@@ -219,7 +219,7 @@ def test_similarity_refuses_k_outside_the_features(word_lm, k):
 
 def test_masker_follows_the_attribution_unless_told_otherwise(word_lm):
     res = _attribution(word_lm)
-    res.settings = dataclasses.replace(res.settings, mask="replace", baseline="eos")
+    res.settings = dataclasses.replace(res.settings, mask="replace", mask_token="eos")
     eos = word_lm.tokenizer.eos_token_id
     m = F.masker_for(word_lm, res)
     assert (m.strategy, m.baseline_id) == ("replace", eos)

@@ -30,7 +30,7 @@ WORD_PROMPT = "red cat sat"
 def _oracle_token_scores(lm, res, J, distance) -> np.ndarray:
     """L(p_m(Y_j), p_m/a(Y_j)) for every position and feature, from the enumerated distributions."""
     prompt = res.prompt
-    masker = Masker(lm, prompt, res.features, "replace", res.settings.baseline)
+    masker = Masker(lm, prompt, res.features, "replace", res.settings.mask_token)
     full = _exact_marginals(lm, prompt.input_ids, J)
     E = lm.embedding_matrix.detach().double()
     cost = (1 - torch.nn.functional.cosine_similarity(E[:, None], E[None], dim=-1)).clamp(min=0)
@@ -262,7 +262,7 @@ def test_gilot_with_the_default_attention_mask_equals_enumeration(word_lm, dista
     )
     assert res.settings.mask == "attention"
     prompt = res.prompt
-    masker = Masker(lm, prompt, res.features, "attention", res.settings.baseline)
+    masker = Masker(lm, prompt, res.features, "attention", res.settings.mask_token)
     full = _exact_marginals(lm, prompt.input_ids, J)
     E = lm.embedding_matrix.detach().double()
     cost = (1 - torch.nn.functional.cosine_similarity(E[:, None], E[None], dim=-1)).clamp(min=0)
@@ -272,7 +272,7 @@ def test_gilot_with_the_default_attention_mask_equals_enumeration(word_lm, dista
         keep = torch.ones(1, len(res.features), dtype=torch.bool)
         keep[0, f] = False
         inputs = masker.inputs(keep)
-        assert not bool(inputs.visible[0, list(res.features[f].tokens)].any())
+        assert not bool(inputs.visible[0, list(res.features[f].positions)].any())
         masked = _exact_marginals(lm, inputs.input_ids[0].tolist(), J, inputs.visible[0].tolist())
         for j in range(J):
             if distance == "ot":

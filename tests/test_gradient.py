@@ -12,13 +12,13 @@ import pytest
 import torch
 
 import genattr
-from genattr.algorithms.gradient import CONVERGENCE_TOLERANCE
+from genattr.algorithms._embedding import CONVERGENCE_TOLERANCE, completeness_gap
 from genattr.errors import ConvergenceWarning, InvalidParameterError
 from genattr.model import Batch, LanguageModel
 from genattr.registry import methods
 from genattr.zoo import examples
 
-from .conftest import naive_log_probs
+from .conftest import naive_log_probs, our_hooks
 
 PROMPT = "The cat sat on the mat."
 TARGET = " and the bird sings"
@@ -31,14 +31,14 @@ def _explain(lm, method, **kw):
 
 def _replaced(res, baseline_id: int) -> list[int]:
     """The prompt ids with every feature token replaced by the baseline token."""
-    covered = {t for f in res.features for t in f.tokens}
+    covered = {t for f in res.features for t in f.positions}
     return [baseline_id if i in covered else tok for i, tok in enumerate(res.prompt.input_ids)]
 
 
 # --------------------------------------------------------------------- integrated gradients
 @pytest.mark.parametrize("rule", ["gausslegendre", "riemann_trapezoid"])
 def test_ig_completeness_on_tiny_transformers(lm, rule):
-    kw = {"baselines": "token", "baseline": "eos", "quadrature": rule}
+    kw = {"baselines": "token", "mask_token": "eos", "quadrature": rule}
     res = _explain(lm, "integrated_gradients", n_steps=128, **kw)
     target = list(res.target.ids)
     full = naive_log_probs(lm, res.prompt.input_ids, target).double()
@@ -51,6 +51,33 @@ def test_ig_completeness_on_tiny_transformers(lm, rule):
     np.testing.assert_allclose(res.token_scores.sum(0), res.scores, atol=1e-9)
     coarse = _explain(lm, "integrated_gradients", n_steps=2, **kw)
     assert coarse.diagnostics["relative_convergence_delta"] > res.diagnostics["relative_convergence_delta"]
+
+
+def test_completeness_gap_by_hand():
+    scores, tokens = torch.tensor([1.0, 2.0]), torch.tensor([[0.5, 0.5], [1.0, 1.0]])
+    gap = torch.tensor([1.5, 1.0, 3.5])  # F_1, F_2, then the sequence's F(x) - F(x')
+    sequence = completeness_gap(scores, tokens, gap)
+    assert sequence.delta == pytest.approx(-0.5) and sequence.relative == pytest.approx(0.5 / 3.5)
+    assert sequence.token_deltas.tolist() == pytest.approx([-0.5, 1.0]) and not sequence.converged
+    per_token = completeness_gap(scores, tokens, gap, per_token=True)
+    assert per_token.delta == pytest.approx(0.75) and per_token.relative == pytest.approx(0.75 / 1.25)
+    closed = completeness_gap(scores, tokens, torch.tensor([1.0, 2.0, 3.0 * (1 + CONVERGENCE_TOLERANCE)]))
+    assert closed.converged and closed.diagnostics()["converged"]
+    assert completeness_gap(scores, tokens, torch.tensor([1.0, 2.0, 0.0])).relative == pytest.approx(3e12)
+
+
+@pytest.mark.parametrize("method", ["integrated_gradients", "integrated_gradients_avg", "deeplift"])
+def test_completeness_diagnostics_are_the_gap_of_the_scores_returned(llama, method):
+    res = _explain(llama, method, **({} if method == "deeplift" else {"n_steps": 8}))
+    d = res.diagnostics
+    gap = torch.tensor(d["objective_input"], dtype=torch.float64) - torch.tensor(
+        d["objective_baseline"], dtype=torch.float64
+    )
+    rows = torch.tensor(res.token_scores, dtype=torch.float64)
+    expected = completeness_gap(rows.sum(0), rows, gap, per_token=method == "integrated_gradients_avg")
+    assert d["convergence_delta"] == pytest.approx(expected.delta, abs=1e-9)
+    assert d["relative_convergence_delta"] == pytest.approx(expected.relative, rel=1e-9)
+    assert d["convergence_delta_tokens"] == pytest.approx(expected.token_deltas.tolist(), abs=1e-9)
 
 
 @pytest.fixture(scope="module")
@@ -143,9 +170,9 @@ def test_ig_is_exact_on_a_quadratic_model(llama, rule, n_steps, curvature):
         quad, "integrated_gradients", level="token", n_steps=n_steps, quadrature=rule, baselines="token"
     )
     x = llama.embed(torch.tensor([res.prompt.input_ids]))[0].detach().float()
-    base = llama.embed(torch.tensor([_replaced(res, res.settings.baseline)]))[0].detach().float()
+    base = llama.embed(torch.tensor([_replaced(res, res.settings.mask_token)]))[0].detach().float()
     closed = ((x - base)[None] * (quad.B + quad.C * (x + base)[None] / 2)).sum(-1)  # [n, L]
-    positions = [f.tokens[0] for f in res.features]
+    positions = [f.positions[0] for f in res.features]
     np.testing.assert_allclose(res.token_scores, closed[:, positions].double().numpy(), rtol=1e-4, atol=1e-6)
     assert abs(res.diagnostics["convergence_delta"]) < 1e-4 * np.abs(res.scores).sum()
     avg = _explain(
@@ -170,14 +197,14 @@ def test_clipped_ig_clamps_every_gradient_entry(llama):
     res = _explain(quad, "ig_clipped", threshold=theta, **kw)
     x = llama.embed(torch.tensor([res.prompt.input_ids]))[0].detach().float()
     covered = torch.zeros(L, 1)
-    covered[[f.tokens[0] for f in res.features]] = 1
+    covered[[f.positions[0] for f in res.features]] = 1
     base = x * (1 - covered)  # the zero baseline at feature positions
     alphas, weights = torch.linspace(0, 1, 5), torch.tensor([0.125, 0.25, 0.25, 0.25, 0.125])
     expected = torch.zeros(n, L)
     for a, w in zip(alphas, weights, strict=True):
         grad = (quad.B + quad.C * (base + a * (x - base))[None]).clamp(-theta, theta)
         expected += w * (grad * (x - base)[None]).sum(-1)
-    positions = [f.tokens[0] for f in res.features]
+    positions = [f.positions[0] for f in res.features]
     np.testing.assert_allclose(
         res.token_scores, expected[:, positions].double().numpy(), rtol=1e-4, atol=1e-6
     )
@@ -197,8 +224,8 @@ def test_input_x_gradient_equals_finite_differences(lm):
     columns = []
     for f in res.features:
         rows = e[None].repeat(2, 1, 1)
-        rows[0, f.tokens[0]] *= 1 + h
-        rows[1, f.tokens[0]] *= 1 - h
+        rows[0, f.positions[0]] *= 1 + h
+        rows[1, f.positions[0]] *= 1 - h
         with torch.no_grad():
             lp = lm.log_probs_from_embeddings(rows, Batch.from_ids(ids, 2), target).double()
         columns.append((lp[0] - lp[1]) / (2 * h))
@@ -212,7 +239,7 @@ def test_saliency_is_the_gradient_norm_and_smoothgrad_without_noise_equals_it(qw
     ids, target = list(res.prompt.input_ids), list(res.target.ids)
     x = qwen.embed(torch.tensor([ids])).detach().requires_grad_(True)
     lp = qwen.log_probs_from_embeddings(x, Batch.from_ids(ids), target)[0]
-    positions = [f.tokens[0] for f in res.features]
+    positions = [f.positions[0] for f in res.features]
     for t in range(len(target)):
         (g,) = torch.autograd.grad(lp[t], x, retain_graph=True)
         np.testing.assert_allclose(
@@ -264,8 +291,7 @@ def test_gradient_methods_leave_the_model_as_found(llama, method):
         np.testing.assert_array_equal(first.token_scores, second.token_scores)  # nothing accumulates
         assert {name: p.requires_grad for name, p in model.named_parameters()} == flags
         assert all(p.grad is None for p in model.parameters())
-        hooks = [h.__qualname__ for m in model.modules() for h in m._forward_hooks.values()]
-        assert not [h for h in hooks if "RescaleRule" in h or "ValueTap" in h]  # our hooks are removed
+        assert not our_hooks(model)
         assert not model.training
         assert llama.attn_implementation == "sdpa"
     finally:
@@ -311,7 +337,7 @@ def test_ig_rows_match_captum_layer_integrated_gradients(lms, rule):
             n_steps=16,
             quadrature=rule,
             baselines="token",
-            baseline="eos",
+            mask_token="eos",
         )
         eos = lm.tokenizer.eos_token_id
         llm = captum.LLMGradientAttribution(
@@ -324,7 +350,7 @@ def test_ig_rows_match_captum_layer_integrated_gradients(lms, rule):
             [[int(t == tok) for t, tok in zip(_replaced(res, eos), res.prompt.input_ids, strict=True)]]
         )
         out = llm.attribute(inp, target=torch.tensor(res.target.ids), n_steps=16, method=rule, baselines=kept)
-        positions = [f.tokens[0] for f in res.features]
+        positions = [f.positions[0] for f in res.features]
         theirs = out.token_attr[:, positions].double().numpy()
         if rule == "riemann_trapezoid":  # Captum's steps are 1/K where the trapezoid rule's are 1/(K-1)
             theirs = theirs * 16 / 15

@@ -11,10 +11,11 @@ import torch
 import genattr
 import genattr.model
 from genattr.algorithms.gilot.beams import beam_search
-from genattr.errors import ContextLengthError, ModelLoadError, NumericalError
+from genattr.errors import ContextLengthError, InputError, ModelLoadError, NumericalError
 from genattr.masking import Masker
 from genattr.model import Batch, LanguageModel
 from genattr.model.prefix import _prefix_cuts
+from genattr.progress import progress_bar, reporting
 from genattr.text.prompt import Prompt
 
 from .conftest import ARCHS, naive_log_probs
@@ -111,7 +112,7 @@ def test_replace_and_delete_variants_equal_the_oracle_on_the_edited_prompt(llama
     replaced = Masker(lm, prompt, features, "replace", baseline="unk")
     ids = list(prompt.input_ids)
     for f in (features[1], features[4]):
-        for t in f.tokens:
+        for t in f.positions:
             ids[t] = lm.tokenizer.unk_token_id
     torch.testing.assert_close(
         lm.target_log_probs(replaced.inputs(keep), target)[0],
@@ -291,7 +292,7 @@ def test_attention_maps_under_eager_and_restore(lm):
     layers, heads = lm.model.config.num_hidden_layers, lm.model.config.num_attention_heads
     assert maps.shape == (1, layers, heads, T, T)
     torch.testing.assert_close(maps.sum(-1), torch.ones(1, layers, heads, T), atol=1e-5, rtol=0)
-    hidden = list(features[1].tokens)
+    hidden = list(features[1].positions)
     others = [q for q in range(T) if q not in hidden]
     assert maps[0][:, :, others][:, :, :, hidden].abs().max() == 0
     assert torch.triu(maps[0], diagonal=1).abs().max() == 0
@@ -412,3 +413,33 @@ def test_an_uncached_hub_id_without_network_fails_at_once(tmp_path, monkeypatch)
     with pytest.raises(ModelLoadError, match="not in the hub cache.*did not answer.*local model directory"):
         genattr.load("someone/some-model")
     assert time.perf_counter() - started < 5
+
+
+def test_progress_is_passed_to_explain_and_heard_only_during_the_call(llama):
+    heard: list[tuple[int, int]] = []
+    res = genattr.explain(
+        llama,
+        PROMPT,
+        target=TARGET,
+        method="shapley_exact",
+        level="sentence",
+        progress=lambda *a: heard.append(a),
+    )
+    assert heard and all(0 < done <= total for done, total in heard) and heard[-1][0] == heard[-1][1]
+    assert "progress" not in res.params and not hasattr(llama, "progress")
+    count = len(heard)
+    llama.target_log_probs(Batch.from_ids(res.prompt.input_ids, rows=3), list(res.target.ids))
+    assert len(heard) == count  # the callback's scope ended with the call
+    with reporting(lambda *a: heard.append(a)):
+        llama.target_log_probs(Batch.from_ids(res.prompt.input_ids, rows=3), list(res.target.ids))
+    assert heard[count:] == [(3, 3)]
+    with pytest.raises(InputError, match="progress must be a callable"):
+        genattr.explain(llama, PROMPT, target=TARGET, progress=True)
+
+
+def test_the_progress_bar_does_nothing_when_disabled_or_not_on_a_terminal(capsys):
+    for enabled in (False, True):  # stderr is captured here, not a terminal
+        with progress_bar("scoring", enabled) as bar:
+            bar(1, 2)
+            bar(2, 2, "note")
+    assert capsys.readouterr().err == ""

@@ -60,12 +60,12 @@ def _permutation_shapley(values: torch.Tensor, F: int) -> torch.Tensor:
 
 
 def test_leave_one_out_equals_a_naive_loop(lm):
-    res = genattr.explain(lm, PROMPT, target=TARGET, method="leave_one_out", mask="replace", baseline="eos")
+    res = genattr.explain(lm, PROMPT, target=TARGET, method="leave_one_out", mask="replace", mask_token="eos")
     prompt, target = res.prompt, list(res.target.ids)
     full = naive_log_probs(lm, prompt.input_ids, target).sum()
     eos = lm.tokenizer.eos_token_id
     for feature, score in zip(res.features, res.scores, strict=True):
-        ids = [eos if t in feature.tokens else tok for t, tok in enumerate(prompt.input_ids)]
+        ids = [eos if t in feature.positions else tok for t, tok in enumerate(prompt.input_ids)]
         expected = float(full - naive_log_probs(lm, ids, target).sum())
         assert score == pytest.approx(expected, abs=1e-4)
     # every variant batched: a pass for the shared prompt prefix, then one per group of variants

@@ -16,6 +16,7 @@ from genattr.errors import (
     UnknownTokensWarning,
 )
 from genattr.text.prompt import Prompt
+from genattr.text.segment import token_owners
 from genattr.zoo.tokenizer import build_tokenizer
 
 TEXT = "The cat sat on the mat. Then a dog runs!\nIs it warm?"
@@ -50,11 +51,23 @@ def tokenizers():
 
 
 def _check_partition(prompt, features):
-    covered = sorted(t for f in features for t in f.tokens)
+    covered = sorted(t for f in features for t in f.positions)
     assert covered == [i for i, m in enumerate(prompt.maskable) if m]
     for i, f in enumerate(features):
         assert f.index == i
         assert prompt.text[f.start : f.end] == f.text
+
+
+@pytest.mark.parametrize("level", ["token", "word", "sentence"])
+def test_token_owners_name_the_one_feature_of_every_position(tokenizers, level):
+    prompt = Prompt.from_text(tokenizers["sentencepiece"], TEXT)
+    features = prompt.features(level)
+    owners = token_owners(features, len(prompt))
+    assert len(owners) == len(prompt)
+    for t in range(len(prompt)):
+        holding = [f.index for f in features if t in f.positions]
+        assert len(holding) <= 1 and owners[t] == (holding[0] if holding else -1)
+    assert owners.count(-1) == prompt.maskable.count(False)
 
 
 @pytest.mark.parametrize("kind", ["byte_bpe", "sentencepiece", "word"])
@@ -93,7 +106,7 @@ def test_special_tokens_are_not_maskable(tokenizers):
     prompt = Prompt.from_text(tokenizers["sentencepiece"], "cat sat")
     assert prompt.tokens[0] == "<s>" and prompt.maskable[0] is False
     assert all(prompt.maskable[1:])
-    assert all(0 not in f.tokens for f in prompt.features("token"))
+    assert all(0 not in f.positions for f in prompt.features("token"))
 
 
 def test_regex_and_span_features_leave_the_rest_as_context(tokenizers):
@@ -223,7 +236,7 @@ def test_unknown_token_that_is_also_eos_is_a_feature_only_where_it_stands_for_a_
     assert [prompt.maskable[t] for t in eos] == [True] * 4 + [False]
     words = prompt.features("word")
     assert [f.text for f in words] == ["tea", "🍵", "cat"]
-    assert words[1].tokens == tuple(eos[:4])
+    assert words[1].positions == tuple(eos[:4])
     with pytest.raises(NoMaskableFeaturesError, match="only special tokens"):
         Prompt.from_text(tok, "<|endoftext|>")
 

@@ -139,14 +139,14 @@ def test_teacher_forced_scores_equal_step_by_step_scores_of_the_plain_model(smol
 
 @pytest.mark.parametrize("mask", ["replace", "delete"])
 def test_leave_one_out_equals_a_naive_loop_over_masked_prompts(smol, mask):
-    res = genattr.explain(smol, PROMPT, target=TARGET, method="leave_one_out", mask=mask, baseline="eos")
+    res = genattr.explain(smol, PROMPT, target=TARGET, method="leave_one_out", mask=mask, mask_token="eos")
     prompt, target = res.prompt, list(res.target.ids)
     full = naive_log_probs(smol, prompt.input_ids, target).sum()
     eos, words = smol.tokenizer.eos_token_id, PROMPT.split(" ")
     assert [f.text for f in res.features] == words
     for i, (feature, score) in enumerate(zip(res.features, res.scores, strict=True)):
         if mask == "replace":
-            ids = [eos if t in feature.tokens else tok for t, tok in enumerate(prompt.input_ids)]
+            ids = [eos if t in feature.positions else tok for t, tok in enumerate(prompt.input_ids)]
         else:  # the word and one space deleted from the text, which is tokenised again
             ids = smol.tokenizer(" ".join(words[:i] + words[i + 1 :]))["input_ids"]
         assert score == pytest.approx(float(full - naive_log_probs(smol, ids, target).sum()), abs=1e-4)

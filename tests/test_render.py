@@ -362,10 +362,10 @@ def test_each_legend_spans_the_range_of_what_it_colours():
 
 
 def test_parameters_and_settings_leave_out_unset_values_and_the_header_gives_the_unit():
-    res = make("one two", params={"n_samples": 3, "init": None}, settings=Settings(baseline=0, seed=5))
+    res = make("one two", params={"n_samples": 3, "init": None}, settings=Settings(mask_token=0, seed=5))
     doc = Page(render_fragment(res))
     assert doc.find(cls="ga-params")[0]["text"] == "parameters: n_samples=3"
-    assert doc.find(cls="ga-settings")[0]["text"] == "settings: mask=attention, baseline=0, seed=5"
+    assert doc.find(cls="ga-settings")[0]["text"] == "settings: mask=attention, mask_token=0, seed=5"
     assert "level word" in doc.find(cls="ga-head")[0]["text"]
     assert "objective log_prob (nats)" in doc.find(cls="ga-head")[0]["text"]
     prob = make("one two", settings=Settings(objective="prob"))
@@ -375,4 +375,4 @@ def test_parameters_and_settings_leave_out_unset_values_and_the_header_gives_the
     assert shown == "settings: mask=attention, max_new_tokens=4, spans=((0, 3),)"
     out = io.StringIO()
     print_attribution(res, console=Console(file=out, width=200))
-    assert "parameters: n_samples=3\nsettings: mask=attention, baseline=0, seed=5\n" in out.getvalue()
+    assert "parameters: n_samples=3\nsettings: mask=attention, mask_token=0, seed=5\n" in out.getvalue()

@@ -14,7 +14,7 @@ import pytest
 import genattr
 from genattr import io as io_module
 from genattr import registry
-from genattr.errors import InputError, ResultFormatError
+from genattr.errors import GenattrDeprecationWarning, InputError, ResultFormatError
 from genattr.registry import Method, Output, Param
 from genattr.settings import Settings
 
@@ -47,7 +47,11 @@ def test_json_has_the_documented_fields(result, tmp_path):
         "schema_version",
     ):
         assert key in data
-    assert set(data["features"][0]) >= {"text", "start", "end", "tokens"}
+    assert (
+        set(data["features"][0]) >= {"text", "start", "end", "positions"}
+        and "tokens" not in data["features"][0]
+    )
+    assert "mask_token" in data["settings"] and "baseline" not in data["settings"]
     assert (
         data["method"] == "shapley_sampling"
         and data["settings"]["seed"] == 2
@@ -101,7 +105,8 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(result, tmp_path, mon
         (lambda d: d["settings"].update(seed=2**64), r"seed must be an integer in \[0, 2\*\*64\)"),
         (lambda d: d["settings"].update(seed=-1), "seed must be"),
         (lambda d: d["features"][0].update(text="<script>"), "does not match the prompt"),
-        (lambda d: d["features"][0].update(tokens=[10**6]), "outside the prompt"),
+        (lambda d: d["features"][0].update(positions=[10**6]), "outside the prompt"),
+        (lambda d: d["features"][0].update(tokens=[1]), "both 'tokens' and 'positions'"),
         (lambda d: d.update(token_scores=[[0.0]]), "one row per target token"),
         (lambda d: d["prompt"].update(offsets=[[0, 10**6]] * len(d["prompt"]["offsets"])), "character span"),
         (lambda d: d.pop("method"), "missing field 'method'"),
@@ -110,8 +115,9 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(result, tmp_path, mon
         (lambda d: d.update(settings=["word"]), "'settings' has the wrong type"),
         (lambda d: d["settings"].update(mask="blur"), "mask 'blur' is not one of"),
         (lambda d: d["settings"].update(objective="odds"), "objective 'odds' is not one of"),
-        (lambda d: d["settings"].update(baseline="zero"), "baseline must be a token id"),
-        (lambda d: d["settings"].update(baseline=True), "baseline must be a token id"),
+        (lambda d: d["settings"].update(mask_token="zero"), "mask_token must be a token id"),
+        (lambda d: d["settings"].update(mask_token=True), "mask_token must be a token id"),
+        (lambda d: d["settings"].update(baseline="zero"), "both 'baseline' and 'mask_token'"),
         (lambda d: d["settings"].update(max_new_tokens=0), "max_new_tokens must be a positive integer"),
         (lambda d: d["settings"].update(pattern=["a"]), "'pattern' has the wrong type"),
         (lambda d: d["settings"].update(spans=[[0, 10**6]]), "spans must be a list of"),
@@ -137,10 +143,10 @@ def test_a_version_1_file_loads_into_the_version_2_shape(tmp_path):
     assert old["schema_version"] == 1 and old["params"]["mask"] == "replace"
     res = genattr.Attribution.load(V1_FILE)
     assert res.params == {"n_samples": 2}
-    assert res.settings == Settings(level="word", mask="replace", baseline=2, objective="log_prob", seed=3)
+    assert res.settings == Settings(level="word", mask="replace", mask_token=2, objective="log_prob", seed=3)
     assert res.level == "word" and res.seed == 3
     np.testing.assert_array_equal(res.scores, old["scores"])
-    assert [(f.text, f.start, f.tokens) for f in res.features] == [
+    assert [(f.text, f.start, f.positions) for f in res.features] == [
         (f["text"], f["start"], tuple(f["tokens"])) for f in old["features"]
     ]
     new = res.save(tmp_path / "r.json")
@@ -148,6 +154,27 @@ def test_a_version_1_file_loads_into_the_version_2_shape(tmp_path):
     assert data["schema_version"] == 2 and "seed" not in data and "level" not in data
     assert data["settings"]["mask"] == "replace" and data["params"] == {"n_samples": 2}
     assert genattr.Attribution.load(new).settings == res.settings
+
+
+def test_a_version_2_file_with_the_former_names_loads(result, tmp_path):
+    data = result.to_dict()
+    data["settings"]["baseline"] = data["settings"].pop("mask_token")
+    for feature in data["features"]:
+        feature["tokens"] = feature.pop("positions")
+    path = tmp_path / "early.json"
+    path.write_text(json.dumps(data))
+    back = genattr.Attribution.load(path)
+    assert back.settings == result.settings and back.settings.mask_token == result.settings.mask_token
+    assert back.features == result.features
+    data["settings"]["baseline"] = "zero"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ResultFormatError, match="mask_token must be a token id"):
+        genattr.Attribution.load(path)
+
+
+def test_settings_baseline_is_a_deprecated_name_of_mask_token():
+    with pytest.warns(GenattrDeprecationWarning, match="read mask_token"):
+        assert Settings(mask_token=3).baseline == 3
 
 
 def test_version_1_settings_are_validated_like_version_2_ones(tmp_path):

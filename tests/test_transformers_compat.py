@@ -37,7 +37,8 @@ def _work(lm: LanguageModel):
 @pytest.fixture
 def hf_warnings():
     """A function listing every Python warning and every transformers log record raised so far in
-    the test, with transformers' verbosity at 'warning' and its warn-once memory cleared."""
+    the test, with transformers' verbosity at 'warning' and its warn-once memory cleared. The
+    Python warnings are passed on when the test ends, so that none is silenced."""
     records: list[str] = []
 
     class Collect(logging.Handler):
@@ -48,13 +49,16 @@ def hf_warnings():
     hf_logging.set_verbosity_warning()
     hf_logging.get_logger().addHandler(handler)
     logging.Logger.warning_once.cache_clear()
+    caught: list[warnings.WarningMessage] = []
     try:
         with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+            warnings.simplefilter("always")  # every warning is seen here, repeats included
             yield lambda: records + [str(w.message) for w in caught]
     finally:
         hf_logging.get_logger().removeHandler(handler)
         hf_logging.set_verbosity(level)
+        for w in caught:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
 
 
 def test_our_calls_raise_no_cache_deprecation(lm, hf_warnings):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import secrets
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, overload
 
@@ -24,11 +25,12 @@ from .defaults import (
     DEFAULT_SEED,
     SEED_LIMIT,
 )
-from .errors import InputError, InvalidParameterError, NumericalError
+from .errors import GenattrDeprecationWarning, InputError, InvalidParameterError, NumericalError
 from .masking import Masker
 from .model import LanguageModel, load
 from .objectives import OBJECTIVES, gradient_objectives
 from .problem import Problem
+from .progress import Progress, checked, reporting
 from .result import Attribution
 from .settings import Settings
 from .text.prompt import Prompt
@@ -92,6 +94,24 @@ def _method_params(params: Mapping[str, object] | None, keywords: dict) -> dict:
     return {**params, **keywords}
 
 
+def _mask_token(mask_token: int | str | None, baseline: int | str | None) -> int | str | None:
+    """The call's mask token, given as ``mask_token`` or under its deprecated name ``baseline``."""
+    if baseline is None:
+        return mask_token
+    if mask_token is not None:
+        raise InvalidParameterError(
+            f"mask_token={mask_token!r} and baseline={baseline!r} are given; baseline is the former "
+            "name of mask_token: give mask_token only."
+        )
+    warnings.warn(
+        "explain(baseline=...) is deprecated and will be removed in the next release; "
+        "pass mask_token=... (the token that stands in for a removed feature) instead.",
+        GenattrDeprecationWarning,
+        stacklevel=3,
+    )
+    return baseline
+
+
 def explain(
     lm: LanguageModel | str,
     prompt: str | Sequence[Mapping[str, str]] | Prompt,
@@ -100,13 +120,15 @@ def explain(
     method: str = DEFAULT_METHOD,
     level: str = DEFAULT_LEVEL,
     mask: str = DEFAULT_MASK,
-    baseline: int | str | None = None,
+    mask_token: int | str | None = None,
     seed: int | None = DEFAULT_SEED,
     objective: str = DEFAULT_OBJECTIVE,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     pattern=None,
     spans=None,
     params: Mapping[str, object] | None = None,
+    progress: Progress | None = None,
+    baseline: int | str | None = None,
     **method_params,
 ) -> Attribution:
     """Explain what ``lm`` wrote after ``prompt`` in terms of the prompt's features.
@@ -140,10 +162,10 @@ def explain(
         ``"regex"`` (with ``pattern``), ``"spans"`` (with ``spans``) or one registered with
         :func:`genattr.register_level`.
     mask : str
-        How a feature is removed: ``"attention"`` (default: replaced by the baseline token and
+        How a feature is removed: ``"attention"`` (default: replaced by the mask token and
         hidden from attention), ``"replace"``, ``"delete"`` or one registered with
         :func:`genattr.register_mask` (see :mod:`genattr.masking`).
-    baseline : int or str, optional
+    mask_token : int or str, optional
         The token that stands in for a removed one: a token id or ``"pad"``, ``"unk"``, ``"eos"``,
         ``"bos"``, ``"mask"``; by default the pad token, else unk, else eos.
     seed : int or None
@@ -161,6 +183,12 @@ def explain(
     params : mapping, optional
         The method's parameters as a mapping; also reaches a parameter named like one of the
         settings above.
+    progress : callable, optional
+        ``progress(done, total)`` hears of every chunk of rows the model scores during the call
+        (see :mod:`genattr.progress`; :func:`genattr.progress.progress_bar` gives a display).
+    baseline : int or str, optional
+        Deprecated former name of ``mask_token``: it warns
+        (:class:`~genattr.errors.GenattrDeprecationWarning`) and goes in the next release.
     **method_params
         The method's parameters (``n_samples``, ``n_steps``, ...), validated by the method.
 
@@ -224,6 +252,8 @@ def explain(
             "without gradients (see `genattr methods`)."
         )
     algorithm = method_cls(**_method_params(params, method_params))
+    progress = checked(progress)
+    mask_token = _mask_token(mask_token, baseline)
     if isinstance(lm, str):
         lm = load(lm)
     if max_new_tokens < 1:
@@ -233,10 +263,11 @@ def explain(
     prompt_obj = _as_prompt(lm, prompt)
     features = prompt_obj.features(level, pattern=pattern, spans=spans)
     lm.check_length(len(prompt_obj), "the prompt")
-    masker = Masker(lm, prompt_obj, features, mask, baseline)
-    resolved = resolve_target(lm, prompt_obj, target, max_new_tokens) if method_cls.needs_target else None
-    problem = Problem(lm, prompt_obj, features, resolved, masker, objective, seed)
-    output = algorithm.attribute(problem)
+    masker = Masker(lm, prompt_obj, features, mask, mask_token)
+    with reporting(progress):
+        resolved = resolve_target(lm, prompt_obj, target, max_new_tokens) if method_cls.needs_target else None
+        problem = Problem(lm, prompt_obj, features, resolved, masker, objective, seed)
+        output = algorithm.attribute(problem)
     scores, token_scores = _to_numpy(output.scores), _to_numpy(output.token_scores)
     if not np.isfinite(scores).all() or (token_scores is not None and not np.isfinite(token_scores).all()):
         raise NumericalError(
@@ -251,7 +282,7 @@ def explain(
     settings = Settings(
         level=level,
         mask=mask,
-        baseline=masker.baseline_id,
+        mask_token=masker.baseline_id,
         objective=objective,
         max_new_tokens=max_new_tokens if target is None else None,
         pattern=pattern if level == "regex" else None,

@@ -20,7 +20,6 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from contextlib import contextmanager
 from pathlib import Path
 
 from ._version import __version__
@@ -111,8 +110,22 @@ def _seed(text: str) -> int | None:
     return seed
 
 
-def _baseline(text: str) -> int | str:
+def _mask_token(text: str) -> int | str:
     return int(text) if text.lstrip("-").isdigit() else text
+
+
+def _mask_token_option(args: argparse.Namespace) -> int | str | None:
+    """``--mask-token``, or its former name ``--baseline`` with a note on stderr (not both)."""
+    if args.baseline is None:
+        return args.mask_token
+    if args.mask_token is not None:
+        raise InputError("--baseline is the former name of --mask-token; give --mask-token only.")
+    print(
+        "genattr: warning: --baseline is deprecated and will be removed in the next release; "
+        "use --mask-token (it takes the same values).",
+        file=sys.stderr,
+    )
+    return args.baseline
 
 
 def _fixed_seed(text: str) -> int:
@@ -123,40 +136,12 @@ def _fixed_seed(text: str) -> int:
     return seed
 
 
-@contextmanager
-def progress_bar(lm, enabled: bool, label: str = "scoring"):
-    """A rich progress bar fed by the model's chunk callback (shown on stderr, when it is a terminal)."""
-    if not enabled or not sys.stderr.isatty():
-        yield
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    ) as progress:
-        task = progress.add_task(label, total=None)
-
-        def update(done: int, total: int) -> None:
-            progress.update(task, completed=done, total=total)
-
-        lm.progress = update
-        try:
-            yield
-        finally:
-            lm.progress = None
-
-
 def cmd_explain(args: argparse.Namespace) -> int:
     from . import registry
     from .api import explain
     from .io import check_writable, write_atomic
     from .model import load
+    from .progress import progress_bar
 
     method_cls = registry.get(args.method)  # an unknown name fails before the model loads
     if args.target is not None and not method_cls.needs_target:
@@ -165,12 +150,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
             "(the no-target flag of `genattr methods`); drop --target."
         )
     params = {key: _param_value(method_cls, key, text) for key, text in args.param or []}
+    mask_token = _mask_token_option(args)
     for out in (args.json, args.html):
         if out:
             check_writable(out)
     _configure_transformers(args.verbose)
     lm = load(args.model, device=args.device, dtype=args.dtype)
-    with progress_bar(lm, not args.quiet):
+    with progress_bar("scoring", not args.quiet) as bar:
         res = explain(
             lm,
             args.prompt,
@@ -178,10 +164,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
             method=args.method,
             level=args.level,
             mask=args.mask,
-            baseline=args.baseline,
+            mask_token=mask_token,
             seed=args.seed,
             max_new_tokens=args.max_new_tokens,
             params=params,
+            progress=bar,
         )
     if not args.quiet:
         res.show()
@@ -228,6 +215,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     from . import registry
     from .evaluate.benchmark import load_items, run_benchmark
     from .model import load
+    from .progress import progress_bar
 
     _configure_transformers(args.verbose)
 
@@ -242,19 +230,20 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     if not items:
         raise InputError("no usable example in --data; see the messages above.")
     lm = load(args.model, device=args.device, dtype=args.dtype)
-    result = run_benchmark(
-        lm,
-        methods,
-        items,
-        args.out,
-        metrics=[m.strip() for m in args.metrics.split(",")],
-        seed=args.seed,
-        progress=not args.quiet,
-        level=args.level,
-        mask=args.mask,
-        max_new_tokens=args.max_new_tokens,
-        k=args.k,
-    )
+    with progress_bar("benchmark", not args.quiet) as bar:
+        result = run_benchmark(
+            lm,
+            methods,
+            items,
+            args.out,
+            metrics=[m.strip() for m in args.metrics.split(",")],
+            seed=args.seed,
+            progress=bar,
+            level=args.level,
+            mask=args.mask,
+            max_new_tokens=args.max_new_tokens,
+            k=args.k,
+        )
     if not args.quiet:
         print(_safe(result["table"], layout=True))
         print(_safe(result["cost"], layout=True))
@@ -304,10 +293,13 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--level", default=DEFAULT_LEVEL, choices=plain_levels())
     ex.add_argument("--mask", default=DEFAULT_MASK, choices=MASKS)
     ex.add_argument(
-        "--baseline",
-        type=_baseline,
+        "--mask-token",
+        type=_mask_token,
         default=None,
-        help=f"baseline token: an id or one of {', '.join(BASELINE_NAMES)}",
+        help=f"the token that stands in for a removed feature: an id or one of {', '.join(BASELINE_NAMES)}",
+    )
+    ex.add_argument(
+        "--baseline", type=_mask_token, default=None, help="deprecated: the former name of --mask-token"
     )
     ex.add_argument(
         "--seed",

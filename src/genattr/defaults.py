@@ -17,7 +17,7 @@ or deleted), the command line's choices; the registry :data:`genattr.masking.MAS
 DEFAULT_MASK = "attention"
 
 BASELINE_NAMES = ("pad", "unk", "eos", "bos", "mask")
-"""Names of the baseline token that ``baseline=`` accepts besides a token id."""
+"""Names of the mask token that ``mask_token=`` accepts besides a token id."""
 
 OBJECTIVES = ("log_prob", "prob")
 """The built-in objectives, what a coalition of features is scored by (see :mod:`genattr.objectives`)."""

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from rich.table import Table
 
 from . import registry
 from .api import explain
-from .errors import GenattrWarning, TooManyFeaturesError
+from .errors import TooManyFeaturesError, collecting
 from .evaluate import ground_truth
 from .io import write_atomic
 from .model import load
@@ -43,14 +42,9 @@ def _explain(lm, method, ex, notes: dict[str, list[str]]):
     """Explain ``ex`` with ``method``; genattr's own warnings are collected into ``notes``."""
     params: dict[str, Any] = {"k": len(ex.ground_truth)} if "k" in registry.get(method).params else {}
     target = ex.answer if registry.get(method).needs_target else None
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", GenattrWarning)
+    with collecting() as ours:
         res = explain(lm, ex.prompt, target=target, method=method, seed=0, **params)
-    ours = [w for w in caught if issubclass(w.category, GenattrWarning)]
     notes.setdefault(method, []).extend(str(w.message) for w in ours)
-    for w in caught:  # other libraries' warnings are passed on as they came
-        if w not in ours:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return res
 
 
@@ -191,8 +185,8 @@ def run_real_demo(
     include_system: bool = False,
 ) -> list:
     """Explain a real model's answer to :data:`REAL_QUESTION` with :data:`REAL_METHODS`; returns the results."""
-    from .cli import progress_bar
     from .model import Batch
+    from .progress import progress_bar
     from .render.html import render_html
 
     console = console or Console()
@@ -213,11 +207,12 @@ def run_real_demo(
     for i, (name, params, level) in enumerate(plan, start=1):
         console.print(f"[{i}/{len(plan)}] {name} {params or ''} ...", markup=False, highlight=False)
         began = time.perf_counter()
-        with warnings.catch_warnings(record=True) as caught, progress_bar(lm, True, name):
-            warnings.simplefilter("always", GenattrWarning)
+        with collecting() as ours, progress_bar(name) as bar:
             target_ids = answer if registry.get(name).needs_target else None
-            res = explain(lm, prompt, target=target_ids, method=name, level=level, seed=0, **params)
-        notes[name] = [str(w.message) for w in caught if issubclass(w.category, GenattrWarning)]
+            res = explain(
+                lm, prompt, target=target_ids, method=name, level=level, seed=0, progress=bar, **params
+            )
+        notes[name] = [str(w.message) for w in ours]
         console.rule(f"[bold]{name}[/bold] ({time.perf_counter() - began:.1f} s)")
         res.show(console=console)
         shown.append(res)

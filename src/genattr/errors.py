@@ -9,6 +9,10 @@ already catches those keeps working. Warnings derive from :class:`GenattrWarning
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class GenattrError(Exception):
     """Base class of the errors genattr raises on purpose."""
@@ -73,7 +77,8 @@ class ModelLoadError(GenattrError, OSError):
 
 
 class UnsupportedModelError(GenattrError, ValueError):
-    """The model uses a feature genattr cannot reproduce in its own attention masks."""
+    """The model uses a feature genattr cannot reproduce in its own attention masks, or lacks
+    what a method reads (the attention modules BTA taps)."""
 
 
 class NumericalError(GenattrError, FloatingPointError):
@@ -102,3 +107,34 @@ class LowBeamMassWarning(GenattrWarning):
 class UnknownTokensWarning(GenattrWarning):
     """The tokenizer read words of the prompt as its unknown token: they are features like any
     other, but the model sees each of them as that one token."""
+
+
+class GenattrDeprecationWarning(GenattrWarning, DeprecationWarning):
+    """A name genattr still accepts but will drop in its next release (the message names the
+    new one): ``baseline=`` of :func:`genattr.explain`, now ``mask_token=``. Python shows
+    deprecation warnings of code run as ``__main__`` and hides the others unless asked
+    (``-W default::DeprecationWarning``, or pytest, which shows them)."""
+
+
+@contextmanager
+def collecting(category: type[Warning] = GenattrWarning) -> Iterator[list[warnings.WarningMessage]]:
+    """Collects every warning of ``category`` (by default genattr's own) issued while open, repeats
+    included, into the list it yields (filled on exit); warnings of other categories are passed on
+    as they came, to the filters and handlers outside.
+
+    >>> with collecting(ConvergenceWarning) as caught:                       # doctest: +SKIP
+    ...     res = genattr.explain(lm, prompt, target=target, method="integrated_gradients")
+    >>> [str(w.message) for w in caught]                                     # doctest: +SKIP
+    """
+    ours: list[warnings.WarningMessage] = []
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", category)
+            yield ours
+    finally:
+        for w in caught:
+            if issubclass(w.category, category):
+                ours.append(w)
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)

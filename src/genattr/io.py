@@ -1,10 +1,11 @@
 """Files: results as JSON (written and read back, validating every field) and atomic writes.
 
 A result is saved as one JSON object with a schema name and version (:data:`SCHEMA`,
-:data:`SCHEMA_VERSION`). Version 2 keeps the call's settings (level, mask, baseline, objective,
+:data:`SCHEMA_VERSION`). Version 2 keeps the call's settings (level, mask, mask_token, objective,
 max_new_tokens, pattern, spans, seed) in ``settings``, apart from the method's ``params``;
 version 1 files, which held the seed and level at the top level and the other settings among the
-params, are read into the same shape. Reading never imports or evaluates anything named in the
+params, are read into the same shape (as are the names used before: a feature's ``tokens``,
+now ``positions``, and the setting ``baseline``, now ``mask_token``). Reading never imports or evaluates anything named in the
 file: each part is checked by a small reader below, and anything that is not what genattr writes
 (not UTF-8, not JSON, NaN or Infinity, nesting deeper than Python parses, a wrong field) raises
 :class:`~genattr.errors.ResultFormatError`.
@@ -185,6 +186,16 @@ def _optional(data: dict, key: str, kinds, default, where: str):
     return _typed(data, key, kinds, where) if key in data else default
 
 
+def _renamed(data: dict, old: str, new: str, where: str) -> dict:
+    """``data`` with the field ``old`` read as ``new``, the name it has had since (files written
+    before the rename); a file with both is refused."""
+    if old not in data:
+        return data
+    if new in data:
+        raise _fail(where, f"both '{old}' and '{new}', its new name, are given")
+    return {new if key == old else key: value for key, value in data.items()}
+
+
 def _finite(v) -> float | None:
     """``v`` as a finite float, or None when it is not a number or not finite (1e999, 10**400)."""
     if not isinstance(v, (int, float)) or isinstance(v, bool):
@@ -248,13 +259,14 @@ def _read_features(data: dict, prompt: Prompt, where: str) -> list[Feature]:
     for i, f in enumerate(_typed(data, "features", list, where)):
         if not isinstance(f, dict):
             raise _fail(where, f"feature {i} is not an object")
+        f = _renamed(f, "tokens", "positions", where)
         start, end = _typed(f, "start", int, where), _typed(f, "end", int, where)
-        text, tokens = _typed(f, "text", str, where), _typed(f, "tokens", list, where)
+        text, positions = _typed(f, "text", str, where), _typed(f, "positions", list, where)
         if not (0 <= start <= end <= len(prompt.text)) or prompt.text[start:end] != text:
             raise _fail(where, f"feature {i} ({text!r}) does not match the prompt text at {start}..{end}")
-        if not tokens or not all(_is_int(t) and 0 <= t < len(prompt) for t in tokens):
+        if not positions or not all(_is_int(t) and 0 <= t < len(prompt) for t in positions):
             raise _fail(where, f"feature {i} has token positions outside the prompt")
-        features.append(Feature(i, text, start, end, tuple(tokens)))
+        features.append(Feature(i, text, start, end, tuple(positions)))
     return features
 
 
@@ -311,10 +323,10 @@ def _one_of(name: str, built_in, registry: str | None = None):
     return read
 
 
-def _baseline(value, where: str, text: str) -> int | str | None:
+def _mask_token(value, where: str, text: str) -> int | str | None:
     if value is None or (_is_int(value) and value >= 0) or value in BASELINE_NAMES:
         return value
-    raise _fail(where, f"baseline must be a token id, one of {', '.join(BASELINE_NAMES)} or null")
+    raise _fail(where, f"mask_token must be a token id, one of {', '.join(BASELINE_NAMES)} or null")
 
 
 def _max_new_tokens(value, where: str, text: str) -> int | None:
@@ -347,7 +359,7 @@ def _seed(value, where: str, text: str) -> int | None:
 _SETTING_READERS = {  # name: (JSON types, reader)
     "level": (str, _one_of("level", LEVELS)),
     "mask": (str, _one_of("mask", MASKS, ".masking")),
-    "baseline": (object, _baseline),
+    "mask_token": (object, _mask_token),
     "objective": (str, _one_of("objective", OBJECTIVES, ".objectives")),
     "max_new_tokens": (object, _max_new_tokens),
     "pattern": ((str, type(None)), _as_is),
@@ -358,7 +370,9 @@ _SETTING_READERS = {  # name: (JSON types, reader)
 
 def _read_settings(values: dict, prompt: Prompt, where: str) -> Settings:
     """Settings from ``values`` (absent names take :class:`~genattr.settings.Settings`'s
-    defaults); a name that is not a setting is refused, never dropped."""
+    defaults); a name that is not a setting is refused, never dropped. ``baseline``, the former
+    name of ``mask_token``, is read as it."""
+    values = _renamed(values, "baseline", "mask_token", where)
     unknown = sorted(set(values) - set(SETTING_NAMES))
     if unknown:
         raise _fail(where, f"unknown settings {unknown} (settings are {', '.join(SETTING_NAMES)})")
@@ -373,6 +387,7 @@ def _v1_settings(data: dict, params: dict, prompt: Prompt, where: str) -> tuple[
     """Schema version 1: ``level`` and ``seed`` at the top level, the other settings mixed into
     ``params`` (under names no method parameter had then). Returns the settings and the method's
     own parameters; ``params['level']`` repeated the level before an aggregation and is dropped."""
+    params = _renamed(params, "baseline", "mask_token", where)
     values = {
         name: params[name] for name in SETTING_NAMES if name in params and name not in ("level", "seed")
     }

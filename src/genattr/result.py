@@ -4,7 +4,7 @@ It describes itself: the prompt (text, tokens, character offsets, what was maska
 features scored (text, character span, token positions), one score per feature, and where the
 method gives it, one row of scores per target token (``token_scores``, target tokens x
 features); the target explained; the method and its parameters; the call's settings (level,
-mask, baseline, objective, max_new_tokens, pattern, spans, seed: :class:`~genattr.settings.Settings`,
+mask, mask_token, objective, max_new_tokens, pattern, spans, seed: :class:`~genattr.settings.Settings`,
 kept apart from the parameters); the library version; and diagnostics (forward passes, tokens
 processed, time, and what the method checks of itself, such as a convergence delta).
 
@@ -35,7 +35,7 @@ from . import io
 from .errors import InputError
 from .settings import Settings
 from .text.prompt import Prompt
-from .text.segment import Feature, segment
+from .text.segment import Feature, segment, token_owners
 from .text.target import Target
 
 
@@ -207,11 +207,11 @@ class Attribution:
         """
         p = self.prompt
         coarse = segment(p.text, p.offsets, p.maskable, level, pattern=pattern, spans=spans)
-        owner = {t: c.index for c in coarse for t in c.tokens}
+        owner = token_owners(coarse, len(p))
         matrix = np.zeros((len(self.features), len(coarse)))
         for f in self.features:
-            owners = {owner.get(t) for t in f.tokens}
-            if len(owners) != 1 or None in owners:
+            owners = {owner[t] for t in f.positions}
+            if len(owners) != 1 or -1 in owners:
                 raise InputError(
                     f"feature {f.text!r} does not fall inside one {level}-level feature; "
                     "aggregate only to a coarser level."
@@ -220,7 +220,7 @@ class Attribution:
         used = matrix.sum(0) > 0
         keep = [c for c in coarse if used[c.index]]
         matrix = matrix[:, used]
-        features = [Feature(i, c.text, c.start, c.end, c.tokens) for i, c in enumerate(keep)]
+        features = [Feature(i, c.text, c.start, c.end, c.positions) for i, c in enumerate(keep)]
         return replace(
             self,
             features=features,

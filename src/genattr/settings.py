@@ -8,9 +8,11 @@ features were removed without looking through the method's parameters.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, fields
 
 from .defaults import DEFAULT_LEVEL, DEFAULT_MASK, DEFAULT_OBJECTIVE
+from .errors import GenattrDeprecationWarning
 
 
 @dataclass(frozen=True)
@@ -23,8 +25,9 @@ class Settings:
         How the prompt was cut into features (a name in :data:`genattr.LEVELS`).
     mask : str
         How a feature was removed (a name in :data:`genattr.masking.MASKS`).
-    baseline : int or str, optional
-        The token that stood in for a removed one: a token id, or the name of one such as ``"eos"``.
+    mask_token : int or str, optional
+        The token that stood in for a removed one: a token id, or the name of one such as ``"eos"``
+        (``baseline`` is its deprecated former name, read-only).
     objective : str
         What a coalition of features was scored by (a name in :data:`genattr.objectives.OBJECTIVES`).
     max_new_tokens : int, optional
@@ -48,7 +51,7 @@ class Settings:
 
     level: str = DEFAULT_LEVEL
     mask: str = DEFAULT_MASK
-    baseline: int | str | None = None
+    mask_token: int | str | None = None
     objective: str = DEFAULT_OBJECTIVE
     max_new_tokens: int | None = None
     pattern: str | None = None
@@ -60,6 +63,16 @@ class Settings:
         object.__setattr__(self, "pattern", getattr(self.pattern, "pattern", self.pattern))
         if self.spans is not None:
             object.__setattr__(self, "spans", tuple((start, end) for start, end in self.spans))
+
+    @property
+    def baseline(self) -> int | str | None:
+        """Deprecated: the former name of :attr:`mask_token`."""
+        warnings.warn(
+            "Settings.baseline is deprecated and will be removed in the next release; read mask_token.",
+            GenattrDeprecationWarning,
+            stacklevel=2,
+        )
+        return self.mask_token
 
     def to_dict(self) -> dict:
         """Every setting by name, in field order (spans as lists, the way JSON holds them)."""

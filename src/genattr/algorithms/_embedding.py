@@ -18,7 +18,7 @@ once, not once per token; see :func:`_batched_gradients`). Chunks hold at most
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -29,9 +29,59 @@ from ..errors import InvalidParameterError
 from ..model import Batch, LanguageModel
 from ..problem import Problem
 from ..protocols import CausalLM
+from ..text.segment import token_owners
 
 BASELINES = ("zero", "token")
 QUADRATURES = ("gausslegendre", "riemann_trapezoid")
+
+CONVERGENCE_TOLERANCE = 0.05
+"""Relative completeness gap |sum IG - (F(x) - F(x'))| / |F(x) - F(x')| above which integrated gradients and DeepLIFT warn."""
+
+
+@dataclass(frozen=True)
+class Completeness:
+    """How far attributions a_i miss completeness, sum_i a_i = F(x) - F(x') (integrated gradients'
+    axiom, DeepLIFT's summation-to-delta): ``delta`` the convergence delta, ``relative`` it over
+    the gap it should close, ``token_deltas`` [n] sum_i a_{t,i} - (F_t(x) - F_t(x')) per target
+    token. See :func:`completeness_gap`."""
+
+    delta: float
+    relative: float
+    token_deltas: torch.Tensor
+
+    @property
+    def converged(self) -> bool:
+        """Whether ``relative`` is within :data:`CONVERGENCE_TOLERANCE`."""
+        return self.relative <= CONVERGENCE_TOLERANCE
+
+    def diagnostics(self) -> dict:
+        """The result's ``convergence_delta``, ``relative_convergence_delta``, ``converged`` and
+        ``convergence_delta_tokens``."""
+        return {
+            "convergence_delta": self.delta,
+            "relative_convergence_delta": self.relative,
+            "converged": self.converged,
+            "convergence_delta_tokens": self.token_deltas.tolist(),
+        }
+
+
+def completeness_gap(
+    scores: torch.Tensor, tokens: torch.Tensor, gap: torch.Tensor, *, per_token: bool = False
+) -> Completeness:
+    """The :class:`Completeness` of sequence ``scores`` [F] and token rows ``tokens`` [n, F]
+    against ``gap`` = F(x) - F(x') [n + 1] (the target tokens, then the sequence).
+
+    For the sequence: delta = sum_i a_i - (F(x) - F(x')), relative = |delta| / |F(x) - F(x')|.
+    With ``per_token`` (scores that aggregate the rows through their absolute values, so that
+    each row's own gap counts): delta = (1/n) sum_t |sum_i a_{t,i} - (F_t(x) - F_t(x'))|,
+    relative to (1/n) sum_t |F_t(x) - F_t(x')|. A zero gap counts as 1e-12.
+    """
+    token_deltas = tokens.sum(1) - gap[:-1]
+    if per_token:
+        delta = float(token_deltas.abs().mean())
+        return Completeness(delta, delta / max(float(gap[:-1].abs().mean()), 1e-12), token_deltas)
+    delta = float(scores.sum() - gap[-1])
+    return Completeness(delta, abs(delta) / max(float(gap[-1].abs()), 1e-12), token_deltas)
 
 
 @dataclass
@@ -105,9 +155,8 @@ def embedded(problem: Problem) -> EmbeddedPrompt:
     """The :class:`EmbeddedPrompt` of a problem (prompt, features, target, baseline token, objective)."""
     lm = problem.lm
     ids = torch.tensor(problem.prompt.input_ids, dtype=torch.long)
-    membership = torch.zeros(len(ids), problem.n_features, dtype=torch.float64)
-    for f in problem.features:
-        membership[list(f.tokens), f.index] = 1.0
+    owners = torch.tensor(token_owners(problem.features, len(ids)), dtype=torch.long)
+    membership = torch.nn.functional.one_hot(owners + 1, problem.n_features + 1)[:, 1:].double()
     embeds = lm.embed(ids[None])[0].detach().float()
     covered = (membership.sum(1) > 0).to(embeds.device)
     target = torch.tensor(problem.target_ids, dtype=torch.long)
@@ -156,17 +205,30 @@ def objective_factor(objective: str, values: torch.Tensor, sequence: bool) -> to
     return torch.cat([tokens, values.sum(1).exp()[None]])
 
 
+ForwardHook = Callable[[torch.nn.Module, tuple, object], None]
+"""A forward hook: (module, its inputs, its output) -> None."""
+
+
+@contextmanager
+def forward_hooks(hooks: Iterable[tuple[torch.nn.Module, ForwardHook]]) -> Iterator[None]:
+    """Registers each ``(module, hook)`` as a forward hook while open, and removes every one of them
+    on exit, also when the block, or registering a later hook, raises."""
+    handles = []
+    try:
+        for module, hook in hooks:
+            handles.append(module.register_forward_hook(hook))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 @contextmanager
 def _head_input(model: CausalLM) -> Iterator[list[torch.Tensor]]:
     """Collects, while open, the inputs of every call of the model's output embedding (the head)."""
     calls: list[torch.Tensor] = []
-    handle = model.get_output_embeddings().register_forward_hook(
-        lambda _m, inputs, _o: calls.append(inputs[0])
-    )
-    try:
+    with forward_hooks([(model.get_output_embeddings(), lambda _m, inputs, _o: calls.append(inputs[0]))]):
         yield calls
-    finally:
-        handle.remove()
 
 
 def _batched_gradients(

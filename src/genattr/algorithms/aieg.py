@@ -50,6 +50,45 @@ def pos_norm(attributions: torch.Tensor) -> torch.Tensor:
     return positive / torch.where(total > 0, total, torch.ones_like(total))
 
 
+class EmphasisPath:
+    """F along the path x(alpha_k), k = 0..K, and the emphasis factor of each step, filled in as
+    :func:`~genattr.algorithms._embedding.gradient_sums` scores the steps chunk by chunk.
+
+    ``values[k]`` [K + 1, n] is F(x(alpha_k)) (row 0, the baseline's, given; a row is NaN until its
+    step is scored), ``emphasis[k - 1]`` [K, n] is EF_k, ``scored`` the number of steps scored.
+    EF_k needs F one step back, so the chunks must come in path order: :meth:`factor` refuses a
+    chunk that does not start at the first step not yet scored. ``start`` [n] is the baseline's
+    log-probabilities (logits with ``logits``).
+    """
+
+    def __init__(self, start: torch.Tensor, n_steps: int, logits: bool) -> None:
+        self.logits = logits
+        self.values = torch.full((n_steps + 1, start.shape[-1]), torch.nan, dtype=torch.float64)
+        self.values[0] = self._objective(start).float()
+        self.emphasis = torch.full((n_steps, start.shape[-1]), torch.nan, dtype=torch.float64)
+        self.scored = 0
+
+    def _objective(self, values: torch.Tensor) -> torch.Tensor:
+        """F from the model's log-probabilities (the probability) or logits (the logit itself)."""
+        return values if self.logits else values.exp()
+
+    def factor(self, values: torch.Tensor, sl: slice) -> torch.Tensor:
+        """The factor EF_k dF/d(log p) (EF_k with logits) [n, r] of steps ``sl`` (0-based: step
+        sl.start + 1 first), whose log-probabilities (logits) are ``values`` [r, n]."""
+        if sl.start != self.scored:
+            raise RuntimeError(
+                f"aieg: path steps {sl.start + 1}..{sl.stop} came before step {self.scored + 1}; "
+                "the emphasis factor needs F one step back, so the steps must be scored in order."
+            )
+        f = self._objective(values.float())
+        before = torch.cat([self.values[sl.start].to(f)[None], f[:-1]])
+        ef = emphasis_factor(f, before)
+        self.values[sl.start + 1 : sl.stop + 1] = f.double().cpu()
+        self.emphasis[sl] = ef.double().cpu()
+        self.scored = sl.stop
+        return (ef if self.logits else ef * f).T
+
+
 class Aieg(Method):
     """AIEG (see the module docstring for the formulas): integrated gradients whose every step is
     weighted by the emphasis factor EF (how much F changes over that step), kept positive and
@@ -103,26 +142,15 @@ class Aieg(Method):
     def attribute(self, problem: Problem) -> Output:
         ep = embedded(problem)
         logits = self.target_score == "logit"
-        n, K = ep.n_target, self.n_steps
+        K = self.n_steps
         x, base = ep.embeds, ep.baseline(self.baselines)
-        start = ep.values(base[None], logits=logits)[0]
-        previous = [(start if logits else start.exp()).float()]
-        emphasis = torch.empty(K, n, dtype=torch.float64)
-
-        def factor(values: torch.Tensor, sl: slice) -> torch.Tensor:
-            f = values.float() if logits else values.float().exp()
-            before = torch.cat([previous[0].to(f)[None], f[:-1]])
-            ef = emphasis_factor(f, before)
-            emphasis[sl] = ef.double().cpu()
-            previous[0] = f[-1]
-            return (ef if logits else ef * f).T
-
+        path = EmphasisPath(ep.values(base[None], logits=logits)[0], K, logits)
         alphas = torch.arange(1, K + 1, dtype=torch.float32, device=x.device) / K
         rows = base[None] + alphas[:, None, None] * (x - base)[None]
         sums = gradient_sums(
             ep,
             rows,
-            factor,
+            path.factor,
             torch.full((K,), 1.0 / K, dtype=torch.float64),
             multipliers=x - base,
             logits=logits,
@@ -139,6 +167,6 @@ class Aieg(Method):
             extras={
                 "pos_norm": ep.features(normalised).tolist(),
                 "net_attention": ep.features(attention).tolist(),
-                "emphasis_factor": emphasis.tolist(),
+                "emphasis_factor": path.emphasis.tolist(),
             },
         )

@@ -13,13 +13,12 @@ from __future__ import annotations
 from typing import cast
 
 import torch
-from torch.utils.hooks import RemovableHandle
 
-from ..errors import InputError
+from ..errors import UnsupportedModelError
 from ..problem import Problem
 from ..protocols import CausalLM
 from ..registry import MAX_GRADIENT_POINTS, Method, Output, Param
-from ._embedding import BASELINES, EmbeddedPrompt, embedded, objective_factor
+from ._embedding import BASELINES, EmbeddedPrompt, ForwardHook, embedded, forward_hooks, objective_factor
 
 
 def attention_maps(ep: EmbeddedPrompt) -> torch.Tensor:
@@ -51,35 +50,27 @@ def rollout(maps: torch.Tensor) -> torch.Tensor:
 
 
 class ValueTap:
-    """Records, during a forward pass, each attention layer's value-projection input z [T, d] and
-    its value vectors passed through the output projection, z W_V W_O [T, d] (biases of the value
-    projection included, the output projection's bias left out), for GPT-2 style (``c_attn`` /
-    ``c_proj``) and Llama / Qwen2 style (``v_proj`` / ``o_proj``, grouped-query heads repeated)
-    attention modules."""
+    """Records, during a forward pass under its :meth:`hooks`, each attention layer's
+    value-projection input z [T, d] and its value vectors passed through the output projection,
+    z W_V W_O [T, d] (biases of the value projection included, the output projection's bias left
+    out), for GPT-2 style (``c_attn`` / ``c_proj``) and Llama / Qwen2 style (``v_proj`` /
+    ``o_proj``, grouped-query heads repeated) attention modules."""
 
     def __init__(self, model: CausalLM) -> None:
         self.layers = [m for m in model.modules() if _value_modules(m) is not None]
         if not self.layers:
-            raise InputError(
+            raise UnsupportedModelError(
                 f"bta reads the value and output projections of the attention layers, but found no "
                 f"GPT-2 (c_attn/c_proj) or Llama/Qwen2 (v_proj/o_proj) attention module in "
                 f"{type(model).__name__}; use attention_rollout or a gradient method for this model."
             )
         self.records: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self.handles: list[RemovableHandle] = []
 
-    def __enter__(self) -> ValueTap:
-        for layer in self.layers:
-            value, _ = _value_modules(layer)
-            self.handles.append(value.register_forward_hook(self._hook(layer)))
-        return self
+    def hooks(self) -> list[tuple[torch.nn.Module, ForwardHook]]:
+        """The forward hooks that record, for :func:`~genattr.algorithms._embedding.forward_hooks`."""
+        return [(_value_modules(layer)[0], self._hook(layer)) for layer in self.layers]
 
-    def __exit__(self, *exc) -> None:
-        for h in self.handles:
-            h.remove()
-        self.handles = []
-
-    def _hook(self, layer):
+    def _hook(self, layer) -> ForwardHook:
         def hook(module, inputs, output):
             z = inputs[0][0].detach().float()
             self.records.append((z, _value_out(layer, output[0].detach().float())))
@@ -89,7 +80,7 @@ class ValueTap:
     def perceptions(self, maps: torch.Tensor) -> list[torch.Tensor]:
         """The token-wise attention perception of every layer (see :func:`token_perception`)."""
         if len(self.records) != maps.shape[0]:
-            raise InputError(
+            raise UnsupportedModelError(
                 f"bta found {len(self.records)} value projections for {maps.shape[0]} attention maps; "
                 "this architecture is not supported."
             )
@@ -251,7 +242,8 @@ class _Bta(Method):
 
     def attribute(self, problem: Problem) -> Output:
         ep = embedded(problem)
-        with ValueTap(problem.lm.model) as tap:
+        tap = ValueTap(problem.lm.model)
+        with forward_hooks(tap.hooks()):
             maps = attention_maps(ep)
         perception = perception_rollout(tap.perceptions(maps))[ep.predicting, : ep.length]
         token_grads, sequence_grads = attention_gradients(

@@ -64,8 +64,15 @@ from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 from ..errors import ConvergenceWarning, UnsupportedModelError
 from ..problem import Problem
 from ..registry import Method, Output, Param
-from ._embedding import BASELINES, EmbeddedPrompt, _batched_gradients, _head_input, embedded
-from .gradient import CONVERGENCE_TOLERANCE, _own_sequence_row, _split
+from ._embedding import (
+    BASELINES,
+    EmbeddedPrompt,
+    _batched_gradients,
+    _head_input,
+    completeness_gap,
+    embedded,
+)
+from .gradient import _own_sequence_row, _scores_from_positions
 
 Pair = tuple[torch.Tensor, torch.Tensor]
 """A tensor on the input (in the autograd graph, carrying multipliers) and its value on the reference."""
@@ -449,15 +456,13 @@ class DeepLift(Method):
         sequence = _own_sequence_row(ep)
         grads, before, after, rules = multipliers(ep, x, base, sequence)
         token_level = (grads * (x - base)[None]).sum(-1)
-        scores, tokens = _split(ep, token_level, "row" if sequence else "sum")
-        gap = before - after
-        deltas = torch.cat([tokens.sum(1), scores.sum()[None]]) - gap
-        relative = float(deltas[-1].abs() / gap[-1].abs().clamp(min=1e-12))
+        scores, tokens = _scores_from_positions(ep, token_level, sequence)
+        gap = completeness_gap(scores, tokens, before - after)
         unruled = sorted(rules.unruled)
-        if relative > CONVERGENCE_TOLERANCE:
+        if not gap.converged:
             warnings.warn(
-                f"deeplift: the scores miss F(x) - F(x') by {relative:.0%} (convergence delta "
-                f"{float(deltas[-1]):.4g}); operations without a DeepLIFT rule: {unruled or 'none'}.",
+                f"deeplift: the scores miss F(x) - F(x') by {gap.relative:.0%} (convergence delta "
+                f"{gap.delta:.4g}); operations without a DeepLIFT rule: {unruled or 'none'}.",
                 ConvergenceWarning,
                 stacklevel=2,
             )
@@ -465,10 +470,7 @@ class DeepLift(Method):
             scores,
             tokens,
             diagnostics={
-                "convergence_delta": float(deltas[-1]),
-                "relative_convergence_delta": relative,
-                "converged": relative <= CONVERGENCE_TOLERANCE,
-                "convergence_delta_tokens": deltas[:-1].tolist(),
+                **gap.diagnostics(),
                 "objective_input": before.tolist(),
                 "objective_baseline": after.tolist(),
                 "unruled_operations": unruled,

@@ -5,8 +5,8 @@ The attributed function is the problem's objective: with ``log_prob`` (default)
 F_t(x) = log p(y_t | y_<t, x) for target token t and F = sum_t F_t for the sequence (so positive
 scores support the target, and the sequence score of a method linear in F is the sum of its
 per-token rows); with ``prob``, F_t = p(y_t | y_<t, x) and F = p(y | x). The masking strategy is
-not used; the ``token`` baseline is the embedding of the problem's baseline token (the
-``baseline=`` argument of :func:`genattr.explain`), placed at every feature position. Other
+not used; the ``token`` baseline is the embedding of the problem's mask token (the
+``mask_token=`` argument of :func:`genattr.explain`), placed at every feature position. Other
 positions (special tokens, chat scaffolding) and the target tokens keep their own embeddings.
 
 A token's attribution is reduced over the embedding dimension (a sum of ``e * grad`` terms, or a
@@ -29,6 +29,7 @@ from ._embedding import (
     BASELINES,
     QUADRATURES,
     EmbeddedPrompt,
+    completeness_gap,
     embedded,
     gradient_sums,
     objective_factor,
@@ -40,16 +41,16 @@ def _factor(ep: EmbeddedPrompt, sequence: bool) -> Callable[[torch.Tensor, slice
     return lambda values, _sl: objective_factor(ep.objective, values, sequence)
 
 
-def _split(ep: EmbeddedPrompt, token_level: torch.Tensor, sequence: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token-level attributions [m, L] -> (sequence scores [F], token matrix [n, F]).
-
-    ``sequence`` is ``"row"`` (row n holds the sequence) or ``"sum"`` (the sum of the token rows).
-    """
-    scores = ep.features(token_level)
-    n = ep.n_target
-    tokens = scores[:n]
-    if sequence == "row":
-        return scores[n], tokens
+def _scores_from_positions(
+    ep: EmbeddedPrompt, position_level: torch.Tensor, sequence_row: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attributions to prompt positions [m, L], summed over each feature's positions, as (sequence
+    scores [F], token matrix [n, F]): rows 0..n-1 are the target tokens'; the sequence scores are
+    row n with ``sequence_row``, else the sum of the token rows."""
+    scores = ep.features(position_level)
+    tokens = scores[: ep.n_target]
+    if sequence_row:
+        return scores[ep.n_target], tokens
     return tokens.sum(0), tokens
 
 
@@ -94,7 +95,7 @@ class Saliency(Method):
         sums = gradient_sums(
             ep, ep.embeds[None], _factor(ep, True), torch.ones(1, dtype=torch.float64), sequence=True
         )
-        scores, tokens = _split(ep, sums.norm(dim=-1), "row")
+        scores, tokens = _scores_from_positions(ep, sums.norm(dim=-1), True)
         return Output(scores, tokens)
 
 
@@ -126,14 +127,11 @@ class InputXGradient(Method):
         sums = gradient_sums(
             ep, ep.embeds[None], _factor(ep, seq), torch.ones(1, dtype=torch.float64), sequence=seq
         )
-        scores, tokens = _split(ep, (sums * ep.embeds).sum(-1), "row" if seq else "sum")
+        scores, tokens = _scores_from_positions(ep, (sums * ep.embeds).sum(-1), seq)
         return Output(scores, tokens)
 
 
 # --------------------------------------------------------------------- integrated gradients
-CONVERGENCE_TOLERANCE = 0.05
-"""Relative completeness gap |sum IG - (F(x) - F(x'))| / |F(x) - F(x')| above which IG warns."""
-
 FIRST_STEPS = 32
 """The first step count of the adaptive schedule (``n_steps`` unset), doubled from there."""
 
@@ -202,22 +200,19 @@ class _IntegratedGradients(Method):
         tried: list[float] = []
         for n_steps in self._step_counts():
             scores, tokens = self._integral(ep, x, base, n_steps)
-            delta, relative, token_deltas = self._completeness(scores, tokens, gap)
-            tried.append(relative)
-            if relative <= CONVERGENCE_TOLERANCE:
+            gap_left = completeness_gap(scores, tokens, gap, per_token=self.average)
+            tried.append(gap_left.relative)
+            if gap_left.converged:
                 break
-        if relative > CONVERGENCE_TOLERANCE and self._clip() is None:
-            self._warn(n_steps, delta, relative)
+        if not gap_left.converged and self._clip() is None:
+            self._warn(n_steps, gap_left.delta, gap_left.relative)
         if self.average:
             scores = tokens.abs().mean(0)
         diagnostics = {
             "n_steps": n_steps,
-            "convergence_delta": delta,
-            "relative_convergence_delta": relative,
-            "converged": relative <= CONVERGENCE_TOLERANCE,
+            **gap_left.diagnostics(),
             "steps_tried": self._step_counts()[: len(tried)],
             "relative_convergence_delta_tried": tried,
-            "convergence_delta_tokens": token_deltas.tolist(),
             "objective_input": ends[0].tolist(),
             "objective_baseline": ends[1].tolist(),
         }
@@ -243,23 +238,7 @@ class _IntegratedGradients(Method):
         sums = gradient_sums(
             ep, rows, _factor(ep, seq), weights, sequence=seq, multipliers=delta, clip=self._clip()
         )
-        return _split(ep, sums.sum(-1), "row" if seq else "sum")
-
-    def _completeness(
-        self, scores: torch.Tensor, tokens: torch.Tensor, gap: torch.Tensor
-    ) -> tuple[float, float, torch.Tensor]:
-        """(convergence delta, relative delta, per-token deltas) against ``gap`` = F(x) - F(x') [n + 1].
-
-        Plain IG: sum_i IG_i - (F(x) - F(x')) for the sequence. The AVG variant aggregates the rows
-        through their absolute values, so each row's own gap counts: the mean over tokens of
-        |sum_i IG_{t,i} - (F_t(x) - F_t(x'))|, relative to the mean of |F_t(x) - F_t(x')|.
-        """
-        token_deltas = tokens.sum(1) - gap[:-1]
-        if self.average:
-            delta = float(token_deltas.abs().mean())
-            return delta, delta / max(float(gap[:-1].abs().mean()), 1e-12), token_deltas
-        delta = float(scores.sum() - gap[-1])
-        return delta, abs(delta) / max(float(gap[-1].abs()), 1e-12), token_deltas
+        return _scores_from_positions(ep, sums.sum(-1), seq)
 
     def _warn(self, n_steps: int, delta: float, relative: float) -> None:
         advice = "raise max_steps" if self.n_steps is None else "raise n_steps (or leave it unset)"
@@ -294,7 +273,7 @@ class IntegratedGradients(_IntegratedGradients):
     same rule names and conventions), or, with ``n_steps`` unset, as many as it takes to bring
     the relative convergence delta under 5% (doubling from 32 up to ``max_steps``; the count
     used is ``diagnostics['n_steps']``); the baseline replaces the feature tokens' embeddings only.
-    It is, by default, the embedding of the call's baseline token (``baseline=`` of explain):
+    It is, by default, the embedding of the call's mask token (``mask_token=`` of explain):
     the zero embedding of the papers is a hard path for models that normalise their inputs
     (RMSNorm, LayerNorm), whose output is flat along most of it and jumps near 0, so that the
     quadrature misses most of F(x) - F(x') (on the zoo model, a median gap of 58% at 50 steps
@@ -439,10 +418,10 @@ class GradientShap(Method):
         seq = _own_sequence_row(ep)
         weights = torch.full((k,), 1.0 / k, dtype=torch.float64)
         sums = gradient_sums(ep, rows, _factor(ep, seq), weights, sequence=seq, multipliers=noisy - bases)
-        scores, tokens = _split(ep, sums.sum(-1), "row" if seq else "sum")
+        scores, tokens = _scores_from_positions(ep, sums.sum(-1), seq)
         ends = _objective_values(ep, torch.cat([noisy, bases]))
         gap = (ends[:k] - ends[k:]).mean(0)
-        delta = float(scores.sum() - gap[-1])
+        delta = completeness_gap(scores, tokens, gap).delta
         return Output(scores, tokens, diagnostics={"convergence_delta": delta})
 
 
@@ -486,5 +465,5 @@ class SmoothGrad(Method):
         rows = ep.embeds[None] + noise * ep.covered[None, :, None]
         weights = torch.full((k,), 1.0 / k, dtype=torch.float64)
         sums = gradient_sums(ep, rows, _factor(ep, True), weights, sequence=True)
-        scores, tokens = _split(ep, sums.norm(dim=-1), "row")
+        scores, tokens = _scores_from_positions(ep, sums.norm(dim=-1), True)
         return Output(scores, tokens, diagnostics={"stdevs": sigma})

@@ -36,8 +36,9 @@ Values = Callable[[torch.Tensor], torch.Tensor]
 """A value function: coalitions ``keep`` [B, F] -> values [B, m] (e.g. ``Problem.evaluate``)."""
 
 
-def _split(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Estimator output [F, 1 + n] -> sequence scores [F] and token matrix [n, F]."""
+def _scores_from_columns(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """An estimator's output [F, 1 + n], one column per value of :meth:`~genattr.problem.Problem.evaluate`
+    (column 0 the sequence's, then each target token's), as (sequence scores [F], token matrix [n, F])."""
     return values[:, 0], values[:, 1:].T
 
 
@@ -287,7 +288,7 @@ class LeaveOneOut(Method):
         out = torch.zeros(F, values.shape[1], dtype=torch.float64)
         for row, g in enumerate(groups, start=1):
             out[g] = values[0] - values[row]
-        scores, tokens = _split(out)
+        scores, tokens = _scores_from_columns(out)
         return Output(scores, tokens, extras={"groups": groups} if self.groups else {})
 
 
@@ -315,7 +316,7 @@ class ShapleySampling(Method):
         per_block = max(1, SAMPLE_BLOCK // (F + 1))
         blocks = permutation_blocks(F, self.n_samples, per_block, problem.generator())
         mean, stderr, _ = shapley_sampling_estimate(problem.evaluate, blocks)
-        scores, tokens = _split(mean)
+        scores, tokens = _scores_from_columns(mean)
         return Output(scores, tokens, diagnostics={"stderr": stderr.tolist()})
 
 
@@ -338,7 +339,7 @@ class ShapleyExact(Method):
                 f"prompt has {F}; use shapley_sampling or kernel_shap, or a coarser level (level='sentence')."  # pragma: no mutate
             )
         values = problem.evaluate(coalition_masks(F))
-        scores, tokens = _split(shapley_from_table(values, F))
+        scores, tokens = _scores_from_columns(shapley_from_table(values, F))
         return Output(scores, tokens)
 
 
@@ -391,7 +392,7 @@ class KernelShap(Method):
         for keep, weights in self._blocks(F, problem.generator()):
             fit.add(keep, problem.evaluate(keep), weights)
             coalitions += len(keep)
-        scores, tokens = _split(fit.solve())
+        scores, tokens = _scores_from_columns(fit.solve())
         return Output(scores, tokens, diagnostics={"coalitions": coalitions})
 
     def _blocks(self, F: int, gen: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -459,5 +460,5 @@ class Lime(Method):
             distance = 1 - (keep.sum(1).double() / F).sqrt()
             fit.add(keep, problem.evaluate(keep), torch.exp(-(distance**2) / (2 * self.kernel_width**2)))
         coef, intercept = fit.solve(self.alpha)
-        scores, tokens = _split(coef)
+        scores, tokens = _scores_from_columns(coef)
         return Output(scores, tokens, diagnostics={"intercept": float(intercept[0])})

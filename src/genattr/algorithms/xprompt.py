@@ -101,16 +101,9 @@ from ..errors import InvalidParameterError
 from ..model import Batch
 from ..problem import Problem
 from ..registry import MAX_ITERATIONS, MAX_SAMPLES, Method, Output, Param
+from ..text.segment import token_owners
 
 GUIDANCES = ("probability", "log_probability")
-
-
-def token_owner(problem: Problem) -> torch.Tensor:
-    """The feature index of every prompt token [L], -1 for tokens outside every feature."""
-    owner = torch.full((len(problem.prompt),), -1, dtype=torch.long)
-    for f in problem.features:
-        owner[list(f.tokens)] = f.index
-    return owner
 
 
 def relaxed_log_likelihood(problem: Problem, mask: torch.Tensor) -> torch.Tensor:
@@ -128,7 +121,7 @@ def relaxed_log_likelihood(problem: Problem, mask: torch.Tensor) -> torch.Tensor
     ids = torch.tensor(problem.prompt.input_ids, dtype=torch.long)
     embeds = lm.embed(ids[None]).detach().float()
     base = lm.embed(torch.tensor([[problem.masker.baseline_id]])).detach().float()
-    owner = token_owner(problem)
+    owner = torch.tensor(token_owners(problem.features, len(problem.prompt)), dtype=torch.long)
     padded = torch.cat([torch.ones(mask.shape[0], 1, dtype=mask.dtype, device=mask.device), mask], 1)
     token_mask = padded[:, owner + 1].to(device=lm.device, dtype=torch.float32)
     mixed = base + token_mask[:, :, None] * (embeds - base)

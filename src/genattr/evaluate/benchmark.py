@@ -44,6 +44,7 @@ from ..defaults import DEFAULT_LEVEL, DEFAULT_MASK, DEFAULT_MAX_NEW_TOKENS, DEFA
 from ..errors import GenattrError, InputError
 from ..io import write_atomic
 from ..model import LanguageModel
+from ..progress import Progress, checked
 from ..text.prompt import Prompt
 from . import ground_truth
 from .faithfulness import erasure, perturbation_curves, similarity
@@ -260,13 +261,16 @@ def run_benchmark(
     mask: str | None = None,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     k: int = DEFAULT_SIMILARITY_K,
-    progress: bool = True,
+    progress: Progress | None = None,
     on_row: Callable[[dict], None] | None = None,
 ) -> dict:
     """Run (or resume) a benchmark into ``out``; returns {"rows", "table", "cost"}.
 
     Rows already in ``out/rows.jsonl`` are reused when their method, example id, example hash
-    and settings all match this run; the others are computed and appended."""
+    and settings all match this run; the others are computed and appended. After each computed
+    row, ``on_row`` gets it and ``progress`` (:mod:`genattr.progress`) hears
+    ``(rows done, rows to compute, "METHOD on EXAMPLE")``."""
+    progress = checked(progress)
     unknown = [m for m in metrics if m not in METRIC_GROUPS]
     if unknown:
         raise InputError(f"unknown metrics {unknown}; choose from {', '.join(METRIC_GROUPS)}.")
@@ -288,13 +292,13 @@ def run_benchmark(
     store = RowStore(out / "rows.jsonl")
     warn_not_reused(store, wanted, stamps)
     todo = [(m, it) for it in items for m in methods if wanted[m, it.id] not in store.done]
-    with _progress(progress, len(todo)) as advance:
-        for method, item in todo:
-            row = {**evaluate_one(lm, method, item, metrics, seed=seed, **options), **stamps[item.id]}
-            store.append(row)
-            if on_row is not None:
-                on_row(row)
-            advance(f"{method} on {item.id}")
+    for done, (method, item) in enumerate(todo, start=1):
+        row = {**evaluate_one(lm, method, item, metrics, seed=seed, **options), **stamps[item.id]}
+        store.append(row)
+        if on_row is not None:
+            on_row(row)
+        if progress is not None:
+            progress(done, len(todo), f"{method} on {item.id}")
     keys = set(wanted.values())
     rows = [r for r in store.rows if row_key(r) in keys]
     table_md, table_csv = tables(rows, methods, metrics)
@@ -305,40 +309,3 @@ def run_benchmark(
     if "curves" in metrics:
         plot_curves(rows, methods, out / "curves.png")
     return {"rows": rows, "table": table_md, "cost": cost}
-
-
-class _progress:
-    def __init__(self, enabled: bool, total: int) -> None:
-        self.enabled, self.total = enabled and total > 0, total
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda description: None
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.bar = Progress(
-            TextColumn("[bold]benchmark"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            TextColumn("{task.description}"),
-            console=Console(stderr=True),
-        )
-        self.bar.__enter__()
-        task = self.bar.add_task("", total=self.total)
-        return lambda description: self.bar.update(task, advance=1, description=description)
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            self.bar.__exit__(*exc)
-        return False

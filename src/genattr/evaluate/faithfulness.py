@@ -76,13 +76,13 @@ ERASURE_PERCENTS = (1, 5, 10, 20, 50)
 
 def masker_for(lm: LanguageModel, res: Attribution, mask: str | None = None, baseline=None) -> Masker:
     """A masker that removes ``res``'s features the way the attribution was made (its
-    ``settings.mask`` and ``settings.baseline``), or with the ``mask`` and ``baseline`` asked for."""
+    ``settings.mask`` and ``settings.mask_token``), or with the ``mask`` and ``baseline`` asked for."""
     return Masker(
         lm,
         res.prompt,
         res.features,
         mask or res.settings.mask,
-        baseline if baseline is not None else res.settings.baseline,
+        baseline if baseline is not None else res.settings.mask_token,
     )
 
 

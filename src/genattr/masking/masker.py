@@ -29,7 +29,7 @@ from ..errors import InvalidParameterError, UnknownMaskError
 from ..model import Batch, LanguageModel
 from ..protocols import Tokenizer
 from ..text.prompt import Prompt
-from ..text.segment import Feature
+from ..text.segment import Feature, token_owners
 from .base import MASKS
 
 
@@ -41,7 +41,7 @@ def resolve_baseline(tokenizer: Tokenizer, baseline: int | str | None, vocab_siz
             if token_id is not None:
                 return int(token_id)
         raise UnknownMaskError(
-            "the tokenizer has no pad, unk or eos token to use as baseline; pass baseline=<token id>."  # pragma: no mutate
+            "the tokenizer has no pad, unk or eos token to use as baseline; pass mask_token=<token id>."  # pragma: no mutate
         )
     if isinstance(baseline, bool):
         raise UnknownMaskError(
@@ -99,7 +99,7 @@ class Masker:
     >>> masker = Masker(lm, prompt, prompt.features("word"), "attention", baseline="eos")
     >>> batch = masker.inputs(torch.tensor([[True, False, True, True, True]]))   # "doctor" removed
     >>> removed = [i for i in range(len(prompt)) if not batch.visible[0, i]]
-    >>> removed == list(prompt.features("word")[1].tokens)
+    >>> removed == list(prompt.features("word")[1].positions)
     True
     >>> batch.input_ids[0, removed].tolist() == [masker.baseline_id] * len(removed)
     True
@@ -117,9 +117,7 @@ class Masker:
         self.lm, self.prompt, self.features, self.strategy = lm, prompt, list(features), strategy
         self.baseline_id = resolve_baseline(lm.tokenizer, baseline, lm.vocab_size)
         self.ids = torch.tensor(prompt.input_ids, dtype=torch.long)
-        owner = torch.full((len(prompt),), -1, dtype=torch.long)
-        for f in self.features:
-            owner[list(f.tokens)] = f.index
+        owner = torch.tensor(token_owners(self.features, len(prompt)), dtype=torch.long)
         self._covered = (owner >= 0).nonzero().squeeze(-1)
         self._owner = owner[self._covered]
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Literal, cast, overload
 
 import torch
 
 from ..errors import ContextLengthError, InvalidParameterError, NumericalError
+from ..progress import report
 from ..protocols import CausalLM, ForwardOutput, Tokenizer
 from . import decoding, prefix, scoring
 from .batch import Batch, Usage
@@ -77,7 +78,6 @@ class LanguageModel:
         self.max_batch_tokens = int(max_batch_tokens)
         self.name = name or getattr(model.config, "_name_or_path", "") or type(model).__name__
         self.usage = Usage()
-        self.progress: Callable[[int, int], None] | None = None
         self.share_prefix = True  # reuse a common prompt prefix's keys and values when scoring (exact)
         self._cache_shareable: bool | None = None  # whether the model's cache can be cut and joined by rows
         self._masks = AttentionMasks.for_config(model.config)
@@ -151,13 +151,13 @@ class LanguageModel:
         return max(1, self.max_batch_tokens // max(1, row_tokens))
 
     def chunks(self, n_rows: int, row_tokens: int) -> Iterator[slice]:
-        """Row slices covering ``n_rows`` rows, each within the memory budget (the one chunking path)."""
+        """Row slices covering ``n_rows`` rows, each within the memory budget (the one chunking path);
+        each done is reported to the progress callback of the call (:mod:`genattr.progress`)."""
         size = self.rows_per_chunk(row_tokens)
         for start in range(0, n_rows, size):
             stop = min(n_rows, start + size)
             yield slice(start, stop)
-            if self.progress is not None:
-                self.progress(stop, n_rows)
+            report(stop, n_rows)
 
     # ----------------------------------------------------------------- the forward pass
     def attention_mask(

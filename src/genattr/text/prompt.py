@@ -15,7 +15,7 @@ Examples
 >>> prompt = Prompt.from_text(tokenizer, "The cat sat on the mat.")
 >>> prompt.tokens
 ('<s>', '▁The', '▁cat', '▁s', 'at', '▁on', '▁the', '▁ma', 't', '.')
->>> [(f.text, f.tokens) for f in prompt.features("word")][2:]   # sub-word pieces merge into words
+>>> [(f.text, f.positions) for f in prompt.features("word")][2:]   # sub-word pieces merge into words
 [('sat', (3, 4)), ('on', (5,)), ('the', (6,)), ('mat', (7, 8)), ('.', (9,))]
 >>> chat = Prompt.from_messages(tiny_lm("qwen2").tokenizer, [{"role": "user", "content": "The cat sat."}])
 >>> print(chat.text)
@@ -100,7 +100,7 @@ def _warn_unknown(
     }
     if not unknown:
         return
-    words = [f.text for f in segment(text, offsets, maskable, "word") if unknown.intersection(f.tokens)]
+    words = [f.text for f in segment(text, offsets, maskable, "word") if unknown.intersection(f.positions)]
     shown = ", ".join(map(repr, words[:SHOWN_UNKNOWN_WORDS]))
     more = f" and {len(words) - SHOWN_UNKNOWN_WORDS} more" if len(words) > SHOWN_UNKNOWN_WORDS else ""
     warnings.warn(

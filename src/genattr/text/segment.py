@@ -43,15 +43,15 @@ class Feature:
     """One scored unit of the prompt.
 
     ``index`` is its number (features are numbered 0, 1, ... in prompt order); ``start``/``end``
-    are character offsets into the prompt text (``text == prompt[start:end]``); ``tokens`` are the
-    positions, in the prompt's token ids, that the feature covers.
+    are character offsets into the prompt text (``text == prompt[start:end]``); ``positions`` are
+    the indices, into the prompt's token ids, of the tokens the feature covers.
     """
 
     index: int
     text: str
     start: int
     end: int
-    tokens: tuple[int, ...]
+    positions: tuple[int, ...]
 
     def to_dict(self) -> dict:
         return {
@@ -59,8 +59,19 @@ class Feature:
             "text": self.text,
             "start": self.start,
             "end": self.end,
-            "tokens": list(self.tokens),
+            "positions": list(self.positions),
         }
+
+
+def token_owners(features: Sequence[Feature], n_tokens: int) -> list[int]:
+    """The index of the feature holding each of the prompt's ``n_tokens`` positions, -1 for a
+    position outside every feature (a control token, template scaffolding, context): the one map
+    from tokens to features that masking, the gradient methods and aggregation read."""
+    owners = [-1] * n_tokens
+    for f in features:
+        for t in f.positions:
+            owners[t] = f.index
+    return owners
 
 
 def content_span(text: str, start: int, end: int) -> tuple[int, int] | None:
