@@ -149,6 +149,10 @@ def test_a_built_in_name_is_taken(fresh):
         (object, "not a subclass of genattr.Method"),
         (type("Unnamed", (Method,), {}), "registered as ''"),
         (type("Spaced", (_Temporary,), {"name": "two words"}), "registered as 'two words'"),
+        (
+            type("Shadow", (_Temporary,), {"params": {"name": Param(1, "a"), "values": Param(2, "b")}}),
+            "parameter.s. name, values of temporary are named like attributes of genattr.Method",
+        ),
     ],
 )
 def test_register_refuses_what_is_not_a_named_method(fresh, cls, message):

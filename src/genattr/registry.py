@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from functools import cache
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
 from .errors import DuplicateMethodError, InvalidParameterError, RegistrationError, UnknownMethodError
 
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     import torch
 
     from .problem import Problem
-    from .target import Target
+    from .text.target import Target
 
 # Limits on the parameters that set how much work a method does: one constant per concept, used as
 # ``Param(maximum=...)``, so that an absurd value fails at once with the limit in the message.
@@ -119,7 +119,7 @@ class Param:
     def kinds(self) -> tuple[type, ...]:
         return self.kind if isinstance(self.kind, tuple) else (self.kind,)
 
-    def validate(self, method: str, name: str, value):
+    def validate(self, method: str, name: str, value: Any) -> Any:
         """``value`` if it lies in the domain (an int is taken as a float where a float is
         expected), else :class:`~genattr.errors.InvalidParameterError` naming the domain."""
         if value is None and self.optional:
@@ -134,9 +134,10 @@ class Param:
             raise InvalidParameterError(
                 f"{method}: {name} must be one of {', '.join(map(str, self.choices))}, got {value!r}."
             )
-        if self.minimum is not None and value < self.minimum:
+        number = cast(float, value)  # bounds are declared on numeric parameters only
+        if self.minimum is not None and number < self.minimum:
             raise InvalidParameterError(f"{method}: {name} must be at least {self.minimum}, got {value!r}.")
-        if self.maximum is not None and value > self.maximum:
+        if self.maximum is not None and number > self.maximum:
             raise InvalidParameterError(f"{method}: {name} must be at most {self.maximum}, got {value!r}.")
         if self.check is not None and (problem := self.check(value)):
             raise InvalidParameterError(f"{method}: {name} {problem}.")
@@ -242,12 +243,8 @@ class Method:
                 f"{self.name} does not take {', '.join(unknown)}; its parameters are: {valid}."
             )
         self.values = {k: p.validate(self.name, k, kwargs.get(k, p.default)) for k, p in self.params.items()}
-
-    def __getattr__(self, key: str):
-        values = self.__dict__.get("values", {})
-        if key in values:
-            return values[key]
-        raise AttributeError(key)
+        for key, value in self.values.items():
+            setattr(self, key, value)
 
     @classmethod
     def info(cls) -> MethodInfo:
@@ -282,6 +279,12 @@ def _checked(cls, name: str, where: str) -> type[Method]:
         raise RegistrationError(
             f"{where}: the method is registered as {name!r} but its class says name = "
             f"{getattr(cls, 'name', None)!r}; use one lower-case name (letters, digits, _) for both."
+        )
+    shadowing = sorted(set(cls.params) & (set(dir(Method)) | set(Method.__annotations__) | {"values"}))
+    if shadowing:
+        raise RegistrationError(
+            f"{where}: parameter(s) {', '.join(shadowing)} of {name} are named like attributes of "
+            "genattr.Method, which the parameter's value would replace; rename them."
         )
     return cls
 
@@ -344,7 +347,7 @@ def register(cls: M) -> M:
     process (installed packages use the entry point of ``docs/extending.md`` instead). A name
     that is already taken by another class raises :class:`~genattr.errors.DuplicateMethodError`."""
     name = getattr(cls, "name", None)
-    _checked(cls, name if isinstance(name, str) else "", "register()")
+    name = _checked(cls, name if isinstance(name, str) else "", "register()").name
     if name in _REGISTERED or name in BUILTIN or name in _entry_points():
         existing = get(name)
         if existing is not cls:
