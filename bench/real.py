@@ -5,8 +5,9 @@ then genattr beside Captum and Inseq on the same prompt and answer, in the same 
 The prompt is the first of GiLOT's evaluation prompts (data/gilot_prompts) whose chat rendering,
 the template's system message included (scaffolding, not features), has 45 to 55 tokens; the
 target is the model's own greedy 16-token answer. Step and sample counts are given explicitly
-(:data:`PARAMS`); a method that cannot run on this prompt (shapley_exact: too many features) is
-listed with the reason.
+(:data:`PARAMS`); GiLOT takes no target (it explains the model's own likely outputs, over
+``n_positions`` generated positions); a method that cannot run on this prompt (shapley_exact: too
+many features) is listed with the reason.
 
 The peer table (bench/peers.py builds the peers' runs and states the conventions) runs genattr at
 token level, a feature replaced by token 0 (:data:`BASELINE_ID`, ``<|endoftext|>``, Captum's
@@ -95,8 +96,9 @@ def method_table(lm, prompt: Prompt, answer: list[int], methods: list[str]) -> N
     print("| method | parameters | seconds | forward passes | tokens processed |\n|---|---|---|---|---|")
     for name in methods:
         params = PARAMS.get(name, {})
+        target = answer if registry.get(name).needs_target else None  # gilot explains its own beams
         try:
-            res = genattr.explain(lm, prompt, target=answer, method=name, level="word", seed=0, **params)
+            res = genattr.explain(lm, prompt, target=target, method=name, level="word", seed=0, **params)
         except TooManyFeaturesError as exc:
             print(f"| `{name}` | {params or '-'} | skipped: {exc} | | |")
             continue
