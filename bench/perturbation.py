@@ -5,7 +5,8 @@ What is compared (one process, one model object given to every library; see benc
 * leave-one-out over the 63 maskable tokens of a 64-token prompt (BOS included, never masked),
   explaining a 16-token target: genattr ``leave_one_out`` (token level, ``mask="replace"``,
   baseline token 0 = ``<unk>``, Captum's default baseline) against Captum
-  ``LLMAttribution(FeatureAblation)`` with ``TextTokenInput`` (BOS skipped through ``skip_tokens``),
+  ``LLMAttribution(FeatureAblation)`` with ``TextTokenInput`` (features: every token but BOS; the
+  peers' runs are built in bench/peers.py),
   in its default mode (one cached forward pass per target token per variant) and with
   ``forward_in_tokens=False`` (prompt + target in one forward pass per variant), and against
   Inseq ``occlusion`` (timing only: it occludes embeddings with zeros, step by step, and returns
@@ -49,6 +50,7 @@ import numpy as np
 import torch
 
 import genattr
+import peers
 from common import DEFAULT_CACHE, load_model, time_calls, token_exact_texts
 
 PROMPT_TOKENS, TARGET_TOKENS = 64, 16
@@ -56,10 +58,10 @@ N_SAMPLES = 25  # Captum's default for ShapleyValueSampling
 BASELINE_ID = 0  # TextTokenInput's default baseline token
 MEMORY_PROMPT_TOKENS, MEMORY_LIMIT_GB = 500, 3.0
 TARGETS = {  # (genattr run, peer run): minimum speed-up asked for
-    ("genattr leave_one_out", "captum FeatureAblation (default)"): 20.0,
-    ("genattr leave_one_out", "captum FeatureAblation (forward_in_tokens=False)"): 3.0,
+    ("genattr leave_one_out", peers.CAPTUM_ABLATION): 20.0,
+    ("genattr leave_one_out", peers.CAPTUM_ABLATION_JOINT): 3.0,
     ("genattr leave_one_out", "inseq occlusion"): None,
-    ("genattr shapley_sampling", "captum ShapleyValueSampling (forward_in_tokens=False)"): 3.0,
+    ("genattr shapley_sampling", peers.CAPTUM_SHAPLEY): 3.0,
 }
 
 
@@ -70,17 +72,22 @@ class Case:
     lm: genattr.LanguageModel
     prompt: str
     target: str
-    prompt_ids: list[int]
+    prompt_obj: genattr.Prompt
     target_ids: list[int]
+
+    @property
+    def prompt_ids(self) -> list[int]:
+        return list(self.prompt_obj.input_ids)
 
 
 def make_case(lm: genattr.LanguageModel, n_prompt: int, n_target: int) -> Case:
     prompt, target = token_exact_texts(lm.tokenizer, n_prompt, n_target)
-    prompt_ids = list(genattr.Prompt.from_text(lm.tokenizer, prompt).input_ids)
+    prompt_obj = genattr.Prompt.from_text(lm.tokenizer, prompt)
     target_ids = lm.tokenizer(target, add_special_tokens=False)["input_ids"]
-    assert (len(prompt_ids), len(target_ids)) == (n_prompt, n_target)
-    assert prompt_ids[0] == lm.tokenizer.bos_token_id
-    return Case(lm, prompt, target, prompt_ids, target_ids)
+    assert (len(prompt_obj), len(target_ids)) == (n_prompt, n_target)
+    assert prompt_obj.input_ids[0] == lm.tokenizer.bos_token_id
+    assert peers.token_features(prompt_obj) == list(range(1, n_prompt)), "every token but BOS is a feature"
+    return Case(lm, prompt, target, prompt_obj, target_ids)
 
 
 # --------------------------------------------------------------------- the runs
@@ -103,43 +110,15 @@ def genattr_calls(case: Case) -> tuple[dict, dict]:
 
 
 def captum_calls(case: Case) -> tuple[dict, dict]:
-    from captum.attr import FeatureAblation, LLMAttribution, ShapleyValueSampling, TextTokenInput
-
-    tokenizer, model = case.lm.tokenizer, case.lm.model
-    inp = TextTokenInput(case.prompt, tokenizer, baselines=BASELINE_ID, skip_tokens=[tokenizer.bos_token_id])
-    assert inp.inp_tensor[0].tolist() == case.prompt_ids and inp.n_itp_features == len(case.prompt_ids) - 1
-    target = torch.tensor(case.target_ids)
-    ablation = LLMAttribution(FeatureAblation(model), tokenizer)
-    sampling = LLMAttribution(ShapleyValueSampling(model), tokenizer)
-
-    def shapley():
-        torch.manual_seed(0)
-        return sampling.attribute(inp, target=target, forward_in_tokens=False, n_samples=N_SAMPLES)
-
-    loo = {
-        "captum FeatureAblation (default)": lambda: ablation.attribute(inp, target=target),
-        "captum FeatureAblation (forward_in_tokens=False)": lambda: ablation.attribute(
-            inp, target=target, forward_in_tokens=False
-        ),
-    }
-    return loo, {"captum ShapleyValueSampling (forward_in_tokens=False)": shapley}
+    runs = peers.captum_perturbation_runs(
+        case.lm, case.prompt_obj, case.target_ids, baseline=BASELINE_ID, n_samples=N_SAMPLES
+    )
+    shapley = {peers.CAPTUM_SHAPLEY: runs.pop(peers.CAPTUM_SHAPLEY)}
+    return runs, shapley
 
 
 def inseq_calls(case: Case) -> dict:
-    """Inseq wraps the already-loaded model and tokenizer objects (it sets the tokenizer's pad token)."""
-    import inseq
-
-    model = inseq.load_model(case.lm.model, "occlusion", tokenizer=case.lm.tokenizer)
-
-    def occlusion():
-        out = model.attribute(
-            input_texts=case.prompt, generated_texts=case.prompt + case.target, show_progress=False
-        )
-        seen = [t.id for t in out.sequence_attributions[0].target]
-        assert seen == case.prompt_ids + case.target_ids, "inseq tokenised the texts differently"
-        return out
-
-    return {"inseq occlusion": occlusion}
+    return peers.inseq_runs(case.lm, case.prompt_obj, case.target_ids, case.target, methods=["occlusion"])
 
 
 # --------------------------------------------------------------------- value checks
@@ -154,7 +133,7 @@ def log_likelihood(model, prompt_ids: list[int], target_ids: list[int]) -> float
 def value_lines(case: Case, results: dict) -> list[str]:
     lines = []
     loo = results.get("genattr leave_one_out")
-    exact = results.get("captum FeatureAblation (forward_in_tokens=False)")
+    exact = results.get(peers.CAPTUM_ABLATION_JOINT)
     if loo is not None and exact is not None:
         seq = np.abs(loo.scores - exact.seq_attr.double().numpy()).max()
         tok = np.abs(loo.token_scores - exact.token_attr.double().numpy()).max()
@@ -162,7 +141,7 @@ def value_lines(case: Case, results: dict) -> list[str]:
             f"leave-one-out vs Captum forward_in_tokens=False: max |diff| {seq:.2e} (sequence), "
             f"{tok:.2e} (per target token); scores range up to {np.abs(loo.scores).max():.3f}"
         )
-    cached = results.get("captum FeatureAblation (default)")
+    cached = results.get(peers.CAPTUM_ABLATION)
     if loo is not None and cached is not None:
         seq = np.abs(loo.scores - cached.seq_attr.double().numpy()).max()
         lines.append(
@@ -170,7 +149,7 @@ def value_lines(case: Case, results: dict) -> list[str]:
             "(not a check: that mode's log-probs are known to be off under transformers 5)"
         )
     shapley = results.get("genattr shapley_sampling")
-    peer = results.get("captum ShapleyValueSampling (forward_in_tokens=False)")
+    peer = results.get(peers.CAPTUM_SHAPLEY)
     if shapley is not None:
         empty = case.prompt_ids[:1] + [BASELINE_ID] * (len(case.prompt_ids) - 1)
         delta = log_likelihood(case.lm.model, case.prompt_ids, case.target_ids) - log_likelihood(
@@ -234,13 +213,15 @@ def work_lines(case: Case, timings: dict) -> list[str]:
     peers' one forward pass over prompt + target per evaluation (Captum evaluates the prompt once,
     then every ablation, or every coalition of each permutation, with ``forward_in_tokens=False``)."""
     F, T = len(case.prompt_ids) - 1, len(case.prompt_ids) + len(case.target_ids)
-    peers = {
-        "captum FeatureAblation (forward_in_tokens=False)": (1 + F) * T,
-        "captum ShapleyValueSampling (forward_in_tokens=False)": (1 + N_SAMPLES * F) * T,
+    peer_tokens = {
+        peers.CAPTUM_ABLATION_JOINT: (1 + F) * T,
+        peers.CAPTUM_SHAPLEY: (1 + N_SAMPLES * F) * T,
     }
     lines = ["work (tokens through the model per call; wall time per token):"]
     for name, (timing, result) in timings.items():
-        tokens = result.diagnostics["tokens_processed"] if name.startswith("genattr") else peers.get(name)
+        tokens = (
+            result.diagnostics["tokens_processed"] if name.startswith("genattr") else peer_tokens.get(name)
+        )
         if tokens:
             lines.append(f"  {name:<54} {tokens:>8} tokens  {timing.best / tokens * 1e6:6.1f} us/token")
     return lines

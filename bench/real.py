@@ -1,18 +1,33 @@
 """Every registered method on the real model SmolLM2-135M-Instruct: seconds, forward passes and
-tokens through the model per method, on a chat prompt of about 50 tokens and a 16-token answer.
+tokens through the model per method, on a chat prompt of about 50 tokens and a 16-token answer;
+then genattr beside Captum and Inseq on the same prompt and answer, in the same process.
 
 The prompt is the first of GiLOT's evaluation prompts (data/gilot_prompts) whose chat rendering,
 the template's system message included (scaffolding, not features), has 45 to 55 tokens; the
 target is the model's own greedy 16-token answer. Step and sample counts are given explicitly
-(:data:`PARAMS`); a method that cannot run on this prompt (shapley_exact: too many features) is
-listed with the reason.
+(:data:`PARAMS`); GiLOT takes no target (it explains the model's own likely outputs, over
+``n_positions`` generated positions); a method that cannot run on this prompt (shapley_exact: too
+many features) is listed with the reason.
+
+The peer table (bench/peers.py builds the peers' runs and states the conventions) runs genattr at
+token level, a feature replaced by token 0 (:data:`BASELINE_ID`, ``<|endoftext|>``, Captum's
+default baseline) where a method removes features, beside Captum ``LLMAttribution``
+(``FeatureAblation`` in its default mode and with ``forward_in_tokens=False``,
+``ShapleyValueSampling``), Captum ``LLMGradientAttribution(LayerIntegratedGradients)`` and Inseq
+(``occlusion``, ``integrated_gradients``, ``attention``), with the same sample and step counts.
+Its last column is the largest absolute difference of the scores where the two compute the same
+quantity: leave-one-out and Shapley sampling (same permutations: both draw ``torch.randperm``
+seeded 0) on log p(answer), sequence scores and per answer token; the integrated-gradients
+matrix; the attention matrix (layers and heads averaged).
 
 Run from the repository root (the first run builds the model cache, see `genattr models`):
 
-    .venv/bin/python bench/real.py [--methods a,b,c] [--threads N]
+    .venv/bin/python bench/real.py [--methods a,b,c] [--threads N] [--skip-captum] [--skip-inseq]
+                                   [--skip-peers]
 
-Timings are single runs; other processes on the machine distort them, which the closing
-load-average line shows.
+Timings are single runs (wall and process CPU seconds); other processes on the machine distort
+them, which the closing load-average line shows. On a shared machine pass ``--threads 1``: torch's
+threads, when other processes hold the cores, wait on each other and run several times slower.
 """
 
 from __future__ import annotations
@@ -24,6 +39,7 @@ import time
 import torch
 
 import genattr
+import peers
 from genattr import registry
 from genattr.errors import TooManyFeaturesError
 from genattr.evaluate.datasets import records
@@ -46,6 +62,23 @@ PARAMS = {
     "gilot": {"num_beams": 10, "n_positions": 10},
     "xprompt": {"k": 3, "n_iter": 100},
 }
+BASELINE_ID = 0  # <|endoftext|>, SmolLM2's unknown token; Captum's default baseline
+PEER_SETTINGS = {  # genattr method at token level: its parameters beyond PARAMS
+    "leave_one_out": {"mask": "replace", "baseline": BASELINE_ID},
+    "shapley_sampling": {"mask": "replace", "baseline": BASELINE_ID},
+    "integrated_gradients": {"baselines": "token", "baseline": BASELINE_ID},
+    "attention": {},
+}
+PEERS = {  # genattr method: the peer runs beside it, and whether their values are compared
+    "leave_one_out": {
+        peers.CAPTUM_ABLATION: True,
+        peers.CAPTUM_ABLATION_JOINT: True,
+        "inseq occlusion": False,
+    },
+    "shapley_sampling": {peers.CAPTUM_SHAPLEY: True},
+    "integrated_gradients": {peers.CAPTUM_IG: True, "inseq integrated_gradients": False},
+    "attention": {"inseq attention": True},
+}
 
 
 def chat_prompt(lm) -> tuple[list[dict], Prompt]:
@@ -59,14 +92,120 @@ def chat_prompt(lm) -> tuple[list[dict], Prompt]:
     raise RuntimeError(f"no GiLOT prompt renders to {low}-{high} tokens")
 
 
+def method_table(lm, prompt: Prompt, answer: list[int], methods: list[str]) -> None:
+    print("| method | parameters | seconds | forward passes | tokens processed |\n|---|---|---|---|---|")
+    for name in methods:
+        params = PARAMS.get(name, {})
+        target = answer if registry.get(name).needs_target else None  # gilot explains its own beams
+        try:
+            res = genattr.explain(lm, prompt, target=target, method=name, level="word", seed=0, **params)
+        except TooManyFeaturesError as exc:
+            print(f"| `{name}` | {params or '-'} | skipped: {exc} | | |")
+            continue
+        d = res.diagnostics
+        print(
+            f"| `{name}` | {params or '-'} | {d['seconds']:.1f} | {d['forward_passes']} | {d['tokens_processed']} |",
+            flush=True,
+        )
+
+
+def timed(fn) -> tuple[object, float, float]:
+    """``fn()``, its wall seconds and its process CPU seconds."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def difference(peer: str, ours, theirs, prompt: Prompt, n_target: int) -> str:
+    """The largest |genattr - peer| over the scores both compute, what was compared, and the largest
+    |genattr score| there (the scale)."""
+
+    def gap(mine, other, what: str) -> str:
+        return f"{peers.max_abs_diff(mine, other):.1e} of {abs(mine).max():.2g} ({what})"
+
+    if peer == "inseq attention":
+        return gap(ours.token_scores, peers.inseq_attention_rows(theirs, prompt, n_target), "matrix")
+    if peer == peers.CAPTUM_IG:
+        return gap(ours.token_scores, theirs.token_attr, "matrix")
+    seq = gap(ours.scores, theirs.seq_attr, "sequence")
+    if ours.token_scores is None:
+        return seq
+    return f"{seq}; {gap(ours.token_scores, theirs.token_attr, 'per token')}"
+
+
+def peer_runs(lm, prompt: Prompt, answer: list[int], args) -> dict:
+    runs = {}
+    if not args.skip_captum:
+        runs.update(
+            peers.captum_perturbation_runs(
+                lm, prompt, answer, baseline=BASELINE_ID, n_samples=PARAMS["shapley_sampling"]["n_samples"]
+            )
+        )
+        runs.update(
+            peers.captum_ig_run(
+                lm, prompt, answer, baseline=BASELINE_ID, n_steps=PARAMS["integrated_gradients"]["n_steps"]
+            )
+        )
+    if not args.skip_inseq:
+        runs.update(
+            peers.inseq_runs(
+                lm,
+                prompt,
+                answer,
+                lm.tokenizer.decode(answer),
+                n_steps=PARAMS["integrated_gradients"]["n_steps"],
+            )
+        )
+    return runs
+
+
+def peer_table(lm, prompt: Prompt, answer: list[int], args) -> None:
+    """genattr at token level beside each peer run: seconds (wall and CPU), the ratio, and the
+    largest score difference where the conventions match."""
+    peers.quiet()
+    runs = peer_runs(lm, prompt, answer, args)
+    n_features = len(peers.token_features(prompt))
+    print(
+        f"\ngenattr beside Captum and Inseq: token level, {n_features} features (the user's tokens), "
+        f"baseline token {BASELINE_ID}, log p(answer); single runs\n"
+    )
+    print(
+        "| genattr method | genattr s (CPU s) | peer | peer s (CPU s) | genattr / peer | max abs difference |\n"
+        "|---|---|---|---|---|---|"
+    )
+    for method, peer_names in PEERS.items():
+        chosen = [name for name in peer_names if name in runs]
+        if not chosen:
+            continue
+        params = {**PARAMS.get(method, {}), **PEER_SETTINGS[method]}
+        ours, wall, cpu = timed(
+            lambda m=method, p=params: genattr.explain(
+                lm, prompt, target=answer, method=m, level="token", seed=0, **p
+            )
+        )
+        for name in chosen:
+            theirs, peer_wall, peer_cpu = timed(runs[name])
+            diff = difference(name, ours, theirs, prompt, len(answer)) if peer_names[name] else "not compared"
+            print(
+                f"| `{method}` | {wall:.1f} ({cpu:.1f}) | {name} | {peer_wall:.1f} ({peer_cpu:.1f}) | "
+                f"{wall / peer_wall:.2f} | {diff} |",
+                flush=True,
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--methods", default="all", help="comma-separated method names, or all")
+    parser.add_argument("--methods", default="all", help="comma-separated method names, all, or none")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--skip-captum", action="store_true", help="do not run Captum")
+    parser.add_argument("--skip-inseq", action="store_true", help="do not run Inseq")
+    parser.add_argument("--skip-peers", action="store_true", help="only genattr's method table")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    methods = registry.names() if args.methods == "all" else args.methods.split(",")
+    choices = {"all": registry.names(), "none": []}
+    methods = choices[args.methods] if args.methods in choices else args.methods.split(",")
+    load_before = os.getloadavg()[0]
     started = time.perf_counter()
     lm = genattr.load("smollm2")
     print(f"loaded smollm2 in {time.perf_counter() - started:.1f} s, {torch.get_num_threads()} threads")
@@ -76,20 +215,13 @@ def main() -> None:
         f"prompt ({len(prompt)} tokens, {len(prompt.features('word'))} word features): {messages[0]['content']!r}"
     )
     print(f"answer ({len(answer)} tokens): {lm.tokenizer.decode(answer)!r}\n")
-    print("| method | parameters | seconds | forward passes | tokens processed |\n|---|---|---|---|---|")
-    for name in methods:
-        params = PARAMS.get(name, {})
-        try:
-            res = genattr.explain(lm, prompt, target=answer, method=name, level="word", seed=0, **params)
-        except TooManyFeaturesError as exc:
-            print(f"| `{name}` | {params or '-'} | skipped: {exc} | | |")
-            continue
-        d = res.diagnostics
-        print(
-            f"| `{name}` | {params or '-'} | {d['seconds']:.1f} | {d['forward_passes']} | {d['tokens_processed']} |",
-            flush=True,
-        )
-    print(f"\nload average {os.getloadavg()[0]:.1f} over {os.cpu_count()} CPUs")
+    if methods:
+        method_table(lm, prompt, list(answer), methods)
+    if not args.skip_peers:
+        peer_table(lm, prompt, list(answer), args)
+    print(
+        f"\nload average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after, on {os.cpu_count()} CPUs"
+    )
 
 
 if __name__ == "__main__":

