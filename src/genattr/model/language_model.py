@@ -191,8 +191,7 @@ class LanguageModel:
         model's output (``logits`` [B, Q or logits_to_keep, V], the cache, attentions if asked).
 
         The cache goes in under the name the installed transformers expects (``cache`` from 5.24,
-        ``past_key_values`` before); read the returned one with
-        :func:`~genattr.model.prefix.returned_cache`.
+        ``past_key_values`` before); :func:`~genattr.model.prefix.returned_cache` reads it back.
 
         ``sees``, a boolean [B, Q, K] (query q attends to key k), replaces the causal pattern built
         from ``visible`` (for patterns that are not causal over one sequence: a tree of beams);
@@ -200,35 +199,22 @@ class LanguageModel:
         is always a plain :class:`~transformers.DynamicCache` holding every key, so that custom
         masks and shared prefixes see all of them (the window is in the mask).
         """
-        from transformers import DynamicCache
-
-        given = input_ids if input_ids is not None else inputs_embeds
-        if given is None:
+        if (given := input_ids if input_ids is not None else inputs_embeds) is None:
             raise InvalidParameterError("forward needs input_ids or inputs_embeds.")
-        q_len = given.shape[1]
-        batch = visible.shape[0]
-        total = visible.shape[1]
-        mask = None
-        if sees is not None:
-            mask = self._masks.build(sees, positions, key_positions, self.dtype, self.device)
-        elif not bool(visible.all()):
-            mask = self.attention_mask(visible, torch.arange(total - q_len, total, device=visible.device))
-        if use_cache and cache is None:
-            cache = DynamicCache()
-        kwargs = {
-            "attention_mask": mask,
-            "position_ids": positions.to(self.device),
-            "use_cache": use_cache,
-            self._cache_arg: cache,
-        }
-        if output_attentions:
-            kwargs["output_attentions"] = True
-        if self._keeps_logits and logits_to_keep:
-            kwargs["logits_to_keep"] = logits_to_keep
-        if input_ids is not None:
-            kwargs["input_ids"] = input_ids.to(self.device)
-        else:
-            kwargs["inputs_embeds"] = inputs_embeds
+        batch, q_len = given.shape[:2]
+        kwargs = _model_kwargs(
+            self,
+            given,
+            input_ids is not None,
+            visible,
+            positions,
+            cache,
+            use_cache,
+            logits_to_keep,
+            output_attentions,
+            sees,
+            key_positions,
+        )
         start = time.perf_counter()
         out = self.model(**kwargs)
         self.usage.seconds += time.perf_counter() - start
@@ -342,3 +328,45 @@ class LanguageModel:
         ids without EOS, their log-probabilities, whether EOS stopped each row)
         (:func:`~genattr.model.decoding.generate`)."""
         return decoding.generate(self, inputs, max_new_tokens, stop_at_eos=stop_at_eos)
+
+
+def _model_kwargs(
+    lm: LanguageModel,
+    given: torch.Tensor,
+    given_ids: bool,
+    visible: torch.Tensor,
+    positions: torch.Tensor,
+    cache: Any,
+    use_cache: bool,
+    logits_to_keep: int,
+    output_attentions: bool,
+    sees: torch.Tensor | None,
+    key_positions: torch.Tensor | None,
+) -> dict[str, Any]:
+    """The keyword arguments of the Hugging Face model's call for :meth:`LanguageModel.forward`
+    (``given``: the new positions' ids [B, Q] when ``given_ids``, else their embeddings [B, Q, d])."""
+    from transformers import DynamicCache
+
+    q_len, total = given.shape[1], visible.shape[1]
+    mask = None
+    if sees is not None:
+        mask = lm._masks.build(sees, positions, key_positions, lm.dtype, lm.device)
+    elif not bool(visible.all()):
+        mask = lm.attention_mask(visible, torch.arange(total - q_len, total, device=visible.device))
+    if use_cache and cache is None:
+        cache = DynamicCache()
+    kwargs: dict[str, Any] = {
+        "attention_mask": mask,
+        "position_ids": positions.to(lm.device),
+        "use_cache": use_cache,
+    }
+    kwargs[lm._cache_arg] = cache
+    if output_attentions:
+        kwargs["output_attentions"] = True
+    if lm._keeps_logits and logits_to_keep:
+        kwargs["logits_to_keep"] = logits_to_keep
+    if given_ids:
+        kwargs["input_ids"] = given.to(lm.device)
+    else:
+        kwargs["inputs_embeds"] = given
+    return kwargs
