@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 
 import genattr
-from genattr import io as io_module
-from genattr import registry
+from genattr import files, registry
 from genattr.errors import GenattrDeprecationWarning, InputError, ResultFormatError
 from genattr.registry import Method, Output, Param
 from genattr.settings import Settings
@@ -80,7 +79,7 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(result, tmp_path, mon
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(io_module.os, "replace", boom)
+    monkeypatch.setattr(files.os, "replace", boom)
     with pytest.raises(OSError, match="disk full"):
         result.save(path)
     assert path.read_text() == before
@@ -222,7 +221,7 @@ def test_written_files_get_the_umask_and_replaced_files_keep_their_mode(result, 
         path = result.save(tmp_path / "r.json")
         assert stat.S_IMODE(path.stat().st_mode) == mode
         path.chmod(0o640)
-        io_module.write_atomic(path, "{}")
+        files.write_atomic(path, "{}")
         assert stat.S_IMODE(path.stat().st_mode) == 0o640 and path.read_text() == "{}"
     finally:
         os.umask(old)
@@ -230,7 +229,7 @@ def test_written_files_get_the_umask_and_replaced_files_keep_their_mode(result, 
 
 def test_atomic_writes_take_bytes_as_they_are(tmp_path):
     data = bytes(range(256))  # not UTF-8: written byte for byte, never re-encoded
-    io_module.write_atomic(tmp_path / "b.png", data)
+    files.write_atomic(tmp_path / "b.png", data)
     assert (tmp_path / "b.png").read_bytes() == data
     assert [p.name for p in tmp_path.iterdir()] == ["b.png"]
 
@@ -242,8 +241,8 @@ def test_writing_creates_no_directories_and_refuses_a_directory(result, tmp_path
     with pytest.raises(InputError, match="is a directory"):
         result.save(tmp_path)
     with pytest.raises(InputError, match="is a directory"):
-        io_module.check_writable(tmp_path)
-    assert io_module.check_writable(tmp_path / "r.json") == tmp_path / "r.json"
+        files.check_writable(tmp_path)
+    assert files.check_writable(tmp_path / "r.json") == tmp_path / "r.json"
 
 
 def test_loading_never_evaluates_names_in_the_file(result, tmp_path):

@@ -160,7 +160,7 @@ def _remembered_digest(gguf: Path) -> str | None:
 def _remember_digest(gguf: Path, sha256: str, stat: os.stat_result) -> None:
     """Record ``sha256`` for ``gguf`` as it was when ``stat`` was taken (before hashing, so that a
     change during hashing leaves a record that no longer matches); written atomically."""
-    from .io import write_atomic
+    from .files import write_atomic
 
     record = _source_record(gguf)
     record.parent.mkdir(parents=True, exist_ok=True)

@@ -139,7 +139,7 @@ def _fixed_seed(text: str) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     from . import registry
     from .api import explain
-    from .io import check_writable, write_atomic
+    from .files import check_writable, write_atomic
     from .model import load
     from .progress import progress_bar
 
@@ -198,7 +198,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from .io import check_writable, write_atomic
+    from .files import check_writable, write_atomic
     from .result import Attribution
 
     if args.html:
@@ -253,7 +253,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
-    from .io import check_writable
+    from .files import check_writable
 
     check_writable(args.out)
     _configure_transformers(args.verbose)

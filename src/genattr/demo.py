@@ -29,7 +29,7 @@ from . import registry
 from .api import explain
 from .errors import TooManyFeaturesError, collecting
 from .evaluate import ground_truth
-from .io import write_atomic
+from .files import write_atomic
 from .model import load
 from .text.prompt import Prompt
 from .usecases import icl_orders, slot_probe

@@ -42,7 +42,7 @@ from .. import registry
 from ..api import explain
 from ..defaults import DEFAULT_LEVEL, DEFAULT_MASK, DEFAULT_MAX_NEW_TOKENS, DEFAULT_SEED, DEFAULT_SIMILARITY_K
 from ..errors import GenattrError, InputError
-from ..io import write_atomic
+from ..files import write_atomic
 from ..model import LanguageModel
 from ..progress import Progress, checked
 from ..text.prompt import Prompt

@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 
 from ..errors import GenattrWarning, InputError, ResultFormatError
-from ..io import write_atomic
+from ..files import write_atomic
 
 ROW_FIELDS = {"method": str, "example": str, "dataset": str, "example_hash": str, "settings": dict}
 IDENTITY_FIELDS = ("example_hash", "settings")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import write_atomic
+from ..files import write_atomic
 
 METRIC_GROUPS = ("curves", "erasure", "similarity", "ground_truth")
 
