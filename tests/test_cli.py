@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import genattr
@@ -370,3 +371,21 @@ def test_baseline_option_is_a_deprecated_alias_of_mask_token(model_dirs, tmp_pat
     assert new["settings"]["mask_token"] == genattr.load(model_dirs["llama"]).tokenizer.eos_token_id
     assert main([*base, "--baseline", "eos", "--mask-token", "eos", "The cat sat"]) == 2
     assert "give --mask-token only" in capsys.readouterr().err
+
+
+def test_chat_sends_the_prompt_through_the_chat_template(model_dirs, qwen, tmp_path, capsys):
+    out = tmp_path / "chat.json"
+    argv = ["explain", "--model", str(model_dirs["qwen2"]), "--chat", "--target", " yes", "--json", str(out)]
+    assert main([*argv, "--quiet", "Is the cat on the mat?"]) == 0
+    data = json.loads(out.read_text())
+    messages = [{"role": "user", "content": "Is the cat on the mat?"}]
+    expected = genattr.explain(qwen, messages, target=" yes")
+    assert data["prompt"]["text"] == expected.prompt.text and "<|im_start|>" in data["prompt"]["text"]
+    assert [f["text"] for f in data["features"]] == ["Is", "the", "cat", "on", "the", "mat", "?"]
+    np.testing.assert_allclose(data["scores"], expected.scores, rtol=1e-6, atol=1e-9)
+
+
+def test_include_system_needs_chat(model_dirs, capsys):
+    argv = ["explain", "--model", str(model_dirs["llama"]), "--include-system", "hi"]
+    assert main(argv) == 2
+    assert "use it with --chat" in capsys.readouterr().err

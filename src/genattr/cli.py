@@ -149,6 +149,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
             f"{args.method} takes no --target: it explains the model's own likely outputs "
             "(the no-target flag of `genattr methods`); drop --target."
         )
+    if args.include_system and not args.chat:
+        raise InputError("--include-system concerns the chat template: use it with --chat.")
     params = {key: _param_value(method_cls, key, text) for key, text in args.param or []}
     mask_token = _mask_token_option(args)
     for out in (args.json, args.html):
@@ -156,10 +158,16 @@ def cmd_explain(args: argparse.Namespace) -> int:
             check_writable(out)
     _configure_transformers(args.verbose)
     lm = load(args.model, device=args.device, dtype=args.dtype)
+    prompt = args.prompt
+    if args.chat:
+        from .text.prompt import Prompt
+
+        messages = [{"role": "user", "content": args.prompt}]
+        prompt = Prompt.from_messages(lm.tokenizer, messages, include_default_system=args.include_system)
     with progress_bar("scoring", not args.quiet) as bar:
         res = explain(
             lm,
-            args.prompt,
+            prompt,
             target=args.target,
             method=args.method,
             level=args.level,
@@ -273,6 +281,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     ex = sub.add_parser("explain", help="attribute a continuation to the prompt's features")
     ex.add_argument("prompt", help="the prompt text")
+    ex.add_argument(
+        "--chat",
+        action="store_true",
+        help="send the prompt as the user's message through the model's chat template (for chat "
+        "models such as smollm2); the template's scaffolding is not a feature",
+    )
+    ex.add_argument(
+        "--include-system",
+        action="store_true",
+        help="with --chat: make the system message the template adds by itself a feature",
+    )
     ex.add_argument(
         "--model",
         default="zoo",
