@@ -176,3 +176,14 @@ def test_delete_strategy_keeps_the_prompts_choice_of_special_tokens(word_lm):
         inputs.input_ids[0].tolist()
         == word_lm.tokenizer("red green cat dog", add_special_tokens=False)["input_ids"]
     )
+
+
+def test_coalitions_as_integers_score_like_booleans_and_none_score_to_an_empty_table(word_lm):
+    problem = _problem(word_lm)
+    as_bool = torch.tensor([[True, False, True, False, True], [False, True, True, True, False]])
+    as_int = as_bool.long()  # 1 = kept, 0 = removed, as a user may write them
+    torch.testing.assert_close(problem.token_log_probs(as_int), problem.token_log_probs(as_bool))
+    torch.testing.assert_close(problem.evaluate(as_int), problem.evaluate(as_bool))
+    assert not torch.equal(problem.evaluate(as_bool)[0], problem.evaluate(as_bool)[1])
+    empty = problem.token_log_probs(torch.zeros(0, problem.n_features, dtype=torch.bool))
+    assert empty.shape == (0, len(problem.target.ids)) and empty.dtype == torch.float32
