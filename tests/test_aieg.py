@@ -70,7 +70,7 @@ def test_pos_norm_keeps_positives_and_sums_to_one():
 
 def _naive_aieg(lm, res, n_steps: int, logits: bool) -> tuple[np.ndarray, np.ndarray]:
     """AIEG rows [n, F] and EF [N, n] with one single-row forward and backward per (step, token)."""
-    ids, target = list(res.prompt.input_ids), list(res.target.ids)
+    ids, target = [*res.prompt.input_ids, *res.target.ids[:-1]], list(res.target.ids)
     positions = [f.positions[0] for f in res.features]
     x = lm.embed(torch.tensor([ids]))[0].detach()
     base = x.clone()
@@ -99,11 +99,11 @@ def _naive_aieg(lm, res, n_steps: int, logits: bool) -> tuple[np.ndarray, np.nda
     with torch.no_grad():
         lm.model.set_attn_implementation("eager")
         try:
-            full = torch.tensor([ids + target[:-1]])
+            full = torch.tensor([ids])
             maps = torch.stack(lm.model(input_ids=full, output_attentions=True).attentions)[:, 0]
         finally:
             lm.model.set_attn_implementation("sdpa")
-    attention = maps.mean((0, 1))[torch.arange(n) + L - 1][:, positions]
+    attention = maps.mean((0, 1))[torch.arange(n) + L - n][:, positions]
     return (torch.stack(rows) * attention).double().numpy(), efs
 
 

@@ -271,8 +271,9 @@ def test_forward_from_embeddings_matches_and_has_gradients(lm):
     prompt = Prompt.from_text(lm.tokenizer, PROMPT)
     target = _target(lm)
     inputs = Batch.from_ids(prompt.input_ids)
-    embeds = lm.embed(inputs.input_ids).detach().requires_grad_(True)
-    lp = lm.log_probs_from_embeddings(embeds, inputs, target)
+    rows = Batch.from_ids([*prompt.input_ids, *target[:-1]])
+    embeds = lm.embed(rows.input_ids).detach().requires_grad_(True)
+    lp = lm.log_probs_from_embeddings(embeds, rows, target)
     torch.testing.assert_close(lp.detach(), lm.target_log_probs(inputs, target), atol=1e-5, rtol=0)
     (grad,) = torch.autograd.grad(lp.sum(), embeds)
     assert grad.shape == embeds.shape and grad.abs().sum() > 0
@@ -286,7 +287,7 @@ def test_attention_maps_under_eager_and_restore(lm):
     keep[0, 1] = False
     inputs = Masker(lm, prompt, features, "attention").inputs(keep)
     before = lm.attn_implementation
-    maps = lm.attention_maps(inputs, target)
+    maps = lm.attention_maps(inputs.extended(torch.tensor([list(target[:-1])])))
     assert lm.attn_implementation == before
     T = len(prompt) + len(target) - 1
     layers, heads = lm.model.config.num_hidden_layers, lm.model.config.num_attention_heads
@@ -340,19 +341,20 @@ def test_prefix_tree_scoring_of_shapley_coalitions_is_exact_whatever_the_chunks(
 
 
 def test_prefix_cuts_minimise_the_cost_over_every_cut_set():
-    """Oracle: enumerate every set of cut depths over rows whose distinct prefixes are counted directly."""
+    """Oracle: enumerate every set of cut depths over rows (of T positions, the last n of which
+    run in the final call) whose distinct prefixes are counted directly."""
     gen = torch.Generator().manual_seed(0)
-    L, n = 7, 3
+    T, n = 9, 3
     for trial in range(30):
         rows = sorted(
             map(
                 tuple,
                 torch.randint(
-                    0, 2, (int(torch.randint(2, 9, (1,), generator=gen)), L), generator=gen
+                    0, 2, (int(torch.randint(2, 9, (1,), generator=gen)), T), generator=gen
                 ).tolist(),
             )
         )
-        same = [next((i for i in range(L) if a[i] != b[i]), L) for a, b in itertools.pairwise(rows)]
+        same = [next((i for i in range(T) if a[i] != b[i]), T) for a, b in itertools.pairwise(rows)]
         call = [0, 3, 20][trial % 3]
 
         def cost(cuts, rows=rows, call=call):
@@ -360,10 +362,12 @@ def test_prefix_cuts_minimise_the_cost_over_every_cut_set():
             for s in cuts:
                 run += len({r[:s] for r in rows}) * (s - done) + call
                 done = s
-            return run + len(rows) * (L + n - 1 - done) + call
+            return run + len(rows) * (T - done) + call
 
-        best = min(cost(c) for k in range(L) for c in itertools.combinations(range(1, L), k))
-        assert cost(_prefix_cuts(same, L, n, call)) == best
+        cuts = _prefix_cuts(same, T, n, call)
+        assert all(0 < s <= T - n for s in cuts)
+        best = min(cost(c) for k in range(T) for c in itertools.combinations(range(1, T - n + 1), k))
+        assert cost(cuts) == best
 
 
 @pytest.mark.parametrize("strategy", ["attention", "replace"])

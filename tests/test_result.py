@@ -150,7 +150,7 @@ def test_a_version_1_file_loads_into_the_version_2_shape(tmp_path):
     ]
     new = res.save(tmp_path / "r.json")
     data = json.loads(new.read_text())
-    assert data["schema_version"] == 2 and "seed" not in data and "level" not in data
+    assert data["schema_version"] == 3 and "seed" not in data and "level" not in data
     assert data["settings"]["mask"] == "replace" and data["params"] == {"n_samples": 2}
     assert genattr.Attribution.load(new).settings == res.settings
 

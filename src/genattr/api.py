@@ -31,10 +31,11 @@ from .model import LanguageModel, load
 from .objectives import OBJECTIVES, gradient_objectives
 from .problem import Problem
 from .progress import Progress, checked, reporting
-from .result import Attribution
+from .result import Attribution, output_token_columns, undefined_entries
 from .settings import Settings
 from .text.prompt import Prompt
-from .text.target import resolve_target
+from .text.segment import Feature
+from .text.target import Target, explained_tokens, output_token_features, resolve_target
 
 if TYPE_CHECKING:
     import torch
@@ -112,6 +113,31 @@ def _mask_token(mask_token: int | str | None, baseline: int | str | None) -> int
     return baseline
 
 
+def _problem(
+    lm: LanguageModel,
+    prompt: Prompt,
+    features: list[Feature],
+    target: Target | None,
+    span: tuple[int, int],
+    outputs: bool,
+    masker: Masker,
+    objective: str,
+    seed: int,
+) -> Problem:
+    """The problem of a call: the prompt's features (and, with ``outputs``, one feature per output
+    token before the last explained one), the target up to the last token explained, the tokens
+    before ``span`` teacher-forced as context."""
+    if target is None:
+        return Problem(lm, prompt, features, None, masker, objective, seed)
+    first, stop = span
+    forced = target.ids[: stop - 1]
+    if outputs:
+        features = [*features, *output_token_features(prompt, target, len(features), stop - 1)]
+    masker = Masker(lm, prompt, features, masker.strategy, masker.baseline_id, continuation=forced)
+    kept = Target(target.ids[:stop], target.text, target.tokens[:stop], target.generated)
+    return Problem(lm, prompt, features, kept, masker, objective, seed, explained_from=first)
+
+
 def explain(
     lm: LanguageModel | str,
     prompt: str | Sequence[Mapping[str, str]] | Prompt,
@@ -128,6 +154,9 @@ def explain(
     spans=None,
     params: Mapping[str, object] | None = None,
     progress: Progress | None = None,
+    attribute_target: bool | None = None,
+    target_token: int | str | None = None,
+    target_span: str | tuple[int, int] | None = None,
     baseline: int | str | None = None,
     **method_params,
 ) -> Attribution:
@@ -186,6 +215,21 @@ def explain(
     progress : callable, optional
         ``progress(done, total)`` hears of every chunk of rows the model scores during the call
         (see :mod:`genattr.progress`; :func:`genattr.progress.progress_bar` gives a display).
+    attribute_target : bool, optional
+        Attribute each target token y_t to the earlier target tokens y_<t too, as to the prompt's
+        features: one more column per target token, after the prompt's (the output tokens are
+        masked like prompt tokens by the perturbation methods, moved along the path with them by
+        the gradient methods, read off the attention by the attention methods). The entries of
+        token y_s for rows t <= s are undefined (NaN), and so is the last token's sequence score.
+        Default: True with ``target_token``, else False. Methods flagged ``output-tokens`` only.
+    target_token : int or str, optional
+        Explain one output token, a word of interest (AIEG's setting): its index in the target
+        (negative from the end) or a substring of the response that is one token (its first
+        occurrence); the earlier output tokens are teacher-forced and, by default, features.
+    target_span : str or (int, int), optional
+        Explain only a part of the response (ContextCite's use): a substring (first occurrence) or
+        a character span (start, end) of the response, on token boundaries; the tokens before it
+        are teacher-forced context (features only with ``attribute_target``).
     baseline : int or str, optional
         Deprecated former name of ``mask_token``: it warns
         (:class:`~genattr.errors.GenattrDeprecationWarning`) and goes in the next release.
@@ -252,6 +296,18 @@ def explain(
             "without gradients (see `genattr methods`)."
         )
     algorithm = method_cls(**_method_params(params, method_params))
+    picked = target_token is not None or target_span is not None
+    if picked and not method_cls.needs_target:
+        raise InvalidParameterError(
+            f"{method} explains the model's own likely outputs, not a part of a target; drop "
+            "target_token and target_span."
+        )
+    outputs = target_token is not None if attribute_target is None else bool(attribute_target)
+    if outputs and not method_cls.info().output_tokens:
+        raise InvalidParameterError(
+            f"{method} cannot attribute to output tokens (`genattr methods` flags those that can: "
+            "output-tokens); drop attribute_target, or pick one of those methods."
+        )
     progress = checked(progress)
     mask_token = _mask_token(mask_token, baseline)
     if isinstance(lm, str):
@@ -266,10 +322,27 @@ def explain(
     masker = Masker(lm, prompt_obj, features, mask, mask_token)
     with reporting(progress):
         resolved = resolve_target(lm, prompt_obj, target, max_new_tokens) if method_cls.needs_target else None
-        problem = Problem(lm, prompt_obj, features, resolved, masker, objective, seed)
+        span = explained_tokens(lm.tokenizer, resolved, target_token, target_span) if resolved else (0, 0)
+        problem = _problem(lm, prompt_obj, features, resolved, span, outputs, masker, objective, seed)
         output = algorithm.attribute(problem)
+    explained = output.target or resolved
+    if explained is None:
+        raise InvalidParameterError(
+            f"{method} declares needs_target = False but returned no target; a method that takes no "
+            "target sets Output.target to the output it explains."
+        )
     scores, token_scores = _to_numpy(output.scores), _to_numpy(output.token_scores)
-    if not np.isfinite(scores).all() or (token_scores is not None and not np.isfinite(token_scores).all()):
+    if outputs:
+        scores, token_scores = output_token_columns(scores, token_scores, len(features), len(explained), span)
+    defined = ~undefined_entries(scores.shape[0], len(features), span)
+    rows = (
+        None
+        if token_scores is None
+        else ~undefined_entries(token_scores.shape[1], len(features), span, rows=True)
+    )
+    if not np.isfinite(scores[defined]).all() or (
+        token_scores is not None and not np.isfinite(token_scores[rows]).all()
+    ):
         raise NumericalError(
             f"{method} produced non-finite scores; check the model's outputs and the method's "
             "parameters (diagnostics may say more)."
@@ -288,13 +361,9 @@ def explain(
         pattern=pattern if level == "regex" else None,
         spans=spans if level == "spans" else None,
         seed=seed if method_cls.stochastic else None,
+        attribute_target=outputs,
+        target_span=span if picked else None,
     )
-    explained = output.target or resolved
-    if explained is None:
-        raise InvalidParameterError(
-            f"{method} declares needs_target = False but returned no target; a method that takes no "
-            "target sets Output.target to the output it explains."
-        )
     return Attribution(
         method=method,
         prompt=prompt_obj,

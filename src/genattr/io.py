@@ -38,8 +38,8 @@ if TYPE_CHECKING:
     from .result import Attribution
 
 SCHEMA = "genattr.attribution"
-SCHEMA_VERSION = 2
-"""The version written; :func:`attribution_fields` reads versions 1 and 2."""
+SCHEMA_VERSION = 3
+"""The version written; :func:`attribution_fields` reads versions 1, 2 and 3."""
 
 
 # --------------------------------------------------------------------- writing
@@ -237,12 +237,12 @@ def _read_target(data: dict, where: str) -> Target:
 
 
 def _read_token_scores(data: dict, n_tokens: int, n_features: int, where: str) -> np.ndarray | None:
-    """The [target tokens x features] matrix of scores, or None when the method gives none."""
+    """The [target tokens explained x columns] matrix of scores, or None when the method gives none."""
     rows = data.get("token_scores")
     if rows is None:
         return None
     if not isinstance(rows, list) or len(rows) != n_tokens:
-        raise _fail(where, "token_scores must have one row per target token")
+        raise _fail(where, "token_scores must have one row per target token explained")
     matrix = [_numbers(row, where, "token_scores", n_features) for row in rows]
     return np.array(matrix, dtype=np.float64).reshape(n_tokens, n_features)
 
@@ -308,6 +308,16 @@ def _seed(value, where: str, text: str) -> int | None:
     raise _fail(where, "seed must be an integer in [0, 2**64) or null")
 
 
+def _target_span(value, where: str, text: str) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    if not (
+        isinstance(value, list) and len(value) == 2 and all(map(_is_int, value)) and 0 <= value[0] < value[1]
+    ):
+        raise _fail(where, "target_span must be [first, stop) token indices with first < stop, or null")
+    return value[0], value[1]
+
+
 _SETTING_READERS = {  # name: (JSON types, reader)
     "level": (str, _one_of("level", LEVELS)),
     "mask": (str, _one_of("mask", MASKS, ".masking")),
@@ -317,6 +327,8 @@ _SETTING_READERS = {  # name: (JSON types, reader)
     "pattern": ((str, type(None)), _as_is),
     "spans": (object, _spans),
     "seed": (object, _seed),
+    "attribute_target": (bool, _as_is),
+    "target_span": (object, _target_span),
 }
 
 
@@ -354,12 +366,12 @@ def _v2_settings(data: dict, params: dict, prompt: Prompt, where: str) -> tuple[
     return _read_settings(_typed(data, "settings", dict, where), prompt, where), params
 
 
-_SETTINGS_BY_VERSION = {1: _v1_settings, 2: _v2_settings}
+_SETTINGS_BY_VERSION = {1: _v1_settings, 2: _v2_settings, 3: _v2_settings}
 
 
 def attribution_fields(data, where: str = "attribution") -> dict:
     """The fields of an :class:`~genattr.Attribution` (its constructor's keywords) from a JSON
-    object of schema version 1 or 2, every one validated; anything else raises ResultFormatError."""
+    object of schema version 1, 2 or 3, every one validated; anything else raises ResultFormatError."""
     if not isinstance(data, dict):
         raise _fail(where, "the top level must be a JSON object")
     if data.get("schema") != SCHEMA:
@@ -376,13 +388,17 @@ def attribution_fields(data, where: str = "attribution") -> dict:
     target = _read_target(data, where)
     objects = _read_objects(data, where)
     settings, params = _SETTINGS_BY_VERSION[version](data, objects["params"], prompt, where)
+    columns = len(features) + (len(target.ids) if settings.attribute_target else 0)
+    first, stop = settings.target_span or (0, len(target.ids))
+    if stop > len(target.ids):
+        raise _fail(where, f"target_span [{first}, {stop}) reaches past the {len(target.ids)} target tokens")
     return {
         "method": _typed(data, "method", str, where),
         "prompt": prompt,
         "features": features,
-        "scores": np.array(_numbers(data.get("scores"), where, "scores", len(features)), dtype=np.float64),
+        "scores": np.array(_numbers(data.get("scores"), where, "scores", columns), dtype=np.float64),
         "target": target,
-        "token_scores": _read_token_scores(data, len(target.ids), len(features), where),
+        "token_scores": _read_token_scores(data, stop - first, columns, where),
         "settings": settings,
         "params": params,
         "diagnostics": objects["diagnostics"],

@@ -57,14 +57,21 @@ class Problem:
     features : list of Feature
         The F features, numbered 0..F-1.
     target : Target or None
-        The continuation y of n tokens; None for methods that explain the model's likely outputs
-        (GiLOT), which then may not call :meth:`evaluate`.
+        The teacher-forced continuation y_1..y_m; None for methods that explain the model's likely
+        outputs (GiLOT), which then may not call :meth:`evaluate`.
     masker : Masker
-        How a removed feature is taken out (mask and baseline token).
+        How a removed feature is taken out (mask and baseline token). Every row it builds holds the
+        prompt followed by y_1..y_(m-1) (a masker built without that continuation is rebuilt with
+        it), and features may cover those output tokens too (attribution to earlier output
+        tokens: a coalition then masks them as it masks prompt tokens).
     objective : str
         A name in :data:`genattr.objectives.OBJECTIVES`.
     seed : int or None
         Seed of :meth:`generator`, for stochastic methods.
+    explained_from : int
+        The index of the first target token explained: the n = m - ``explained_from`` tokens
+        y_(explained_from+1)..y_m are scored (the u_t above), the ones before are teacher-forced
+        context only (a span of the response, or one word of interest).
 
     Examples
     --------
@@ -93,9 +100,26 @@ class Problem:
     masker: Masker
     objective: str = DEFAULT_OBJECTIVE
     seed: int | None = DEFAULT_SEED
+    explained_from: int = 0
 
     def __post_init__(self) -> None:
         self._objective = OBJECTIVES.get(self.objective)()
+        if self.target is None:
+            return
+        if not 0 <= self.explained_from < len(self.target):
+            raise InvalidParameterError(
+                f"explained_from={self.explained_from} is not a token of the {len(self.target)}-token target."
+            )
+        forced = list(self.target.ids[:-1])
+        held = self.masker.continuation.tolist()
+        if not held and forced:
+            m = self.masker
+            self.masker = Masker(m.lm, m.prompt, m.features, m.strategy, m.baseline_id, continuation=forced)
+        elif held != forced:
+            raise InvalidParameterError(
+                "the masker's continuation is not the target's first tokens; build it with "
+                "continuation=target.ids[:-1], or with none."
+            )
 
     @property
     def n_features(self) -> int:
@@ -103,14 +127,20 @@ class Problem:
 
     @property
     def target_ids(self) -> tuple[int, ...]:
-        """The token ids of the target explained; a method that declares ``needs_target = False``
-        is given no target, and scores none."""
+        """The ids of the n target tokens explained (from ``explained_from`` on); a method that
+        declares ``needs_target = False`` is given no target, and scores none."""
         if self.target is None:
             raise InvalidParameterError(
                 "this problem has no target (its method declares needs_target = False), so it has no "
                 "log-probabilities to score; declare needs_target = True to be given one."
             )
-        return self.target.ids
+        return self.target.ids[self.explained_from :]
+
+    @property
+    def sequence_ids(self) -> torch.Tensor:
+        """The T token ids every row holds before masking: the prompt, then the target's first m - 1
+        tokens; its last n positions predict the n tokens explained."""
+        return self.masker.ids
 
     def generator(self) -> torch.Generator:
         """A fresh random generator seeded with the problem's seed (no global randomness)."""
@@ -124,9 +154,10 @@ class Problem:
         """log p(y_t | y_<t, x_S) for each coalition row of ``keep`` [B, F]: [B, n] float32, the
         prompt variants built :data:`EVALUATION_PASSES` forward passes' worth at a time."""
         keep = torch.as_tensor(keep, dtype=torch.bool).reshape(-1, self.n_features)
-        rows = self.lm.rows_per_chunk(len(self.prompt) + len(self.target_ids)) * EVALUATION_PASSES
+        labels = self.target_ids
+        rows = self.lm.rows_per_chunk(len(self.sequence_ids) + 1) * EVALUATION_PASSES
         parts = [
-            self.lm.target_log_probs(self.masker.inputs(keep[i : i + rows]), self.target_ids)
+            self.lm.label_log_probs(self.masker.inputs(keep[i : i + rows]), labels)
             for i in range(0, len(keep), rows)
         ]
         return torch.cat(parts) if parts else torch.empty(0, len(self.target_ids))

@@ -97,6 +97,7 @@ FLAGS = {
     "delta": "diagnostics['convergence_delta']: how far the scores miss F(x) - F(x'), the completeness gap",
     "stderr": "diagnostics['stderr']: the standard error of each score, a Monte Carlo estimate",
     "no-target": "takes no target: explains the model's own likely outputs",
+    "output-tokens": "attributes to earlier output tokens too (attribute_target=True)",
 }
 """The capability flags of ``genattr methods``, each with its one meaning."""
 
@@ -186,6 +187,7 @@ class MethodInfo:
     convergence_delta: bool
     standard_error: bool
     needs_target: bool
+    output_tokens: bool
     params: dict
     package: str = "genattr"
 
@@ -199,6 +201,7 @@ class MethodInfo:
             "delta": self.convergence_delta,
             "stderr": self.standard_error,
             "no-target": not self.needs_target,
+            "output-tokens": self.output_tokens,
         }
         return [flag for flag in FLAGS if on[flag]]
 
@@ -219,8 +222,10 @@ class Method:
 
     The flags, each the promise of one label of :data:`FLAGS`: ``needs_gradients``
     (gradients), ``stochastic``, ``token_scores`` (token-scores), ``additive``,
-    ``convergence_delta`` (delta), ``standard_error`` (stderr) and ``needs_target`` (False:
-    no-target); ``tests/test_contract.py`` holds every registered method to them.
+    ``convergence_delta`` (delta), ``standard_error`` (stderr), ``needs_target`` (False:
+    no-target) and ``output_tokens`` (output-tokens: earlier output tokens can be features, every
+    row of the matrix then attributed to them as to the prompt); ``tests/test_contract.py`` holds
+    every registered method to them.
     """
 
     name: ClassVar[str]
@@ -233,6 +238,7 @@ class Method:
     convergence_delta: ClassVar[bool] = False
     standard_error: ClassVar[bool] = False
     needs_target: ClassVar[bool] = True
+    output_tokens: ClassVar[bool] = True
     params: ClassVar[dict[str, Param]] = {}
 
     def __init__(self, **kwargs) -> None:
@@ -259,6 +265,7 @@ class Method:
             cls.convergence_delta,
             cls.standard_error,
             cls.needs_target,
+            cls.output_tokens and cls.needs_target,
             {k: p.describe() for k, p in cls.params.items()},
             cls.__module__.split(".")[0],
         )

@@ -32,11 +32,65 @@ from pathlib import Path
 import numpy as np
 
 from . import io
-from .errors import InputError
+from .errors import InputError, ResultFormatError
 from .settings import Settings
 from .text.prompt import Prompt
 from .text.segment import Feature, segment, token_owners
 from .text.target import Target
+
+
+def undefined_entries(
+    columns: int, n_prompt: int, span: tuple[int, int], *, rows: bool = False
+) -> np.ndarray:
+    """Where attribution to output tokens is undefined: output token s (column ``n_prompt`` + s)
+    can only affect the tokens after it, so for the row of target token t (t in ``span`` = [a, b))
+    its entry is undefined when s >= t; as a sequence score (``rows`` False) when no row comes
+    after it, s >= b - 1. Returns a boolean mask [columns] or, with ``rows``, [b - a, columns];
+    prompt columns are never undefined.
+
+    >>> undefined_entries(5, 2, (0, 3), rows=True).astype(int)
+    array([[0, 0, 1, 1, 1],
+           [0, 0, 0, 1, 1],
+           [0, 0, 0, 0, 1]])
+    >>> undefined_entries(5, 2, (0, 3)).astype(int)
+    array([0, 0, 0, 0, 1])
+    """
+    first, stop = span
+    output = np.arange(columns) - n_prompt
+    if not rows:
+        return output >= max(stop - 1, 0)
+    explained = np.arange(first, stop)[:, None]
+    return (output[None, :] >= 0) & (output[None, :] >= explained)
+
+
+def output_token_columns(
+    scores: np.ndarray, token_scores: np.ndarray | None, n_prompt: int, n_target: int, span: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """A method's scores over the prompt features and the output tokens it was given as features
+    (those before the last explained one) widened to one column per output token, and NaN
+    wherever :func:`undefined_entries` says the entry is undefined (never a made-up number)."""
+    width = n_prompt + n_target
+
+    def widened(values: np.ndarray, undefined: np.ndarray) -> np.ndarray:
+        out = np.full((*values.shape[:-1], width), np.nan)
+        out[..., : values.shape[-1]] = values
+        out[undefined] = np.nan
+        return out
+
+    rows = None
+    if token_scores is not None:
+        rows = widened(token_scores, undefined_entries(width, n_prompt, span, rows=True))
+    return widened(scores, undefined_entries(width, n_prompt, span)), rows
+
+
+def _check_undefined(values: np.ndarray, undefined: np.ndarray, name: str) -> None:
+    """NaN exactly where an entry is undefined (:func:`undefined_entries`): nowhere else."""
+    nan = np.isnan(values)
+    if (nan != undefined).any():
+        raise InputError(
+            f"{name} holds NaN where a score is defined, or a number where it is undefined (an output "
+            "token's entry for itself or an earlier token); only those entries are NaN."
+        )
 
 
 @dataclass
@@ -100,23 +154,52 @@ class Attribution:
                 "build one with Settings(level=..., seed=...)."
             )
         self.scores = np.asarray(self.scores, dtype=np.float64)
-        if self.scores.shape != (len(self.features),):
+        columns = len(self.features) + (len(self.target.ids) if self.settings.attribute_target else 0)
+        if self.scores.shape != (columns,):
             raise InputError(
                 f"scores has shape {self.scores.shape}, expected one score per feature "
-                f"({len(self.features)})."
+                f"({len(self.features)}) and, with attribute_target, per output token ({columns} in all)."
             )
         if any(f.index != i for i, f in enumerate(self.features)):
             raise InputError("features must be numbered 0, 1, ... in order (features[i].index == i).")
+        _check_undefined(self.scores, undefined_entries(len(self.scores), self.n_prompt, self.span), "scores")
         if self.token_scores is not None:
             self.token_scores = np.asarray(self.token_scores, dtype=np.float64)
-            expected = (len(self.target.ids), len(self.features))
+            expected = (self.span[1] - self.span[0], len(self.scores))
             if self.token_scores.shape != expected:
                 raise InputError(
-                    f"token_scores has shape {self.token_scores.shape}, expected (target tokens, "
-                    f"features) = {expected}."
+                    f"token_scores has shape {self.token_scores.shape}, expected (target tokens explained, "
+                    f"columns) = {expected}."
                 )
+            undefined = undefined_entries(expected[1], self.n_prompt, self.span, rows=True)
+            _check_undefined(self.token_scores, undefined, "token_scores")
 
     # ----------------------------------------------------------------- reading
+    @property
+    def n_prompt(self) -> int:
+        """F, the number of prompt features: the first F entries of ``scores`` (and columns of
+        ``token_scores``); with ``attribute_target`` one column per output token follows."""
+        return len(self.features)
+
+    @property
+    def span(self) -> tuple[int, int]:
+        """The target tokens [a, b) explained, one row of ``token_scores`` each (every one unless
+        ``target_token`` or ``target_span`` picked some: ``settings.target_span``)."""
+        return self.settings.target_span or (0, len(self.target.ids))
+
+    @property
+    def prompt_scores(self) -> np.ndarray:
+        """The prompt features' scores [F] (``scores`` without the output tokens' columns)."""
+        return self.scores[: self.n_prompt]
+
+    @property
+    def output_scores(self) -> np.ndarray | None:
+        """With ``attribute_target``, the output tokens' block [rows, n] of ``token_scores``
+        (NaN where undefined: token s for rows t <= s), else None."""
+        if not self.settings.attribute_target or self.token_scores is None:
+            return None
+        return self.token_scores[:, self.n_prompt :]
+
     @property
     def level(self) -> str:
         """How the prompt was cut into the features scored (``settings.level``)."""
@@ -132,7 +215,7 @@ class Attribution:
         return list(self.target.tokens)
 
     def top(self, k: int = 5) -> list[tuple[Feature, float]]:
-        """The ``k`` highest-scoring features with their scores, best first (ties by position).
+        """The ``k`` highest-scoring prompt features with their scores, best first (ties by position).
 
         Parameters
         ----------
@@ -155,12 +238,12 @@ class Attribution:
         """
         if k < 0:
             raise InputError(f"k must be non-negative, got {k}.")
-        order = sorted(range(len(self.features)), key=lambda i: (-self.scores[i], i))[:k]
+        order = sorted(range(self.n_prompt), key=lambda i: (-self.scores[i], i))[:k]
         return [(self.features[i], float(self.scores[i])) for i in order]
 
     def aggregate(self, level: str, *, pattern=None, spans=None) -> Attribution:
         """The same result at a coarser ``level``: each coarse feature's score is the sum of the
-        scores of the features it contains (per target token too),
+        scores of the features it contains (per target token too; output tokens' columns stay),
 
             s'(c) = sum_{f inside c} s(f).
 
@@ -221,11 +304,16 @@ class Attribution:
         keep = [c for c in coarse if used[c.index]]
         matrix = matrix[:, used]
         features = [Feature(i, c.text, c.start, c.end, c.positions) for i, c in enumerate(keep)]
+        F = self.n_prompt
+
+        def coarse_columns(values: np.ndarray) -> np.ndarray:  # output-token columns stay as they are
+            return np.concatenate([values[..., :F] @ matrix, values[..., F:]], -1)
+
         return replace(
             self,
             features=features,
-            scores=self.scores @ matrix,
-            token_scores=None if self.token_scores is None else self.token_scores @ matrix,
+            scores=coarse_columns(self.scores),
+            token_scores=None if self.token_scores is None else coarse_columns(self.token_scores),
             settings=replace(self.settings, level=level, pattern=pattern, spans=spans),
             params=dict(self.params),
             diagnostics=dict(self.diagnostics),
@@ -241,7 +329,7 @@ class Attribution:
     def from_dict(cls, data) -> Attribution:
         """Rebuild a result from :meth:`to_dict` output (schema version 1 or 2), validating every
         field (:func:`genattr.io.attribution_fields`)."""
-        return cls(**io.attribution_fields(data))
+        return cls._built(io.attribution_fields(data), "attribution")
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the result as JSON (schema ``genattr.attribution`` version 2), atomically: a reader
@@ -271,7 +359,16 @@ class Attribution:
         genattr.errors.ResultFormatError
             For any file that is not a valid saved result.
         """
-        return cls(**io.attribution_fields(io.read_json(path), str(path)))
+        return cls._built(io.attribution_fields(io.read_json(path), str(path)), str(path))
+
+    @classmethod
+    def _built(cls, fields: dict, where: str) -> Attribution:
+        """The result of validated fields; a constructor check that fails (NaN outside the undefined
+        entries, for example) is a :class:`~genattr.errors.ResultFormatError` of the file."""
+        try:
+            return cls(**fields)
+        except InputError as exc:
+            raise ResultFormatError(f"{where}: {exc}") from exc
 
     # ----------------------------------------------------------------- display
     def __repr__(self) -> str:

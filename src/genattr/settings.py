@@ -38,6 +38,11 @@ class Settings:
         The character spans, for ``level="spans"`` (stored as a tuple of pairs).
     seed : int, optional
         The seed of a stochastic method; None for a deterministic one.
+    attribute_target : bool
+        Whether the output tokens were features too (one column each after the prompt's).
+    target_span : (int, int), optional
+        The target tokens [a, b) explained when ``target_token`` or ``target_span`` picked some;
+        None when every target token was.
 
     Examples
     --------
@@ -57,12 +62,16 @@ class Settings:
     pattern: str | None = None
     spans: tuple[tuple[int, int], ...] | None = None
     seed: int | None = None
+    attribute_target: bool = False
+    target_span: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         # a compiled pattern is recorded as its text, spans as a tuple of (start, end) pairs
         object.__setattr__(self, "pattern", getattr(self.pattern, "pattern", self.pattern))
         if self.spans is not None:
             object.__setattr__(self, "spans", tuple((start, end) for start, end in self.spans))
+        if self.target_span is not None:
+            object.__setattr__(self, "target_span", tuple(int(v) for v in self.target_span))
 
     @property
     def baseline(self) -> int | str | None:
@@ -79,15 +88,17 @@ class Settings:
         out = asdict(self)
         if self.spans is not None:
             out["spans"] = [list(span) for span in self.spans]
+        if self.target_span is not None:
+            out["target_span"] = list(self.target_span)
         return out
 
     def set_items(self, leave_out: tuple[str, ...] = ()) -> list[tuple[str, object]]:
-        """``(name, value)`` of the settings that are set (not None), in field order, but for
-        the names in ``leave_out``."""
+        """``(name, value)`` of the settings that are set (not None or False), in field order, but
+        for the names in ``leave_out``."""
         return [
             (f.name, getattr(self, f.name))
             for f in fields(self)
-            if f.name not in leave_out and getattr(self, f.name) is not None
+            if f.name not in leave_out and getattr(self, f.name) not in (None, False)
         ]
 
 

@@ -88,8 +88,11 @@ def completeness_gap(
 class EmbeddedPrompt:
     """A prompt as the gradient methods see it: embeddings, feature positions and the target.
 
-    ``embeds`` [L, d] float32 on the model's device; ``covered`` [L] marks the positions of feature
-    tokens (the only ones a baseline or noise replaces); ``membership`` [L, F] maps positions to
+    The T positions are the prompt's, then the teacher-forced target tokens' but the last
+    (:attr:`genattr.problem.Problem.sequence_ids`); the last n of them predict the n target tokens
+    explained (``target``). ``embeds`` [T, d] float32 on the model's device; ``covered`` [T] marks
+    the positions of feature tokens (the only ones a baseline or noise replaces: prompt tokens,
+    and output tokens when they are features too); ``membership`` [T, F] maps positions to
     features (1 where position i belongs to feature f).
     """
 
@@ -112,15 +115,15 @@ class EmbeddedPrompt:
 
     @property
     def predicting(self) -> torch.Tensor:
-        """The positions (in prompt + target[:-1]) whose outputs predict the target tokens."""
-        return torch.arange(self.n_target) + self.length - 1
+        """The positions whose outputs predict the target tokens: the last n."""
+        return torch.arange(self.n_target) + self.length - self.n_target
 
     def template(self, rows: int) -> Batch:
-        """``rows`` copies of the prompt, every position visible."""
+        """``rows`` copies of the T positions, every position visible."""
         return Batch.from_ids(self.ids.tolist(), rows)
 
     def baseline(self, kind: str) -> torch.Tensor:
-        """The baseline x' [L, d]: the zero vector or the baseline token's embedding at feature positions."""
+        """The baseline x' [T, d]: the zero vector or the baseline token's embedding at feature positions."""
         if kind == "zero":
             fill = torch.zeros_like(self.embeds[0])
         else:
@@ -128,20 +131,20 @@ class EmbeddedPrompt:
         return torch.where(self.covered[:, None], fill, self.embeds)
 
     def random_token_baselines(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        """``n`` baselines [n, L, d]: an embedding of a uniformly drawn vocabulary token at each feature position."""
+        """``n`` baselines [n, T, d]: an embedding of a uniformly drawn vocabulary token at each feature position."""
         ids = torch.randint(self.lm.vocab_size, (n, self.length), generator=generator)
         random = self.lm.embed(ids).detach().float()
         return torch.where(self.covered[None, :, None], random, self.embeds[None])
 
     def features(self, token_level: torch.Tensor) -> torch.Tensor:
-        """Token-level attributions [..., L] -> feature scores [..., F] (sum over each feature's tokens), float64 CPU."""
+        """Token-level attributions [..., T] -> feature scores [..., F] (sum over each feature's tokens), float64 CPU."""
         return token_level.double().cpu() @ self.membership
 
     @torch.no_grad()
     def values(self, rows: torch.Tensor, logits: bool = False) -> torch.Tensor:
-        """Target log-probs (or logits) [R, n] given prompt embeddings ``rows`` [R, L, d], chunked."""
+        """Target log-probs (or logits) [R, n] given input embeddings ``rows`` [R, T, d], chunked."""
         out = []
-        for sl in self.lm.chunks(rows.shape[0], self.length + self.n_target):
+        for sl in self.lm.chunks(rows.shape[0], self.length + 1):
             x = rows[sl].to(self.lm.dtype)
             out.append(
                 self.lm.log_probs_from_embeddings(
@@ -154,7 +157,7 @@ class EmbeddedPrompt:
 def embedded(problem: Problem) -> EmbeddedPrompt:
     """The :class:`EmbeddedPrompt` of a problem (prompt, features, target, baseline token, objective)."""
     lm = problem.lm
-    ids = torch.tensor(problem.prompt.input_ids, dtype=torch.long)
+    ids = problem.sequence_ids
     owners = torch.tensor(token_owners(problem.features, len(ids)), dtype=torch.long)
     membership = torch.nn.functional.one_hot(owners + 1, problem.n_features + 1)[:, 1:].double()
     embeds = lm.embed(ids[None])[0].detach().float()
@@ -287,7 +290,7 @@ def gradient_sums(
     n = ep.n_target
     m = n + int(sequence)
     sums = torch.zeros(m, *rows.shape[1:], dtype=torch.float32, device=rows.device)
-    for sl in lm.chunks(R, (L + n) * m):
+    for sl in lm.chunks(R, (L + 1) * m):
         x = rows[sl].to(lm.dtype).requires_grad_(True)
         with torch.enable_grad(), _head_input(lm.model) as head:
             out = lm.log_probs_from_embeddings(x, ep.template(x.shape[0]), ep.target, return_logits=logits)

@@ -22,8 +22,8 @@ from ._embedding import BASELINES, EmbeddedPrompt, ForwardHook, embedded, forwar
 
 
 def attention_maps(ep: EmbeddedPrompt) -> torch.Tensor:
-    """Attention probabilities over prompt + target[:-1]: [layers, heads, T, T] float32."""
-    return ep.lm.attention_maps(ep.template(1), ep.target)[0]
+    """Attention probabilities over the T positions (prompt, then target[:-1]): [layers, heads, T, T] float32."""
+    return ep.lm.attention_maps(ep.template(1))[0]
 
 
 def net_attention(maps: torch.Tensor, rows: torch.Tensor, length: int) -> torch.Tensor:
@@ -149,7 +149,7 @@ def attention_gradients(
     rows = base[None] + alphas[:, None, None] * (ep.embeds - base)[None]
     tokens = sequence = torch.zeros(())
     with lm.eager_attention():
-        for sl in lm.chunks(n_steps, L + n):
+        for sl in lm.chunks(n_steps, L + 1):
             x = rows[sl].to(lm.dtype).requires_grad_(True)
             with torch.enable_grad():
                 out, maps = lm.log_probs_from_embeddings(

@@ -411,9 +411,9 @@ class GradientShap(Method):
             bases = ep.random_token_baselines(k, gen)
         else:
             bases = ep.baseline(self.baselines)[None].expand(k, -1, -1)
+        alphas = torch.rand(k, generator=gen).to(ep.embeds)
         noise = torch.randn(k, *ep.embeds.shape, generator=gen).to(ep.embeds) * self.stdevs
         noisy = ep.embeds[None] + noise * ep.covered[None, :, None]
-        alphas = torch.rand(k, generator=gen).to(ep.embeds)
         rows = bases + alphas[:, None, None] * (noisy - bases)
         seq = _own_sequence_row(ep)
         weights = torch.full((k,), 1.0 / k, dtype=torch.float64)

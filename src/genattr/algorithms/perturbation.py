@@ -455,7 +455,7 @@ class Lime(Method):
         F = problem.n_features
         if problem.target is None:
             raise InvalidParameterError("lime fits the values of a target, and this problem has none.")
-        fit = RidgeFit(F, 1 + len(problem.target))
+        fit = RidgeFit(F, 1 + len(problem.target_ids))
         for keep in lime_coalition_blocks(F, self.n_samples, problem.generator()):
             distance = 1 - (keep.sum(1).double() / F).sqrt()
             fit.add(keep, problem.evaluate(keep), torch.exp(-(distance**2) / (2 * self.kernel_width**2)))

@@ -110,7 +110,8 @@ def relaxed_log_likelihood(problem: Problem, mask: torch.Tensor) -> torch.Tensor
     """Differentiable log p(y | m (.) x) for continuous feature masks ``mask`` [B, F]: [B] float32.
 
     Every token t of feature f is embedded as m_f e_t + (1 - m_f) e_b, e_b the embedding of the
-    masker's baseline token; tokens outside every feature keep their embedding. All positions stay
+    masker's baseline token; tokens outside every feature (and the teacher-forced target) keep their
+    embedding. All positions stay
     visible, so at m_f = 0 this equals the ``replace`` masking strategy. All B rows go through one
     forward pass: the caller keeps B within the memory budget (the method itself uses B = 1).
     """
@@ -118,14 +119,14 @@ def relaxed_log_likelihood(problem: Problem, mask: torch.Tensor) -> torch.Tensor
     mask = torch.as_tensor(mask)
     if mask.ndim == 1:
         mask = mask[None]
-    ids = torch.tensor(problem.prompt.input_ids, dtype=torch.long)
+    ids = problem.sequence_ids
     embeds = lm.embed(ids[None]).detach().float()
     base = lm.embed(torch.tensor([[problem.masker.baseline_id]])).detach().float()
-    owner = torch.tensor(token_owners(problem.features, len(problem.prompt)), dtype=torch.long)
+    owner = torch.tensor(token_owners(problem.features, len(ids)), dtype=torch.long)
     padded = torch.cat([torch.ones(mask.shape[0], 1, dtype=mask.dtype, device=mask.device), mask], 1)
     token_mask = padded[:, owner + 1].to(device=lm.device, dtype=torch.float32)
     mixed = base + token_mask[:, :, None] * (embeds - base)
-    inputs = Batch.from_ids(problem.prompt.input_ids, rows=mask.shape[0])
+    inputs = Batch.from_ids(ids.tolist(), rows=mask.shape[0])
     return lm.log_probs_from_embeddings(mixed.to(lm.dtype), inputs, problem.target_ids).sum(1)
 
 
@@ -284,6 +285,7 @@ class XPrompt(Method):
     needs_gradients = True
     stochastic = True
     token_scores = False
+    output_tokens = False  # it searches for a joint mask of the prompt, not of the output
     params = {
         "k": Param(3, "number of features removed together (1 <= k <= features)", int, minimum=1),
         "n_iter": Param(

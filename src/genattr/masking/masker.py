@@ -85,6 +85,9 @@ class Masker:
         ``"delete"`` or a registered one.
     baseline : int or str, optional
         The baseline token (see the module docstring).
+    continuation : sequence of int
+        Token ids that follow the prompt in every row (a target's first n - 1 tokens, teacher-forced);
+        features may cover them too (positions from L on). Empty by default.
 
     Raises
     ------
@@ -112,12 +115,13 @@ class Masker:
         features: Sequence[Feature],
         strategy: str = DEFAULT_MASK,
         baseline: int | str | None = None,
+        continuation: Sequence[int] = (),
     ) -> None:
         self.mask = MASKS.get(strategy)()
         self.lm, self.prompt, self.features, self.strategy = lm, prompt, list(features), strategy
         self.baseline_id = resolve_baseline(lm.tokenizer, baseline, lm.vocab_size)
-        self.ids = torch.tensor(prompt.input_ids, dtype=torch.long)
-        owner = torch.tensor(token_owners(self.features, len(prompt)), dtype=torch.long)
+        self.ids = torch.tensor([*prompt.input_ids, *continuation], dtype=torch.long)
+        owner = torch.tensor(token_owners(self.features, len(self.ids)), dtype=torch.long)
         self._covered = (owner >= 0).nonzero().squeeze(-1)
         self._owner = owner[self._covered]
 
@@ -125,14 +129,20 @@ class Masker:
     def n_features(self) -> int:
         return len(self.features)
 
+    @property
+    def continuation(self) -> torch.Tensor:
+        """The ids that follow the prompt in every row."""
+        return self.ids[len(self.prompt) :]
+
     def token_keep(self, keep: torch.Tensor) -> torch.Tensor:
-        """Per-token keep mask [B, L] for feature coalitions ``keep`` [B, F]."""
-        out = torch.ones(keep.shape[0], len(self.prompt), dtype=torch.bool)
+        """Per-token keep mask [B, T] (prompt and continuation) for feature coalitions ``keep`` [B, F]."""
+        out = torch.ones(keep.shape[0], len(self.ids), dtype=torch.bool)
         out[:, self._covered] = keep[:, self._owner]
         return out
 
     def inputs(self, keep: torch.Tensor) -> Batch:
-        """Model inputs for a batch of coalitions ``keep`` [B, F] (True = feature kept)."""
+        """Model inputs for a batch of coalitions ``keep`` [B, F] (True = feature kept): the prompt
+        and the continuation, T positions per row (the rows of ``delete`` may differ in length)."""
         keep = torch.as_tensor(keep, dtype=torch.bool)
         if keep.ndim == 1:
             keep = keep[None]

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ..errors import InvalidParameterError
 from ..model import Batch
 from .base import Mask, register_mask
 from .masker import Masker
@@ -22,7 +23,7 @@ def _baseline_inputs(masker: Masker, keep: torch.Tensor, hide: bool) -> Batch:
     tok_keep = masker.token_keep(keep)
     ids = torch.where(tok_keep, masker.ids[None], torch.tensor(masker.baseline_id))
     visible = tok_keep if hide else torch.ones_like(tok_keep)
-    positions = torch.arange(len(masker.prompt)).expand(keep.shape[0], -1).contiguous()
+    positions = torch.arange(len(masker.ids)).expand(keep.shape[0], -1).contiguous()
     return Batch(ids, visible, positions)
 
 
@@ -68,12 +69,19 @@ class Delete(Mask):
     """The feature's characters are deleted from the prompt text (with the spaces on one side, so
     that no double space is left; line breaks stay) and the text is tokenised again. Rows of
     different lengths are left-padded, the padding hidden. If nothing is left of the prompt, the
-    baseline token stands for the empty prompt, since the model needs one position to predict from."""
+    baseline token stands for the empty prompt, since the model needs one position to predict from.
+    The continuation (teacher-forced target tokens) follows every row as it is: deleting one of
+    its tokens would move the positions that predict the rest, so features over it are refused."""
 
     name = "delete"
 
     def inputs(self, masker: Masker, keep: torch.Tensor) -> Batch:
         tokenizer, prompt = masker.lm.tokenizer, masker.prompt
+        if any(t >= len(prompt) for f in masker.features for t in f.positions):
+            raise InvalidParameterError(
+                "mask='delete' re-tokenises the prompt text and cannot remove an output token; use "  # pragma: no mutate
+                "mask='attention' or mask='replace' to attribute to output tokens."  # pragma: no mutate
+            )
         rows = []
         for row in keep.tolist():
             spans = [(f.start, f.end) for f, k in zip(masker.features, row, strict=True) if not k]
@@ -83,5 +91,5 @@ class Delete(Mask):
                 if text.strip()
                 else []
             )
-            rows.append(ids or [masker.baseline_id])
+            rows.append([*(ids or [masker.baseline_id]), *masker.continuation.tolist()])
         return Batch.left_padded(rows, masker.baseline_id)

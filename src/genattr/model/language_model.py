@@ -246,6 +246,12 @@ class LanguageModel:
         """
         return scoring.target_log_probs(self, inputs, target_ids)
 
+    def label_log_probs(self, rows: Batch, labels: TargetIds) -> torch.Tensor:
+        """log p(label_j | row) of the n labels predicted by the last n positions of each row (rows
+        that hold the teacher-forced target themselves, masked or not): [B, n] float32
+        (:func:`~genattr.model.scoring.label_log_probs`)."""
+        return scoring.label_log_probs(self, rows, labels)
+
     def target_distributions(self, inputs: Batch, target_ids: TargetIds) -> torch.Tensor:
         """Teacher-forced next-token log-distributions log p(. | x_b, y_<t) at each target position.
 
@@ -262,9 +268,9 @@ class LanguageModel:
     @overload
     def log_probs_from_embeddings(
         self,
-        prompt_embeds: torch.Tensor,
-        inputs: Batch,
-        target_ids: TargetIds,
+        embeds: torch.Tensor,
+        rows: Batch,
+        labels: TargetIds,
         output_attentions: Literal[False] = False,
         return_logits: bool = False,
     ) -> torch.Tensor: ...
@@ -272,31 +278,29 @@ class LanguageModel:
     @overload
     def log_probs_from_embeddings(
         self,
-        prompt_embeds: torch.Tensor,
-        inputs: Batch,
-        target_ids: TargetIds,
+        embeds: torch.Tensor,
+        rows: Batch,
+        labels: TargetIds,
         output_attentions: Literal[True],
         return_logits: bool = False,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]: ...
 
     def log_probs_from_embeddings(
         self,
-        prompt_embeds: torch.Tensor,
-        inputs: Batch,
-        target_ids: TargetIds,
+        embeds: torch.Tensor,
+        rows: Batch,
+        labels: TargetIds,
         output_attentions: bool = False,
         return_logits: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        """Differentiable teacher-forced log p(y_t | e, y_<t) of the target given prompt embeddings.
+        """Differentiable log p(label_j | e) of the n labels predicted by the last n positions of
+        the input embeddings ``embeds`` [B, T, d] (the prompt, then the teacher-forced target).
 
-        ``prompt_embeds`` [B, L, d] (for example :meth:`embed` of the ids, scaled along a path);
-        ``inputs`` gives the rows' visibility and positions. Returns [B, n] (raw logits of the
-        target tokens with ``return_logits``; with the attention maps when ``output_attentions``)
+        ``rows`` gives the positions' visibility and position ids. Returns [B, n] (the labels' raw
+        logits with ``return_logits``; with the attention maps when ``output_attentions``)
         (:func:`~genattr.model.scoring.log_probs_from_embeddings`).
         """
-        return scoring.log_probs_from_embeddings(
-            self, prompt_embeds, inputs, target_ids, output_attentions, return_logits
-        )
+        return scoring.log_probs_from_embeddings(self, embeds, rows, labels, output_attentions, return_logits)
 
     # ----------------------------------------------------------------- attention
     @contextmanager
@@ -313,11 +317,11 @@ class LanguageModel:
             # None (no implementation recorded) asks transformers for its default; its annotation omits None.
             self.model.set_attn_implementation(cast(str, before))
 
-    def attention_maps(self, inputs: Batch, target_ids: TargetIds) -> torch.Tensor:
-        """Attention probabilities of every layer and head over prompt + target[:-1] (T = L + n - 1
-        positions): [B, layers, heads, T, T] float32, read under eager attention
-        (:func:`~genattr.model.scoring.attention_maps`)."""
-        return scoring.attention_maps(self, inputs, target_ids)
+    def attention_maps(self, rows: Batch) -> torch.Tensor:
+        """Attention probabilities of every layer and head over the T positions of ``rows`` (for a
+        teacher-forced target, the prompt then target[:-1]): [B, layers, heads, T, T] float32, read
+        under eager attention (:func:`~genattr.model.scoring.attention_maps`)."""
+        return scoring.attention_maps(self, rows)
 
     # ----------------------------------------------------------------- decoding
     def generate(

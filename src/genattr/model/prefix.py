@@ -47,22 +47,24 @@ def _gather_cache(cache: Any, index: torch.Tensor) -> Any:
 
 
 def _prefix_cuts(same: list[int], length: int, n: int, call_tokens: int) -> list[int]:
-    """Depths 0 < s_1 < ... < s_K <= ``length`` - 1 at which to cut the prefix tree of sorted rows,
-    minimising the tokens run plus ``call_tokens`` per forward pass (dynamic programming).
+    """Depths 0 < s_1 < ... < s_K <= ``length`` - ``n`` at which to cut the prefix tree of sorted
+    rows of ``length`` positions whose last ``n`` positions must run in the final call (they give
+    the logits read), minimising the tokens run plus ``call_tokens`` per forward pass (dynamic
+    programming).
 
     ``same[i]`` is the common prefix length of rows i and i + 1 (sorted), so the tree has
     D(s) = 1 + #{i : same[i] < s} distinct prefixes of length s. Level k runs D(s_k) x
-    (s_k - s_(k-1)) tokens and the rows then run their last ``length`` + ``n`` - 1 - s_K
-    positions (prompt and target). D is constant between consecutive values of ``same``, so the
-    best cuts lie at those values (cutting later at the same width costs no more).
+    (s_k - s_(k-1)) tokens and the rows then run their last ``length`` - s_K positions. D is
+    constant between consecutive values of ``same``, so the best cuts lie at those values
+    (cutting later at the same width costs no more).
 
     >>> _prefix_cuts([5, 5, 2], 8, 1, 0)   # four rows: two distinct prefixes up to 5, one to 2
     [2, 5]
-    >>> _prefix_cuts([1], 8, 4, 100)       # sharing one position does not pay for a call
+    >>> _prefix_cuts([1], 11, 4, 100)      # sharing one position does not pay for a call
     []
     """
-    rows, total = len(same) + 1, length + n - 1
-    candidates = np.array(sorted({min(v, length - 1) for v in same if v > 0} | {length - 1}))
+    rows, total, last = len(same) + 1, length, length - n
+    candidates = np.array(sorted({min(v, last) for v in same if v > 0} | {last}))
     if candidates[0] < 1:
         return []
     width = 1 + np.searchsorted(np.sort(same), candidates, side="left")  # D(c): rows whose same < c, plus one
@@ -104,8 +106,9 @@ def sharing_order(lm: LanguageModel, inputs: Batch) -> torch.Tensor:
 
 
 def shared_prefixes(lm: LanguageModel, rows: Batch, n: int = 1) -> tuple[int, Any]:
-    """(s, a cache of each row's first s positions), running each distinct prompt prefix once;
-    (0, None) where rows cannot share. ``n``: the positions each row runs after its prompt.
+    """(s, a cache of each row's first s positions), running each distinct prefix once; (0, None)
+    where rows cannot share. ``n``: the last positions of each row whose logits are read, which
+    the caller runs after the cache (s <= length - n).
 
     The prefix tree of the rows is cut at depths 0 < s_1 < ... < s_K (chosen by
     :func:`_prefix_cuts` to minimise tokens run plus :data:`PREFILL_CALL_TOKENS` per call),

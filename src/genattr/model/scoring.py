@@ -1,9 +1,10 @@
 """Teacher-forced scoring of a continuation: its log-probabilities and next-token distributions
-under every prompt variant of a batch, differentiable log-probabilities from prompt embeddings
+under every prompt variant of a batch, differentiable log-probabilities from input embeddings
 (gradient methods), and attention maps (attention methods).
 
-Every row of a batch is followed by the target's first n - 1 tokens, so one forward pass per
-chunk of rows reads the n positions that predict the n target tokens, whatever n. Log-probabilities
+A row holds the prompt followed by the target's first n - 1 tokens (which a prompt variant may
+mask too), so one forward pass per chunk of rows reads the n positions that predict the n target
+tokens, whatever n. Log-probabilities
 are computed in float32 whatever the model's dtype.
 """
 
@@ -25,8 +26,27 @@ TargetIds: TypeAlias = "Sequence[int] | torch.Tensor"
 """Target token ids: one sequence shared by every row, or a [B, n] tensor of per-row targets."""
 
 
-def _targets(lm: LanguageModel, inputs: Batch, target_ids: TargetIds) -> torch.Tensor:
-    """``target_ids`` as a [B, n] tensor, one row per prompt row, checked against the context window."""
+def _labels(lm: LanguageModel, rows: Batch, labels: TargetIds) -> torch.Tensor:
+    """``labels`` as a [B, n] tensor, one row per row of ``rows``, checked against the context window."""
+    target = torch.as_tensor(labels, dtype=torch.long)
+    if target.ndim == 1:
+        target = target[None].expand(len(rows), -1)
+    if target.ndim != 2 or target.shape[0] != len(rows):
+        raise InvalidParameterError("target ids must be one sequence, or one sequence per prompt row.")
+    if target.shape[1] == 0:
+        raise EmptyTargetError("the target is empty; give a non-empty continuation to explain.")
+    if target.shape[1] > rows.length:
+        raise InvalidParameterError(
+            f"{target.shape[1]} labels cannot be predicted by rows of {rows.length} positions; "
+            "the rows must hold every position that predicts a label."
+        )
+    lm.check_length(rows.length + 1)
+    return target
+
+
+def teacher_forced_rows(inputs: Batch, target_ids: TargetIds) -> tuple[Batch, torch.Tensor]:
+    """Prompt rows followed by the target's first n - 1 tokens, and the target as a [B, n] tensor:
+    the rows whose last n positions predict the n target tokens."""
     target = torch.as_tensor(target_ids, dtype=torch.long)
     if target.ndim == 1:
         target = target[None].expand(len(inputs), -1)
@@ -34,19 +54,12 @@ def _targets(lm: LanguageModel, inputs: Batch, target_ids: TargetIds) -> torch.T
         raise InvalidParameterError("target ids must be one sequence, or one sequence per prompt row.")
     if target.shape[1] == 0:
         raise EmptyTargetError("the target is empty; give a non-empty continuation to explain.")
-    lm.check_length(inputs.length + target.shape[1])
-    return target
+    return inputs.extended(target[:, :-1]), target
 
 
-def _target_logits(
-    lm: LanguageModel, inputs: Batch, target: torch.Tensor, done: int = 0, past: Any = None
-) -> torch.Tensor:
-    """Float32 logits [B, n, V] at the n positions that predict the n target tokens.
-
-    With ``past``, a cache holding each row's first ``done`` positions, only the rest is run.
-    """
-    n = target.shape[1]
-    rows = inputs.extended(target[:, :-1])
+def _label_logits(lm: LanguageModel, rows: Batch, n: int, done: int = 0, past: Any = None) -> torch.Tensor:
+    """Float32 logits [B, n, V] of the last n positions of ``rows`` (the positions that predict the
+    labels). With ``past``, a cache holding each row's first ``done`` positions, only the rest is run."""
     out = lm.forward(
         input_ids=rows.input_ids[:, done:],
         visible=rows.visible,
@@ -58,65 +71,74 @@ def _target_logits(
     return out.logits[:, -n:].float()
 
 
-def _teacher_forced(
-    lm: LanguageModel, inputs: Batch, target: torch.Tensor
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(row indices, float32 logits [r, n, V] predicting the target) for every chunk of rows
+def _teacher_forced(lm: LanguageModel, rows: Batch, n: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(row indices, float32 logits [r, n, V] of the last n positions) for every chunk of rows
     (the one chunking path). Rows are taken in :func:`~genattr.model.prefix.sharing_order`, so
     that rows with common prefixes fall in one chunk and share them."""
-    n = target.shape[1]
-    order = sharing_order(lm, inputs)
-    for sl in lm.chunks(len(inputs), inputs.length + n):
+    order = sharing_order(lm, rows)
+    for sl in lm.chunks(len(rows), rows.length + 1):
         index = order[sl]
-        rows = inputs.rows(index)
-        done, past = shared_prefixes(lm, rows, n)
-        yield index, _target_logits(lm, rows, target[index], done, past)
+        chunk = rows.rows(index)
+        done, past = shared_prefixes(lm, chunk, n)
+        yield index, _label_logits(lm, chunk, n, done, past)
 
 
 @torch.no_grad()
+def label_log_probs(lm: LanguageModel, rows: Batch, labels: TargetIds) -> torch.Tensor:
+    """log p(label_j | the row up to the position that predicts it) for every row: [B, n] float32.
+
+    The last n positions of each row of ``rows`` predict the n labels (one sequence for every row,
+    or [B, n]): for a teacher-forced target y, rows are the prompt followed by y_1..y_(n-1) and
+    the labels y_1..y_n; the rows may differ anywhere, in the prompt or in the teacher-forced part.
+    One forward pass per chunk of rows (per group of rows sharing a prefix), whatever n.
+    """
+    target = _labels(lm, rows, labels)
+    out = torch.empty(target.shape, dtype=torch.float32)
+    for index, logits in _teacher_forced(lm, rows, target.shape[1]):
+        logp = logits.log_softmax(-1)
+        out[index] = logp.gather(-1, target[index, :, None].to(logp.device)).squeeze(-1).cpu()
+    return out
+
+
 def target_log_probs(lm: LanguageModel, inputs: Batch, target_ids: TargetIds) -> torch.Tensor:
     """Teacher-forced log p(y_t | prompt variant, y_<t) for every row and target token: [B, n] float32.
 
-    ``target_ids`` is one sequence shared by all rows, or a [B, n] tensor of per-row targets.
-    One forward pass per chunk of rows (per group of rows sharing a prefix), whatever n.
+    ``target_ids`` is one sequence shared by all rows, or a [B, n] tensor of per-row targets
+    (:func:`label_log_probs` of the prompt rows followed by the target).
     """
-    target = _targets(lm, inputs, target_ids)
-    out = torch.empty(target.shape, dtype=torch.float32)
-    for rows, logits in _teacher_forced(lm, inputs, target):
-        logp = logits.log_softmax(-1)
-        out[rows] = logp.gather(-1, target[rows, :, None].to(logp.device)).squeeze(-1).cpu()
-    return out
+    rows, target = teacher_forced_rows(inputs, target_ids)
+    return label_log_probs(lm, rows, target)
 
 
 @torch.no_grad()
 def target_distributions(lm: LanguageModel, inputs: Batch, target_ids: TargetIds) -> torch.Tensor:
     """Teacher-forced next-token log-distributions at each target position: [B, n, V] float32."""
-    target = _targets(lm, inputs, target_ids)
+    rows, target = teacher_forced_rows(inputs, target_ids)
+    target = _labels(lm, rows, target)
     out = torch.empty((*target.shape, lm.vocab_size), dtype=torch.float32)
-    for rows, logits in _teacher_forced(lm, inputs, target):
-        out[rows] = logits.log_softmax(-1).cpu()
+    for index, logits in _teacher_forced(lm, rows, target.shape[1]):
+        out[index] = logits.log_softmax(-1).cpu()
     return out
 
 
 def log_probs_from_embeddings(
     lm: LanguageModel,
-    prompt_embeds: torch.Tensor,
-    inputs: Batch,
-    target_ids: TargetIds,
+    embeds: torch.Tensor,
+    rows: Batch,
+    labels: TargetIds,
     output_attentions: bool = False,
     return_logits: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-    """Differentiable teacher-forced log-probs of the target given prompt embeddings [B, L, d].
+    """Differentiable log-probs of the labels predicted by the last n positions of the input
+    embeddings ``embeds`` [B, T, d] (the prompt and the teacher-forced target tokens).
 
-    ``inputs`` gives the visibility and positions of the prompt rows (its ids are not read).
-    Returns log-probs [B, n] (the target tokens' raw logits instead with ``return_logits``, and
-    the attention maps when asked). The caller chunks rows with ``lm.chunks``, since it also
-    runs the backward pass.
+    ``rows`` gives the visibility and positions of the T positions (its ids are not read).
+    Returns log-probs [B, n] (the labels' raw logits instead with ``return_logits``, and the
+    attention maps when asked). The caller chunks rows with ``lm.chunks``, since it also runs
+    the backward pass.
     """
-    target = _targets(lm, inputs, target_ids)
+    target = _labels(lm, rows, labels)
     n = target.shape[1]
-    rows = inputs.extended(target[:, :-1])
-    embeds = torch.cat([prompt_embeds, lm.embed(target[:, :-1])], 1)
     out = lm.forward(
         inputs_embeds=embeds,
         visible=rows.visible,
@@ -131,14 +153,13 @@ def log_probs_from_embeddings(
 
 
 @torch.no_grad()
-def attention_maps(lm: LanguageModel, inputs: Batch, target_ids: TargetIds) -> torch.Tensor:
-    """Attention probabilities of every layer and head over prompt + target[:-1]:
+def attention_maps(lm: LanguageModel, rows: Batch) -> torch.Tensor:
+    """Attention probabilities of every layer and head over the T positions of ``rows``:
     [B, layers, heads, T, T] float32, read under eager attention."""
-    target = _targets(lm, inputs, target_ids)
-    rows = inputs.extended(target[:, :-1])
+    lm.check_length(rows.length)
     maps = []
     with lm.eager_attention():
-        for sl in lm.chunks(len(inputs), rows.length):
+        for sl in lm.chunks(len(rows), rows.length):
             out = lm.forward(
                 input_ids=rows.input_ids[sl],
                 visible=rows.visible[sl],
