@@ -206,3 +206,55 @@ def test_undefined_entries_by_hand():
     )
     np.testing.assert_array_equal(undefined_entries(4, 1, (1, 3)), [False, False, False, True])
     assert not undefined_entries(3, 3, (0, 2), rows=True).any()
+
+
+FOIL = " but a dog"
+
+
+@pytest.mark.parametrize("method", ["leave_one_out", "shapley_exact", "input_x_gradient"])
+def test_contrast_is_the_difference_of_target_and_foil_explanations(tiny, method):
+    """Leave-one-out and the other linear-in-v methods: exactly target minus foil."""
+    both = genattr.explain(tiny, PROMPT, target=" and the nurse", method=method, contrast=FOIL)
+    target = genattr.explain(tiny, PROMPT, target=" and the nurse", method=method)
+    foil = genattr.explain(tiny, PROMPT, target=FOIL, method=method)
+    assert both.extras["contrast"] == {"foil": FOIL, "level": "token"}
+    np.testing.assert_allclose(both.scores, target.scores - foil.scores, atol=1e-6)
+    np.testing.assert_allclose(both.token_scores, target.token_scores - foil.token_scores, atol=1e-6)
+    assert both.settings.contrast == tuple(foil.target.ids)
+
+
+def test_contrastive_integrated_gradients_is_complete_up_to_the_two_runs_gaps(tiny):
+    kw = {"method": "integrated_gradients", "n_steps": 64, "baselines": "token"}
+    both = genattr.explain(tiny, PROMPT, target=" and the nurse", contrast=FOIL, **kw)
+    target = genattr.explain(tiny, PROMPT, target=" and the nurse", **kw)
+    foil = genattr.explain(tiny, PROMPT, target=FOIL, **kw)
+    ids = list(both.prompt.input_ids)
+    covered = {p for f in both.features for p in f.positions}
+    reference = [both.settings.mask_token if i in covered else t for i, t in enumerate(ids)]
+
+    def contrast(prompt_ids):
+        y, f = list(target.target.ids), list(foil.target.ids)
+        return naive_rows(tiny, prompt_ids, y, y).sum() - naive_rows(tiny, prompt_ids, f, f).sum()
+
+    gap = contrast(ids) - contrast(reference)
+    slack = abs(target.diagnostics["convergence_delta"]) + abs(foil.diagnostics["convergence_delta"])
+    assert abs(both.scores.sum() - gap) <= slack + 1e-5
+    assert both.diagnostics["convergence_delta"] == pytest.approx(both.scores.sum() - gap, abs=1e-5)
+
+
+def test_a_foil_of_another_length_contrasts_the_sequence_only(tiny, tmp_path):
+    res = genattr.explain(tiny, PROMPT, target=" and the nurse", contrast=" no", objective="prob")
+    target = genattr.explain(tiny, PROMPT, target=" and the nurse", objective="prob")
+    foil = genattr.explain(tiny, PROMPT, target=" no", objective="prob")
+    assert res.extras["contrast"]["level"] == "sequence" and res.token_scores is None
+    np.testing.assert_allclose(res.scores, target.scores - foil.scores, atol=1e-7)
+    assert genattr.Attribution.load(res.save(tmp_path / "c.json")).settings == res.settings
+
+
+def test_contrast_is_refused_where_it_is_not_defined(tiny):
+    with pytest.raises(InvalidParameterError, match="flags those that do: contrast"):
+        genattr.explain(tiny, PROMPT, target=TARGET, method="attention", contrast=FOIL)
+    with pytest.raises(InvalidParameterError, match="objective='log_prob'"):
+        genattr.explain(tiny, PROMPT, target=TARGET, method="saliency", contrast=FOIL, objective="prob")
+    with pytest.raises(InvalidParameterError, match="whole responses"):
+        genattr.explain(tiny, PROMPT, target=TARGET, contrast=FOIL, attribute_target=True)

@@ -113,6 +113,28 @@ def _mask_token(mask_token: int | str | None, baseline: int | str | None) -> int
     return baseline
 
 
+def _check_contrast(
+    method: str, method_cls: type[registry.Method], contrast, objective: str, part: bool
+) -> None:
+    """A foil is for the methods flagged ``contrast``, whole responses, and, for gradients, ``log_prob``."""
+    if contrast is None:
+        return
+    if not method_cls.info().contrastive:
+        raise InvalidParameterError(
+            f"{method} does not explain a target against a foil (`genattr methods` flags those that do: "
+            "contrast); drop contrast, or pick one of those methods."
+        )
+    if method_cls.needs_gradients and objective != "log_prob":
+        raise InvalidParameterError(
+            f"{method} differentiates log p(target) - log p(foil); with a foil use objective='log_prob', "
+            "or a perturbation method for the probability difference."
+        )
+    if part:
+        raise InvalidParameterError(
+            "a foil contrasts whole responses: drop attribute_target, target_token and target_span with contrast."
+        )
+
+
 def _problem(
     lm: LanguageModel,
     prompt: Prompt,
@@ -123,10 +145,11 @@ def _problem(
     masker: Masker,
     objective: str,
     seed: int,
+    foil: Target | None,
 ) -> Problem:
     """The problem of a call: the prompt's features (and, with ``outputs``, one feature per output
     token before the last explained one), the target up to the last token explained, the tokens
-    before ``span`` teacher-forced as context."""
+    before ``span`` teacher-forced as context; ``foil`` for a contrastive explanation."""
     if target is None:
         return Problem(lm, prompt, features, None, masker, objective, seed)
     first, stop = span
@@ -135,7 +158,7 @@ def _problem(
         features = [*features, *output_token_features(prompt, target, len(features), stop - 1)]
     masker = Masker(lm, prompt, features, masker.strategy, masker.baseline_id, continuation=forced)
     kept = Target(target.ids[:stop], target.text, target.tokens[:stop], target.generated)
-    return Problem(lm, prompt, features, kept, masker, objective, seed, explained_from=first)
+    return Problem(lm, prompt, features, kept, masker, objective, seed, explained_from=first, foil=foil)
 
 
 def explain(
@@ -157,6 +180,7 @@ def explain(
     attribute_target: bool | None = None,
     target_token: int | str | None = None,
     target_span: str | tuple[int, int] | None = None,
+    contrast: str | Sequence[int] | None = None,
     baseline: int | str | None = None,
     **method_params,
 ) -> Attribution:
@@ -230,6 +254,12 @@ def explain(
         Explain only a part of the response (ContextCite's use): a substring (first occurrence) or
         a character span (start, end) of the response, on token boundaries; the tokens before it
         are teacher-forced context (features only with ``attribute_target``).
+    contrast : str or sequence of int, optional
+        A foil: explain why the model wrote the target rather than this continuation. The objective
+        becomes O(target) - O(foil) (``log_prob``: log p(y | x_S) - log p(f | x_S); ``prob``: the
+        probability difference, perturbation methods only), per target token when the foil has as
+        many tokens as the target, else for the sequence only (``token_scores`` None);
+        ``extras["contrast"]`` says which. Methods flagged ``contrast`` only.
     baseline : int or str, optional
         Deprecated former name of ``mask_token``: it warns
         (:class:`~genattr.errors.GenattrDeprecationWarning`) and goes in the next release.
@@ -308,6 +338,7 @@ def explain(
             f"{method} cannot attribute to output tokens (`genattr methods` flags those that can: "
             "output-tokens); drop attribute_target, or pick one of those methods."
         )
+    _check_contrast(method, method_cls, contrast, objective, outputs or picked)
     progress = checked(progress)
     mask_token = _mask_token(mask_token, baseline)
     if isinstance(lm, str):
@@ -323,7 +354,8 @@ def explain(
     with reporting(progress):
         resolved = resolve_target(lm, prompt_obj, target, max_new_tokens) if method_cls.needs_target else None
         span = explained_tokens(lm.tokenizer, resolved, target_token, target_span) if resolved else (0, 0)
-        problem = _problem(lm, prompt_obj, features, resolved, span, outputs, masker, objective, seed)
+        foil = None if contrast is None else resolve_target(lm, prompt_obj, contrast)
+        problem = _problem(lm, prompt_obj, features, resolved, span, outputs, masker, objective, seed, foil)
         output = algorithm.attribute(problem)
     explained = output.target or resolved
     if explained is None:
@@ -332,6 +364,11 @@ def explain(
             "target sets Output.target to the output it explains."
         )
     scores, token_scores = _to_numpy(output.scores), _to_numpy(output.token_scores)
+    extras = dict(output.extras)
+    if problem.foil is not None:
+        aligned = problem.n_outputs == len(explained)
+        extras["contrast"] = {"foil": problem.foil.text, "level": "token" if aligned else "sequence"}
+        token_scores = token_scores if aligned else None
     if outputs:
         scores, token_scores = output_token_columns(scores, token_scores, len(features), len(explained), span)
     defined = ~undefined_entries(scores.shape[0], len(features), span)
@@ -363,6 +400,7 @@ def explain(
         seed=seed if method_cls.stochastic else None,
         attribute_target=outputs,
         target_span=span if picked else None,
+        contrast=None if problem.foil is None else problem.foil.ids,
     )
     return Attribution(
         method=method,
@@ -375,5 +413,5 @@ def explain(
         params=dict(algorithm.values),
         diagnostics={"model": lm.name, **diagnostics},
         version=__version__,
-        extras=output.extras,
+        extras=extras,
     )

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -136,6 +137,17 @@ def _fixed_seed(text: str) -> int:
     return seed
 
 
+def _target_token(text: str) -> int | str:
+    """``--target-token``: an integer is a token index, anything else a substring of the response."""
+    return int(text) if re.fullmatch(r"-?\d+", text) else text
+
+
+def _target_span(text: str) -> tuple[int, int] | str:
+    """``--target-span``: START:END character offsets, or a substring of the response."""
+    match = re.fullmatch(r"(\d+):(\d+)", text)
+    return (int(match[1]), int(match[2])) if match else text
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     from . import registry
     from .api import explain
@@ -177,6 +189,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
             max_new_tokens=args.max_new_tokens,
             params=params,
             progress=bar,
+            attribute_target=True if args.attribute_target else None,
+            target_token=args.target_token,
+            target_span=args.target_span,
+            contrast=args.contrast,
         )
     if not args.quiet:
         res.show()
@@ -309,6 +325,25 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_MAX_NEW_TOKENS,
         help="length of the greedy output explained when no --target is given",
     )
+    ex.add_argument(
+        "--attribute-target",
+        action="store_true",
+        help="attribute each output token to the earlier output tokens too (one column each)",
+    )
+    pick = ex.add_mutually_exclusive_group()
+    pick.add_argument(
+        "--target-token",
+        type=_target_token,
+        default=None,
+        help="explain one output token: its index, or a substring of the response that is one token",
+    )
+    pick.add_argument(
+        "--target-span",
+        type=_target_span,
+        default=None,
+        help="explain a part of the response: a substring, or START:END character offsets",
+    )
+    ex.add_argument("--contrast", default=None, help="a foil: why the target rather than this continuation")
     ex.add_argument("--level", default=DEFAULT_LEVEL, choices=plain_levels())
     ex.add_argument("--mask", default=DEFAULT_MASK, choices=MASKS)
     ex.add_argument(

@@ -318,6 +318,14 @@ def _target_span(value, where: str, text: str) -> tuple[int, int] | None:
     return value[0], value[1]
 
 
+def _contrast(value, where: str, text: str) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    if not (isinstance(value, list) and value and all(_is_int(v) and v >= 0 for v in value)):
+        raise _fail(where, "contrast must be a non-empty list of token ids, or null")
+    return tuple(value)
+
+
 _SETTING_READERS = {  # name: (JSON types, reader)
     "level": (str, _one_of("level", LEVELS)),
     "mask": (str, _one_of("mask", MASKS, ".masking")),
@@ -329,6 +337,7 @@ _SETTING_READERS = {  # name: (JSON types, reader)
     "seed": (object, _seed),
     "attribute_target": (bool, _as_is),
     "target_span": (object, _target_span),
+    "contrast": (object, _contrast),
 }
 
 

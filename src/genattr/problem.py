@@ -72,6 +72,12 @@ class Problem:
         The index of the first target token explained: the n = m - ``explained_from`` tokens
         y_(explained_from+1)..y_m are scored (the u_t above), the ones before are teacher-forced
         context only (a span of the response, or one word of interest).
+    foil : Target, optional
+        A contrastive explanation: why the model wrote y rather than the foil f. With u'_t(S) =
+        log p(f_t | f_<t, x_S), the objective O gives v(S) = O(u(S)) - O(u'(S)) (the log-probability
+        difference for ``log_prob``, the probability difference for ``prob``); per token
+        O_t(u(S)) - O_t(u'(S)) when f has as many tokens as y (aligned), else one column, the
+        sequence's (see :attr:`n_outputs`).
 
     Examples
     --------
@@ -101,11 +107,22 @@ class Problem:
     objective: str = DEFAULT_OBJECTIVE
     seed: int | None = DEFAULT_SEED
     explained_from: int = 0
+    foil: Target | None = None
 
     def __post_init__(self) -> None:
         self._objective = OBJECTIVES.get(self.objective)()
         if self.target is None:
             return
+        if self.foil is not None:
+            if self.explained_from or any(t >= len(self.prompt) for f in self.features for t in f.positions):
+                raise InvalidParameterError(
+                    "a foil contrasts whole responses: it cannot be combined with output tokens as "
+                    "features or a part of the response; drop attribute_target, target_token and target_span."
+                )
+            m = self.masker
+            self._foil_masker = Masker(
+                m.lm, m.prompt, m.features, m.strategy, m.baseline_id, continuation=self.foil.ids[:-1]
+            )
         if not 0 <= self.explained_from < len(self.target):
             raise InvalidParameterError(
                 f"explained_from={self.explained_from} is not a token of the {len(self.target)}-token target."
@@ -137,6 +154,14 @@ class Problem:
         return self.target.ids[self.explained_from :]
 
     @property
+    def n_outputs(self) -> int:
+        """The per-token columns of :meth:`evaluate`: one per target token explained, or 1 (the
+        sequence's contrast) with a foil of another length than the target."""
+        if self.foil is not None and len(self.foil) != len(self.target_ids):
+            return 1
+        return len(self.target_ids)
+
+    @property
     def sequence_ids(self) -> torch.Tensor:
         """The T token ids every row holds before masking: the prompt, then the target's first m - 1
         tokens; its last n positions predict the n tokens explained."""
@@ -153,14 +178,16 @@ class Problem:
     def token_log_probs(self, keep: torch.Tensor) -> torch.Tensor:
         """log p(y_t | y_<t, x_S) for each coalition row of ``keep`` [B, F]: [B, n] float32, the
         prompt variants built :data:`EVALUATION_PASSES` forward passes' worth at a time."""
+        return self._log_probs(self.masker, self.target_ids, keep)
+
+    def _log_probs(self, masker: Masker, labels: tuple[int, ...], keep: torch.Tensor) -> torch.Tensor:
         keep = torch.as_tensor(keep, dtype=torch.bool).reshape(-1, self.n_features)
-        labels = self.target_ids
-        rows = self.lm.rows_per_chunk(len(self.sequence_ids) + 1) * EVALUATION_PASSES
+        rows = self.lm.rows_per_chunk(len(masker.ids) + 1) * EVALUATION_PASSES
         parts = [
-            self.lm.label_log_probs(self.masker.inputs(keep[i : i + rows]), labels)
+            self.lm.label_log_probs(masker.inputs(keep[i : i + rows]), labels)
             for i in range(0, len(keep), rows)
         ]
-        return torch.cat(parts) if parts else torch.empty(0, len(self.target_ids))
+        return torch.cat(parts) if parts else torch.empty(0, len(labels))
 
     def evaluate(self, keep: torch.Tensor) -> torch.Tensor:
         """Values of the coalitions ``keep`` under the objective.
@@ -175,9 +202,9 @@ class Problem:
 
         Returns
         -------
-        torch.Tensor, shape (B, 1 + n), float64
-            Column 0 the sequence value v(S), columns 1..n the per-token values (u_t(S) for
-            ``log_prob``); see the class docstring.
+        torch.Tensor, shape (B, 1 + n_outputs), float64
+            Column 0 the sequence value v(S), then the per-token values (u_t(S) for ``log_prob``;
+            with a foil, their contrast, see ``foil``); see the class docstring.
 
         Raises
         ------
@@ -186,11 +213,21 @@ class Problem:
         """
         keep = torch.as_tensor(keep, dtype=torch.bool)
         unique, inverse = torch.unique(keep, dim=0, return_inverse=True)
-        lp = self.token_log_probs(unique).double()[inverse]
+        sequence, tokens = self._values(self.token_log_probs(unique).double()[inverse])
+        if self.foil is not None:
+            foil_sequence, foil_tokens = self._values(
+                self._log_probs(self._foil_masker, self.foil.ids, unique).double()[inverse]
+            )
+            sequence = sequence - foil_sequence
+            tokens = tokens - foil_tokens if self.n_outputs == tokens.shape[1] else sequence[:, None]
+        return torch.cat([sequence[:, None], tokens], 1).double()
+
+    def _values(self, lp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The objective's sequence values [B] and per-token values [B, n] of log-probs ``lp`` [B, n]."""
         sequence, tokens = self._objective.sequence(lp), self._objective.tokens(lp)
         if sequence.shape != lp.shape[:1] or tokens.shape != lp.shape:
             raise InvalidParameterError(
                 f"objective {self.objective!r} gave shapes {tuple(sequence.shape)} and {tuple(tokens.shape)} "  # pragma: no mutate
                 f"for {tuple(lp.shape)} log-probabilities; sequence() must return [B], tokens() [B, n]."  # pragma: no mutate
             )
-        return torch.cat([sequence[:, None], tokens], 1).double()
+        return sequence, tokens

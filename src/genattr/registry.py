@@ -98,6 +98,7 @@ FLAGS = {
     "stderr": "diagnostics['stderr']: the standard error of each score, a Monte Carlo estimate",
     "no-target": "takes no target: explains the model's own likely outputs",
     "output-tokens": "attributes to earlier output tokens too (attribute_target=True)",
+    "contrast": "explains the target against a foil (contrast=...): log p(target) - log p(foil)",
 }
 """The capability flags of ``genattr methods``, each with its one meaning."""
 
@@ -188,6 +189,7 @@ class MethodInfo:
     standard_error: bool
     needs_target: bool
     output_tokens: bool
+    contrastive: bool
     params: dict
     package: str = "genattr"
 
@@ -202,6 +204,7 @@ class MethodInfo:
             "stderr": self.standard_error,
             "no-target": not self.needs_target,
             "output-tokens": self.output_tokens,
+            "contrast": self.contrastive,
         }
         return [flag for flag in FLAGS if on[flag]]
 
@@ -223,9 +226,10 @@ class Method:
     The flags, each the promise of one label of :data:`FLAGS`: ``needs_gradients``
     (gradients), ``stochastic``, ``token_scores`` (token-scores), ``additive``,
     ``convergence_delta`` (delta), ``standard_error`` (stderr), ``needs_target`` (False:
-    no-target) and ``output_tokens`` (output-tokens: earlier output tokens can be features, every
-    row of the matrix then attributed to them as to the prompt); ``tests/test_contract.py`` holds
-    every registered method to them.
+    no-target), ``output_tokens`` (output-tokens: earlier output tokens can be features, every
+    row of the matrix then attributed to them as to the prompt) and ``contrastive`` (contrast: the
+    method reads the objective through the problem or the embedded prompt, so a foil turns it into
+    the contrast); ``tests/test_contract.py`` holds every registered method to them.
     """
 
     name: ClassVar[str]
@@ -239,6 +243,7 @@ class Method:
     standard_error: ClassVar[bool] = False
     needs_target: ClassVar[bool] = True
     output_tokens: ClassVar[bool] = True
+    contrastive: ClassVar[bool] = False
     params: ClassVar[dict[str, Param]] = {}
 
     def __init__(self, **kwargs) -> None:
@@ -266,6 +271,7 @@ class Method:
             cls.standard_error,
             cls.needs_target,
             cls.output_tokens and cls.needs_target,
+            cls.contrastive,
             {k: p.describe() for k, p in cls.params.items()},
             cls.__module__.split(".")[0],
         )

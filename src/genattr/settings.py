@@ -43,6 +43,8 @@ class Settings:
     target_span : (int, int), optional
         The target tokens [a, b) explained when ``target_token`` or ``target_span`` picked some;
         None when every target token was.
+    contrast : tuple of int, optional
+        The foil's token ids, for a contrastive explanation.
 
     Examples
     --------
@@ -64,6 +66,7 @@ class Settings:
     seed: int | None = None
     attribute_target: bool = False
     target_span: tuple[int, int] | None = None
+    contrast: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         # a compiled pattern is recorded as its text, spans as a tuple of (start, end) pairs
@@ -72,6 +75,8 @@ class Settings:
             object.__setattr__(self, "spans", tuple((start, end) for start, end in self.spans))
         if self.target_span is not None:
             object.__setattr__(self, "target_span", tuple(int(v) for v in self.target_span))
+        if self.contrast is not None:
+            object.__setattr__(self, "contrast", tuple(int(v) for v in self.contrast))
 
     @property
     def baseline(self) -> int | str | None:
@@ -88,8 +93,9 @@ class Settings:
         out = asdict(self)
         if self.spans is not None:
             out["spans"] = [list(span) for span in self.spans]
-        if self.target_span is not None:
-            out["target_span"] = list(self.target_span)
+        for name in ("target_span", "contrast"):
+            if out[name] is not None:
+                out[name] = list(out[name])
         return out
 
     def set_items(self, leave_out: tuple[str, ...] = ()) -> list[tuple[str, object]]:

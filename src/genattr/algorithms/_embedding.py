@@ -94,6 +94,11 @@ class EmbeddedPrompt:
     the positions of feature tokens (the only ones a baseline or noise replaces: prompt tokens,
     and output tokens when they are features too); ``membership`` [T, F] maps positions to
     features (1 where position i belongs to feature f).
+
+    With a ``foil`` (contrastive explanation), the outputs are log p(y_t | ...) - log p(f_t | ...)
+    per target token when the foil has as many tokens as the target, else one output, the
+    sequence's log p(y | x) - log p(f | x); the foil follows the prompt's first ``prompt_length``
+    positions, which are the only ones it shares with the target's rows.
     """
 
     lm: LanguageModel
@@ -104,6 +109,8 @@ class EmbeddedPrompt:
     target: torch.Tensor
     baseline_id: int
     objective: str
+    foil: torch.Tensor | None = None
+    prompt_length: int = 0
 
     @property
     def length(self) -> int:
@@ -111,12 +118,40 @@ class EmbeddedPrompt:
 
     @property
     def n_target(self) -> int:
+        """The number of outputs: one per target token, or one for a foil of another length."""
+        if self.foil is not None and self.foil.shape[0] != self.target.shape[0]:
+            return 1
         return self.target.shape[0]
+
+    @property
+    def row_tokens(self) -> int:
+        """Tokens one row of :meth:`scored` runs (the foil's row too), for chunking under the budget."""
+        return self.length + 1 + (0 if self.foil is None else self.prompt_length + self.foil.shape[0])
 
     @property
     def predicting(self) -> torch.Tensor:
         """The positions whose outputs predict the target tokens: the last n."""
-        return torch.arange(self.n_target) + self.length - self.n_target
+        n = self.target.shape[0]
+        return torch.arange(n) + self.length - n
+
+    def scored(self, x: torch.Tensor, logits: bool = False) -> torch.Tensor:
+        """The outputs at input embeddings ``x`` [r, T, d]: the target tokens' log-probs (logits
+        with ``logits``) [r, n], or with a foil their difference from the foil's (see the class
+        docstring). Differentiable; the caller chunks the rows."""
+        out = self.lm.log_probs_from_embeddings(
+            x, self.template(x.shape[0]), self.target, return_logits=logits
+        )
+        if self.foil is None:
+            return out
+        tail = self.lm.embed(self.foil[None, :-1]).to(x).expand(x.shape[0], -1, -1)
+        ids = [*self.ids[: self.prompt_length].tolist(), *self.foil[:-1].tolist()]
+        rows = Batch.from_ids(ids, x.shape[0])
+        foil = self.lm.log_probs_from_embeddings(
+            torch.cat([x[:, : self.prompt_length], tail], 1), rows, self.foil, return_logits=logits
+        )
+        if foil.shape == out.shape:
+            return out - foil
+        return (out.sum(1) - foil.sum(1))[:, None]
 
     def template(self, rows: int) -> Batch:
         """``rows`` copies of the T positions, every position visible."""
@@ -144,13 +179,9 @@ class EmbeddedPrompt:
     def values(self, rows: torch.Tensor, logits: bool = False) -> torch.Tensor:
         """Target log-probs (or logits) [R, n] given input embeddings ``rows`` [R, T, d], chunked."""
         out = []
-        for sl in self.lm.chunks(rows.shape[0], self.length + 1):
+        for sl in self.lm.chunks(rows.shape[0], self.row_tokens):
             x = rows[sl].to(self.lm.dtype)
-            out.append(
-                self.lm.log_probs_from_embeddings(
-                    x, self.template(x.shape[0]), self.target, return_logits=logits
-                )
-            )
+            out.append(self.scored(x, logits))
         return torch.cat(out).double().cpu()
 
 
@@ -163,8 +194,18 @@ def embedded(problem: Problem) -> EmbeddedPrompt:
     embeds = lm.embed(ids[None])[0].detach().float()
     covered = (membership.sum(1) > 0).to(embeds.device)
     target = torch.tensor(problem.target_ids, dtype=torch.long)
+    foil = None if problem.foil is None else torch.tensor(problem.foil.ids, dtype=torch.long)
     return EmbeddedPrompt(
-        lm, ids, embeds, covered, membership, target, problem.masker.baseline_id, problem.objective
+        lm,
+        ids,
+        embeds,
+        covered,
+        membership,
+        target,
+        problem.masker.baseline_id,
+        problem.objective,
+        foil,
+        len(problem.prompt),
     )
 
 
@@ -290,10 +331,10 @@ def gradient_sums(
     n = ep.n_target
     m = n + int(sequence)
     sums = torch.zeros(m, *rows.shape[1:], dtype=torch.float32, device=rows.device)
-    for sl in lm.chunks(R, (L + 1) * m):
+    for sl in lm.chunks(R, ep.row_tokens * m):
         x = rows[sl].to(lm.dtype).requires_grad_(True)
         with torch.enable_grad(), _head_input(lm.model) as head:
-            out = lm.log_probs_from_embeddings(x, ep.template(x.shape[0]), ep.target, return_logits=logits)
+            out = ep.scored(x, logits)
             grads = _batched_gradients(out, x, head, sequence)
         grads = grads.float() * factor(out.detach(), sl).float()[:, :, None, None]
         if clip is not None:

@@ -89,6 +89,7 @@ class Saliency(Method):
     family = "gradient"
     summary = "norm of the gradient of the target's log-likelihood w.r.t. each token's embedding"
     needs_gradients = True
+    contrastive = True
 
     def attribute(self, problem: Problem) -> Output:
         ep = embedded(problem)
@@ -119,6 +120,7 @@ class InputXGradient(Method):
     family = "gradient"
     summary = "embedding times gradient, summed over the embedding dimension"
     needs_gradients = True
+    contrastive = True
     additive = True
 
     def attribute(self, problem: Problem) -> Output:
@@ -160,6 +162,7 @@ class _IntegratedGradients(Method):
 
     family = "gradient"
     needs_gradients = True
+    contrastive = True
     additive = True
     convergence_delta = True
     average = False
@@ -382,6 +385,7 @@ class GradientShap(Method):
     family = "gradient"
     summary = "expected gradients over random baselines, path points and input noise"
     needs_gradients = True
+    contrastive = True
     stochastic = True
     additive = True
     convergence_delta = True
@@ -440,6 +444,7 @@ class SmoothGrad(Method):
     family = "gradient"
     summary = "norm of the gradient averaged over noisy copies of the embeddings"
     needs_gradients = True
+    contrastive = True
     stochastic = True
     params = {
         "n_samples": Param(50, "noisy samples", int, minimum=1, maximum=MAX_GRADIENT_POINTS),

@@ -259,6 +259,7 @@ class LeaveOneOut(Method):
 
     name = "leave_one_out"
     family = "perturbation"
+    contrastive = True
     summary = "v(x) - v(x without feature i), one feature (or group) removed at a time"
     additive = True
     params = {
@@ -304,6 +305,7 @@ class ShapleySampling(Method):
 
     name = "shapley_sampling"
     family = "perturbation"
+    contrastive = True
     summary = "Shapley values estimated from random feature permutations (exactly efficient)"
     stochastic = True
     additive = True
@@ -328,6 +330,7 @@ class ShapleyExact(Method):
 
     name = "shapley_exact"
     family = "perturbation"
+    contrastive = True
     summary = "exact Shapley values by enumerating every coalition (up to 12 features)"
     additive = True
 
@@ -373,6 +376,7 @@ class KernelShap(Method):
 
     name = "kernel_shap"
     family = "perturbation"
+    contrastive = True
     summary = "Shapley values by Shapley-kernel weighted regression with exact efficiency"
     stochastic = True
     additive = True
@@ -437,6 +441,7 @@ class Lime(Method):
 
     name = "lime"
     family = "perturbation"
+    contrastive = True
     summary = (
         "weighted linear surrogate fitted on random coalitions (exponential kernel on the fraction kept)"
     )
@@ -455,7 +460,7 @@ class Lime(Method):
         F = problem.n_features
         if problem.target is None:
             raise InvalidParameterError("lime fits the values of a target, and this problem has none.")
-        fit = RidgeFit(F, 1 + len(problem.target_ids))
+        fit = RidgeFit(F, 1 + problem.n_outputs)
         for keep in lime_coalition_blocks(F, self.n_samples, problem.generator()):
             distance = 1 - (keep.sum(1).double() / F).sqrt()
             fit.add(keep, problem.evaluate(keep), torch.exp(-(distance**2) / (2 * self.kernel_width**2)))
