@@ -3,6 +3,7 @@ of a small vocabulary, and their place in a result (validation, JSON round trip)
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -10,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from genattr.errors import EmptyTargetError, InvalidParameterError
+import genattr
+from genattr.errors import EmptyTargetError, InputError, InvalidParameterError, ResultFormatError
 from genattr.model import Batch, load
 from genattr.steps import STEP_SCORES, step_scores
 from genattr.testing import random_model, tiny_lm
@@ -170,3 +172,66 @@ def test_bad_input_raises_typed_errors():
         step_scores(lm, Batch.from_ids(prompt), [5, lm.vocab_size])
     with pytest.raises(InvalidParameterError, match="foil token ids"):
         step_scores(lm, Batch.from_ids(prompt), [5], [-1])
+
+
+# --------------------------------------------------------------------------- in a result
+@pytest.fixture(scope="module")
+def result():
+    lm = tiny_lm()
+    res = genattr.explain(lm, PROMPT, target=TARGET)
+    steps = step_scores(lm, Batch.from_ids(res.prompt.input_ids), res.target.ids, same_length_foil(lm))
+    return dataclasses.replace(res, step_scores=steps)
+
+
+def test_step_scores_round_trip_through_json(result, tmp_path):
+    assert set(result.step_scores) == {*STEP_SCORES, "contrast"}
+    back = genattr.Attribution.load(result.save(tmp_path / "r.json"))
+    assert back.step_scores == result.step_scores
+    data = result.to_dict()
+    del data["step_scores"]  # a file written before step scores existed
+    assert genattr.Attribution.from_dict(data).step_scores == {}
+
+
+@pytest.mark.parametrize(
+    "steps, message",
+    [
+        ([1.0], "must be a dict"),
+        ({1: [0.0] * 4}, "names must be strings"),
+        ({"prob": [0.5]}, "list of 4 values"),
+        ({"prob": "0.50"}, "list of 4 values"),
+        ({"prob": [0.5, 0.5, math.nan, 0.5]}, "not a finite number"),
+        ({"prob": [0.5, 0.5, 10**400, 0.5]}, "not a finite number"),
+        ({"prob": [0.5, 0.5, "0.5", 0.5]}, "not a finite number"),
+        ({"rank": [1, 2, True, 3]}, "not a finite number"),
+    ],
+)
+def test_a_result_refuses_bad_step_scores(result, steps, message):
+    assert len(result.target.ids) == 4
+    with pytest.raises(InputError, match=message):
+        dataclasses.replace(result, step_scores=steps)
+
+
+def test_numpy_and_integer_step_scores_are_stored_as_floats(result):
+    res = dataclasses.replace(result, step_scores={"rank": np.array([1, 2, 3, 4]), "p": (0.5,) * 4})
+    assert res.step_scores == {"rank": [1.0, 2.0, 3.0, 4.0], "p": [0.5] * 4}
+    assert all(type(v) is float for values in res.step_scores.values() for v in values)
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda d: d.update(step_scores=[]),
+        lambda d: d["step_scores"]["prob"].pop(),
+        lambda d: d["step_scores"]["prob"].__setitem__(0, None),
+        lambda d: d["step_scores"]["prob"].__setitem__(0, "0.5"),
+        lambda d: d["step_scores"]["prob"].__setitem__(0, 10**400),
+        lambda d: d["step_scores"].update(prob={"0": 1}),
+    ],
+)
+def test_tampered_step_scores_fail_with_a_clear_error(result, tmp_path, tamper):
+    data = result.to_dict()
+    tamper(data)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ResultFormatError, match="step_scores|step score 'prob'"):
+        genattr.Attribution.load(path)

@@ -39,6 +39,31 @@ from .text.segment import Feature, segment, token_owners
 from .text.target import Target
 
 
+def _checked_steps(steps, n: int) -> dict[str, list[float]]:
+    """``steps`` as a new dict of names to lists of n finite floats (one per target token)."""
+    if not isinstance(steps, dict):
+        raise InputError(
+            f"step_scores must be a dict of names to lists of numbers, not {type(steps).__name__}."
+        )
+    out = {}
+    for name, values in steps.items():
+        if not isinstance(name, str):
+            raise InputError(f"step score names must be strings, got {name!r}; name each score.")
+        if not isinstance(values, (list, tuple, np.ndarray)) or len(values) != n:
+            raise InputError(
+                f"step score {name!r} must be a list of {n} values, one per target token; "
+                "compute it for the result's target."
+            )
+        numbers = [number for number in map(io.finite, values) if number is not None]
+        if len(numbers) != n:
+            raise InputError(
+                f"step score {name!r} holds a value that is not a finite number; step scores are "
+                "finite floats (a probability 0 has no log-probability)."
+            )
+        out[name] = numbers
+    return out
+
+
 @dataclass
 class Attribution:
     """Scores of the prompt's features for what the model wrote (see the module docstring).
@@ -73,12 +98,16 @@ class Attribution:
         The genattr version that made the result.
     extras : dict
         Method-specific outputs (for example XPrompt's chosen set).
+    step_scores : dict of str to list of float
+        How the model saw each target token (:mod:`genattr.steps`): a name (``prob``,
+        ``log_prob``, ``entropy``, ``rank``, ``contrast``) to n finite values, one per target
+        token; empty when not computed.
 
     Raises
     ------
     genattr.errors.InputError
-        When ``scores`` or ``token_scores`` do not match the features and target, or the features
-        are not numbered in order.
+        When ``scores`` or ``token_scores`` do not match the features and target, the features
+        are not numbered in order, or ``step_scores`` does not hold n finite values per name.
     """
 
     method: str
@@ -92,6 +121,7 @@ class Attribution:
     diagnostics: dict = field(default_factory=dict)
     version: str = ""
     extras: dict = field(default_factory=dict)
+    step_scores: dict[str, list[float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.settings, Settings):
@@ -115,6 +145,7 @@ class Attribution:
                     f"token_scores has shape {self.token_scores.shape}, expected (target tokens, "
                     f"features) = {expected}."
                 )
+        self.step_scores = _checked_steps(self.step_scores, len(self.target.ids))
 
     # ----------------------------------------------------------------- reading
     @property
