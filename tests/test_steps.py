@@ -190,6 +190,7 @@ def test_step_scores_round_trip_through_json(result, tmp_path):
     data = result.to_dict()
     del data["step_scores"]  # a file written before step scores existed
     assert genattr.Attribution.from_dict(data).step_scores == {}
+    assert result.aggregate("sentence").step_scores == result.step_scores  # the target is the same
 
 
 @pytest.mark.parametrize(

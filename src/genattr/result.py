@@ -324,7 +324,8 @@ class Attribution:
         return render_fragment(self)
 
     def show(self, console=None, mark=None) -> None:
-        """Print the result to the terminal (rich: coloured backgrounds and a legend); ``mark`` as in :meth:`to_html`."""
+        """Print the result to the terminal (rich: coloured backgrounds, a legend, then the step
+        scores when the result has them); ``mark`` as in :meth:`to_html`."""
         from .render.terminal import print_attribution
 
         print_attribution(self, console=console, mark=mark)
