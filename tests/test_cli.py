@@ -389,3 +389,49 @@ def test_include_system_needs_chat(model_dirs, capsys):
     argv = ["explain", "--model", str(model_dirs["llama"]), "--include-system", "hi"]
     assert main(argv) == 2
     assert "use it with --chat" in capsys.readouterr().err
+
+
+def test_explain_step_scores_prints_the_table_after_the_attribution(
+    model_dirs, tmp_path, capsys, monkeypatch
+):
+    import dataclasses
+
+    import genattr.api
+    from genattr.model import Batch
+    from genattr.render import step_rows
+    from genattr.steps import step_scores
+
+    def explain(lm, *args, **kwargs):
+        res = real_explain(lm, *args, **kwargs)
+        if res.step_scores:
+            return res
+        inputs = Batch.from_ids(res.prompt.input_ids)
+        return dataclasses.replace(res, step_scores=step_scores(lm, inputs, res.target.ids))
+
+    real_explain = genattr.api.explain
+    monkeypatch.setattr(genattr.api, "explain", explain)
+    out = tmp_path / "r.json"
+    argv = ["explain", "--model", str(model_dirs["llama"]), "--target", " on the mat", "--json", str(out)]
+    assert main([*argv, "--step-scores", "The cat sat"]) == 0
+    shown = capsys.readouterr().out
+    res = genattr.Attribution.load(out)
+    labels, rows = step_rows(res)
+    assert labels == ["token", "p", "log p", "entropy", "rank"] and len(rows) == len(res.target.ids) >= 3
+    attribution, steps = shown.split("step scores:", 1)
+    assert "The cat sat" in attribution and "legend" in attribution and "cat" not in steps
+    for row in rows:
+        assert re.search(r"\s+".join(map(re.escape, [row[0].strip(), *row[1:]])), steps), steps
+    assert main(argv + ["The cat sat"]) == 0
+    assert "step scores" not in capsys.readouterr().out
+    monkeypatch.setattr(genattr.api, "explain", real_explain)
+    empty = genattr.api.explain
+    monkeypatch.setattr(
+        genattr.api, "explain", lambda *a, **k: dataclasses.replace(empty(*a, **k), step_scores={})
+    )
+    assert main([*argv, "--step-scores", "The cat sat"]) == 0
+    assert capsys.readouterr().err == "genattr: leave_one_out gave no step scores for this target.\n"
+
+
+def test_step_scores_with_quiet_exits_2_before_loading_the_model(capsys):
+    assert main(["explain", "--model", "no/such-model", "-q", "--step-scores", "hi"]) == 2
+    _one_line_error(capsys, "--step-scores prints a table after the attribution: drop --quiet")

@@ -376,3 +376,71 @@ def test_parameters_and_settings_leave_out_unset_values_and_the_header_gives_the
     out = io.StringIO()
     print_attribution(res, console=Console(file=out, width=200))
     assert "parameters: n_samples=3\nsettings: mask=attention, mask_token=0, seed=5\n" in out.getvalue()
+
+
+# --------------------------------------------------------------------------- step scores
+STEPS = {
+    "prob": [0.123456, 1.0],
+    "log_prob": [-2.0919, 0.0],
+    "entropy": [3.5, 0.25],
+    "rank": [17.0, 1.0],
+    "contrast": [-1.5, 2.75],
+}
+STEP_CELLS = [["0.1235", "-2.092", "3.5", "17", "-1.5"], ["1", "0", "0.25", "1", "2.75"]]
+
+
+def test_html_shows_the_step_scores_under_the_target():
+    res = make("one two", tokens=(" it", " ran"), step_scores=STEPS)
+    doc = Page(render_fragment(res))
+    (table,) = doc.find("table", "ga-steps")
+    heads = [e["text"] for e in doc.find("th")]
+    assert heads == ["token", "p", "log p", "entropy", "rank", "contrast", " it", " ran"]
+    assert [e["text"] for e in doc.find("td")] == STEP_CELLS[0] + STEP_CELLS[1]
+    labels = [e["text"] for e in doc.find(cls="ga-label")]
+    assert (
+        labels.index(next(x for x in labels if x.startswith("step scores")))
+        == labels.index("target (given)") + 1
+    )
+    assert not Page(render_fragment(make("one two"))).find("table", "ga-steps")
+
+
+def test_html_escapes_step_score_names_and_tokens(evil):
+    n = len(evil.target.ids)
+    res = dataclasses.replace(evil, step_scores={"<script>s</script>&": [0.5] * n, "rank": [1.0] * n})
+    page = render_html([res])
+    assert "<script" not in page.lower() and "<!--" not in page
+    doc = Page(page)
+    (table,) = doc.find("table", "ga-steps")
+    heads = [e["text"] for e in doc.find("th")][:3]
+    assert heads == ["token", "<script>s</script>&", "rank"]
+    rows = [e["text"] for e in doc.find("tr")[1 : 1 + n]]
+    assert rows == [f"{visible(t)}0.51" for t in evil.target.tokens]
+
+
+def test_terminal_prints_the_step_scores_after_the_attribution():
+    res = make("one two", tokens=(" it", " ran"), token_scores=np.zeros((2, 2)), step_scores=STEPS)
+    console = Console(record=True, width=120)
+    print_attribution(res, console=console)
+    text = console.export_text()
+    steps = text.split("step scores:", 1)[1]
+    assert text.index("step scores:") > text.index("token scores")
+    assert re.search(r"token\s+p\s+log p\s+entropy\s+rank\s+contrast", steps)
+    for token, cells in zip(("it", "ran"), STEP_CELLS, strict=True):
+        assert re.search(rf"{token}\s+" + r"\s+".join(map(re.escape, cells)), steps), steps
+    quiet = Console(record=True, width=120)
+    print_attribution(res, console=quiet, steps=False)
+    shown = quiet.export_text()
+    assert "step scores" not in shown and "token scores" in shown
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE))
+def test_terminal_step_scores_never_print_control_characters(kind):
+    evil = HOSTILE[kind]
+    res = make("cat sat", tokens=(f" {evil}", " ok"), step_scores={f"s{evil}": [0.5, 0.25]})
+    out = io.StringIO()
+    print_attribution(
+        res, console=Console(file=out, force_terminal=True, width=200, color_system="truecolor")
+    )
+    steps = SGR.sub("", out.getvalue()).split("step scores:", 1)[1]
+    assert not re.search("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]", steps), repr(steps)
+    assert f"s{visible(evil)}" in steps and visible(evil) in steps.split(f"s{visible(evil)}", 1)[1]

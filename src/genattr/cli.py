@@ -163,6 +163,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
         )
     if args.include_system and not args.chat:
         raise InputError("--include-system concerns the chat template: use it with --chat.")
+    if args.step_scores and args.quiet:
+        raise InputError(
+            "--step-scores prints a table after the attribution: drop --quiet (or save with --json)."
+        )
     params = {key: _param_value(method_cls, key, text) for key, text in args.param or []}
     mask_token = _mask_token_option(args)
     for out in (args.json, args.html):
@@ -195,7 +199,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
             contrast=args.contrast,
         )
     if not args.quiet:
-        res.show()
+        from .render.terminal import print_attribution
+
+        print_attribution(res, steps=args.step_scores)
+        if args.step_scores and not res.step_scores:
+            print(f"genattr: {res.method} gave no step scores for this target.", file=sys.stderr)
     if args.json:
         res.save(args.json)
     if args.html:
@@ -373,6 +381,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--dtype", default=None)
     ex.add_argument("--json", help="write the result as JSON to this file")
     ex.add_argument("--html", help="write a self-contained HTML page to this file")
+    ex.add_argument(
+        "--step-scores",
+        action="store_true",
+        help="after the attribution, print how the model saw each target token: p, log p, entropy, rank",
+    )
     ex.add_argument("--quiet", "-q", action="store_true", help="no terminal output or progress bar")
     ex.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     ex.set_defaults(func=cmd_explain)

@@ -8,7 +8,8 @@ params, are read into the same shape (as are the names used before: a feature's 
 now ``positions``, and the setting ``baseline``, now ``mask_token``). Reading never imports or evaluates anything named in the
 file: each part is checked by a small reader below, and anything that is not what genattr writes
 (not UTF-8, not JSON, NaN or Infinity, nesting deeper than Python parses, a wrong field) raises
-:class:`~genattr.errors.ResultFormatError`.
+:class:`~genattr.errors.ResultFormatError`. A file without ``step_scores`` (the per-step scores
+of :mod:`genattr.steps`, which older files lack) is read as having none.
 
 Every file genattr writes goes through :func:`write_atomic`: a temporary file in the same
 directory, flushed to disk, then renamed over the target, so a reader never sees half a file.
@@ -20,6 +21,7 @@ import importlib
 import json
 import math
 import os
+from numbers import Real
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -82,6 +84,7 @@ def attribution_to_dict(res: Attribution) -> dict:
         "params": jsonable(res.params),
         "diagnostics": jsonable(res.diagnostics),
         "extras": jsonable(res.extras),
+        "step_scores": jsonable(res.step_scores),
     }
 
 
@@ -148,9 +151,10 @@ def _renamed(data: dict, old: str, new: str, where: str) -> dict:
     return {new if key == old else key: value for key, value in data.items()}
 
 
-def _finite(v) -> float | None:
-    """``v`` as a finite float, or None when it is not a number or not finite (1e999, 10**400)."""
-    if not isinstance(v, (int, float)) or isinstance(v, bool):
+def finite(v) -> float | None:
+    """``v`` as a finite float, or None when it is not a real number (a bool is not) or not
+    finite (1e999, 10**400)."""
+    if not isinstance(v, Real) or isinstance(v, bool):
         return None
     try:
         number = float(v)
@@ -165,7 +169,7 @@ def _numbers(value, where: str, name: str, length: int) -> list[float]:
         raise _fail(where, f"'{name}' must be a list of {length} numbers")
     out = []
     for v in value:
-        number = math.nan if v is None else _finite(v)
+        number = math.nan if v is None else finite(v)
         if number is None:
             raise _fail(where, f"'{name}' holds {str(v)[:20]!r}, not a finite number")
         out.append(number)
@@ -245,6 +249,19 @@ def _read_token_scores(data: dict, n_tokens: int, n_features: int, where: str) -
         raise _fail(where, "token_scores must have one row per target token explained")
     matrix = [_numbers(row, where, "token_scores", n_features) for row in rows]
     return np.array(matrix, dtype=np.float64).reshape(n_tokens, n_features)
+
+
+def _read_step_scores(data: dict, n_tokens: int, where: str) -> dict[str, list[float]]:
+    """The per-step scores (:mod:`genattr.steps`): names to lists of ``n_tokens`` finite numbers
+    (null is refused: step scores are never non-finite); absent in older files: empty."""
+    steps = _optional(data, "step_scores", dict, {}, where)
+    out = {}
+    for name, values in steps.items():
+        numbers = [finite(v) for v in values] if isinstance(values, list) else [None]
+        if len(numbers) != n_tokens or None in numbers:
+            raise _fail(where, f"step score {name[:20]!r} must be a list of {n_tokens} finite numbers")
+        out[name] = [v for v in numbers if v is not None]
+    return out
 
 
 def _read_objects(data: dict, where: str) -> dict:
@@ -413,4 +430,5 @@ def attribution_fields(data, where: str = "attribution") -> dict:
         "diagnostics": objects["diagnostics"],
         "version": _optional(data, "version", str, "", where),
         "extras": objects["extras"],
+        "step_scores": _read_step_scores(data, len(target.ids), where),
     }

@@ -93,6 +93,31 @@ def _check_undefined(values: np.ndarray, undefined: np.ndarray, name: str) -> No
         )
 
 
+def _checked_steps(steps, n: int) -> dict[str, list[float]]:
+    """``steps`` as a new dict of names to lists of n finite floats (one per target token)."""
+    if not isinstance(steps, dict):
+        raise InputError(
+            f"step_scores must be a dict of names to lists of numbers, not {type(steps).__name__}."
+        )
+    out = {}
+    for name, values in steps.items():
+        if not isinstance(name, str):
+            raise InputError(f"step score names must be strings, got {name!r}; name each score.")
+        if not isinstance(values, (list, tuple, np.ndarray)) or len(values) != n:
+            raise InputError(
+                f"step score {name!r} must be a list of {n} values, one per target token; "
+                "compute it for the result's target."
+            )
+        numbers = [number for number in map(io.finite, values) if number is not None]
+        if len(numbers) != n:
+            raise InputError(
+                f"step score {name!r} holds a value that is not a finite number; step scores are "
+                "finite floats (a probability 0 has no log-probability)."
+            )
+        out[name] = numbers
+    return out
+
+
 @dataclass
 class Attribution:
     """Scores of the prompt's features for what the model wrote (see the module docstring).
@@ -127,12 +152,16 @@ class Attribution:
         The genattr version that made the result.
     extras : dict
         Method-specific outputs (for example XPrompt's chosen set).
+    step_scores : dict of str to list of float
+        How the model saw each target token (:mod:`genattr.steps`): a name (``prob``,
+        ``log_prob``, ``entropy``, ``rank``, ``contrast``) to n finite values, one per target
+        token; empty when not computed.
 
     Raises
     ------
     genattr.errors.InputError
-        When ``scores`` or ``token_scores`` do not match the features and target, or the features
-        are not numbered in order.
+        When ``scores`` or ``token_scores`` do not match the features and target, the features
+        are not numbered in order, or ``step_scores`` does not hold n finite values per name.
     """
 
     method: str
@@ -146,6 +175,7 @@ class Attribution:
     diagnostics: dict = field(default_factory=dict)
     version: str = ""
     extras: dict = field(default_factory=dict)
+    step_scores: dict[str, list[float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.settings, Settings):
@@ -173,6 +203,7 @@ class Attribution:
                 )
             undefined = undefined_entries(expected[1], self.n_prompt, self.span, rows=True)
             _check_undefined(self.token_scores, undefined, "token_scores")
+        self.step_scores = _checked_steps(self.step_scores, len(self.target.ids))
 
     # ----------------------------------------------------------------- reading
     @property
@@ -390,7 +421,8 @@ class Attribution:
         return render_fragment(self)
 
     def show(self, console=None, mark=None) -> None:
-        """Print the result to the terminal (rich: coloured backgrounds and a legend); ``mark`` as in :meth:`to_html`."""
+        """Print the result to the terminal (rich: coloured backgrounds, a legend, then the step
+        scores when the result has them); ``mark`` as in :meth:`to_html`."""
         from .render.terminal import print_attribution
 
         print_attribution(self, console=console, mark=mark)

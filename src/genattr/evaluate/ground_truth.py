@@ -6,10 +6,15 @@ For scores s over F features and G (feature indices), with the ranking by descen
 * ``recall_at_k``   |top-|G| ∩ G| / |G|: the share of G among the |G| best features;
 * ``auroc``         P(s_g > s_o) + P(s_g = s_o) / 2 for g in G, o outside G (Mann-Whitney);
 * ``pointing_game`` 1 if the best feature is in G, else 0;
-* ``joint_success`` 1 if the top-|G| set equals G, else 0.
+* ``joint_success`` 1 if the top-|G| set equals G, else 0;
+* ``average_precision`` (1/|G|) sum_{g in G} |{g' in G : r(g') <= r(g)}| / r(g), r the 1-based
+  rank: the mean over G of the precision at each g's rank, the plausibility measure of the
+  review "Feature-attribution based explanations for fine-tuned LLMs" (Section VI.A).
 
 >>> metrics([0.1, 2.0, 0.5, 1.5], {1, 3})
-{'recall_at_k': 1.0, 'auroc': 1.0, 'pointing_game': 1.0, 'joint_success': 1.0}
+{'recall_at_k': 1.0, 'auroc': 1.0, 'pointing_game': 1.0, 'joint_success': 1.0, 'average_precision': 1.0}
+>>> metrics([2.0, 0.1, 1.5, 0.5], {1, 3})["average_precision"]  # G at ranks 3 and 4: (1/3 + 2/4) / 2
+0.41666...
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import numpy as np
 
 from ..errors import InputError
 
-METRICS = ("recall_at_k", "auroc", "pointing_game", "joint_success")
+METRICS = ("recall_at_k", "auroc", "pointing_game", "joint_success", "average_precision")
 
 
 def _check(scores: Sequence[float], truth: Collection[int]) -> tuple[np.ndarray, set[int]]:
@@ -66,8 +71,31 @@ def joint_success(scores, truth: Collection[int]) -> float:
     return float(set(ranking(s)[: len(g)]) == g)
 
 
+def average_precision(scores, truth: Collection[int]) -> float:
+    """Average precision of the ranking (ties by position) against G: the mean over g in G of
+    the precision of the top-r(g) features, r(g) g's 1-based rank,
+
+        AP = (1/|G|) sum_{g in G} |{g' in G : r(g') <= r(g)}| / r(g);
+
+    1 when G holds the |G| best features. Without ties it is scikit-learn's
+    ``average_precision_score``; tied features are ranked by position here, not pooled. The
+    plausibility measure of "Feature-attribution based explanations for fine-tuned LLMs" (a
+    review), Section VI.A.
+
+    >>> average_precision([0.9, 0.1, 0.5, 0.7], {0, 2})  # ranks 1 and 3: (1/1 + 2/3) / 2
+    0.83333...
+    """
+    s, g = _check(scores, truth)
+    hits, total = 0, 0.0
+    for rank, i in enumerate(ranking(s), start=1):
+        if i in g:
+            hits += 1
+            total += hits / rank
+    return total / len(g)
+
+
 def metrics(scores, truth: Collection[int]) -> dict[str, float]:
-    """All four metrics for one attribution (an :class:`~genattr.Attribution` or a score vector)."""
+    """All five metrics for one attribution (an :class:`~genattr.Attribution` or a score vector)."""
     return {name: globals()[name](scores, truth) for name in METRICS}
 
 

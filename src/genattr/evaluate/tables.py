@@ -40,6 +40,7 @@ TABLE_ROWS = {
         ("auroc", "AUROC", True),
         ("pointing_game", "pointing game", True),
         ("joint_success", "joint success", True),
+        ("average_precision", "average precision", True),
     ],
 }
 COST_ROWS = [

@@ -23,6 +23,11 @@ NEUTRAL: RGB = (255, 255, 255)
 KEY_DIAGNOSTICS = ("model", "forward_passes", "tokens_processed", "seconds")
 HEADER_SETTINGS = ("level", "objective")
 OBJECTIVE_UNITS = {"log_prob": "nats", "prob": "probability"}
+STEP_LABELS = {"prob": "p", "log_prob": "log p", "entropy": "entropy", "rank": "rank", "contrast": "contrast"}
+STEP_CAPTION = (
+    "step scores: p = p(token | prompt, earlier tokens); log p and entropy in nats; rank 1 = the "
+    "model's top choice; contrast = log p(token) - log p(foil token)"
+)
 LEGEND = "red: positive score, blue: negative, white: 0; intensity is |score| / max |score|"
 
 
@@ -112,6 +117,23 @@ def settings(res) -> str:
     """The call's settings as ``name=value`` pairs: only those that are set, and not the level
     and objective, which :func:`header` gives."""
     return ", ".join(f"{k}={v}" for k, v in res.settings.set_items(leave_out=HEADER_SETTINGS))
+
+
+def step_rows(res) -> tuple[list[str], list[list[str]]]:
+    """The per-step scores as a table: the column labels (``token``, then one per score, named by
+    :data:`STEP_LABELS` or as stored) and one row of strings per target token (the token as
+    stored, ranks and other whole numbers without decimals, the rest to 4 significant digits)."""
+    names = list(res.step_scores)
+    labels = ["token", *(STEP_LABELS.get(name, name) for name in names)]
+    rows = [
+        [token, *(_number(res.step_scores[name][t]) for name in names)]
+        for t, token in enumerate(res.target.tokens)
+    ]
+    return labels, rows
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if value.is_integer() and abs(value) < 1e15 else fmt(value)
 
 
 def target_label(res) -> str:

@@ -1,8 +1,8 @@
 """HTML renderings: a self-contained report page (:func:`render_html`) and a notebook fragment
 (:func:`render_fragment`). Inline CSS only, no scripts, no external resources.
 
-Every piece of text from the result (prompt, features, tokens, target, method, parameters,
-diagnostics, captions, the title) goes through :func:`html.escape` with ``quote=True``, in text
+Every piece of text from the result (prompt, features, tokens, target, the names of the step
+scores, method, parameters, diagnostics, captions, the title) goes through :func:`html.escape` with ``quote=True``, in text
 and in attribute values alike.
 """
 
@@ -16,6 +16,7 @@ from ..errors import InputError
 from . import (
     LEGEND,
     RGB,
+    STEP_CAPTION,
     colour,
     fmt,
     header,
@@ -24,6 +25,7 @@ from . import (
     parameters,
     pieces,
     settings,
+    step_rows,
     target_label,
     visible,
 )
@@ -95,6 +97,22 @@ def _target(res: Attribution) -> str:
     )
 
 
+def _steps(res: Attribution) -> str:
+    """The per-step scores (:mod:`genattr.steps`) under the target: one row per target token."""
+    if not res.step_scores:
+        return ""
+    labels, rows = step_rows(res)
+    head = "".join(f"<th>{_e(label)}</th>" for label in labels)
+    body = "".join(
+        f"<tr><th>{_e(visible(row[0]))}</th>{''.join(f'<td>{_e(cell)}</td>' for cell in row[1:])}</tr>"
+        for row in rows
+    )
+    return (
+        f'<div class="ga-label">{_e(STEP_CAPTION)}</div><div class="ga-wrap"><table class="ga-steps">'
+        f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
+    )
+
+
 def _matrix(res: Attribution, token_scores: np.ndarray) -> str:
     """The token-score matrix, coloured on its own scale (max |token score|) with its own legend."""
     scale = max_abs(token_scores)
@@ -131,7 +149,12 @@ def _body(res: Attribution, mark: Collection[int]) -> str:
     scale = max_abs(res.scores)
     matrix = "" if res.token_scores is None else _matrix(res, res.token_scores)
     return (
-        _head(res) + _prompt(res, scale, mark) + _legend(scale, "prompt", bool(mark)) + _target(res) + matrix
+        _head(res)
+        + _prompt(res, scale, mark)
+        + _legend(scale, "prompt", bool(mark))
+        + _target(res)
+        + _steps(res)
+        + matrix
     )
 
 

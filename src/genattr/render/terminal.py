@@ -1,6 +1,6 @@
 """Terminal rendering with rich: the prompt with each feature on its score's background colour,
-the target, a legend, and the token-score matrix as tables of at most :data:`MAX_COLUMNS`
-feature columns each (all of them printed).
+the target, a legend, the token-score matrix as tables of at most :data:`MAX_COLUMNS`
+feature columns each (all of them printed), and the per-step scores when the result has them.
 
 User text always goes into :class:`rich.text.Text` objects, never through console markup, so
 brackets in prompts or tokens print as they are, and through :func:`~genattr.render.visible`
@@ -21,7 +21,21 @@ from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
-from . import LEGEND, colour, fmt, header, ink, max_abs, parameters, pieces, settings, target_label, visible
+from . import (
+    LEGEND,
+    STEP_CAPTION,
+    colour,
+    fmt,
+    header,
+    ink,
+    max_abs,
+    parameters,
+    pieces,
+    settings,
+    step_rows,
+    target_label,
+    visible,
+)
 
 if TYPE_CHECKING:
     from ..result import Attribution
@@ -66,11 +80,27 @@ def _tables(res: Attribution, width: int) -> list[Table]:
     return tables
 
 
+def step_table(res: Attribution) -> Table:
+    """The per-step scores (:mod:`genattr.steps`): one row per target token."""
+    labels, rows = step_rows(res)
+    table = Table(title=STEP_CAPTION, box=box.SIMPLE_HEAD, padding=(0, 1))
+    for i, label in enumerate(labels):
+        table.add_column(Text(visible(label)), overflow="fold", justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*(Text(visible(cell)) for cell in row))
+    return table
+
+
 def print_attribution(
-    res: Attribution, *, console: Console | None = None, mark: Collection[int] | None = None
+    res: Attribution,
+    *,
+    console: Console | None = None,
+    mark: Collection[int] | None = None,
+    steps: bool = True,
 ) -> None:
     """Print ``res`` to ``console`` (a new stdout console by default); features whose positions
-    are in ``mark`` are underlined as ground truth."""
+    are in ``mark`` are underlined as ground truth. With ``steps``, the per-step scores follow
+    (:func:`step_table`) when the result has them."""
     console = console or Console()
     mark = set(mark or ())
     scale = max_abs(res.scores)
@@ -103,3 +133,5 @@ def print_attribution(
     console.print(legend)
     for table in _tables(res, console.width):
         console.print(table)
+    if steps and res.step_scores:
+        console.print(step_table(res))
