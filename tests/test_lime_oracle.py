@@ -20,6 +20,7 @@ class TableProblem:
     def __init__(self, n_features: int, seed: int = 0) -> None:
         self.n_features, self.seed, self.seen = n_features, seed, []
         self.target = Target((7, 8), " a b", (" a", " b"), False)  # two target tokens
+        self.n_outputs = 2  # one per-token column each
         g = torch.Generator().manual_seed(100 + n_features)
         self.w = torch.randn(n_features, generator=g, dtype=torch.float64)
         self.pairs = torch.randn(n_features, n_features, generator=g, dtype=torch.float64).triu(1)

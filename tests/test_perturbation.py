@@ -292,17 +292,17 @@ def _rows_seen(monkeypatch, lm):
     """Record the coalitions of every Problem.evaluate call and the rows of every teacher-forced
     call on ``lm``."""
     evaluated, seen = [], []
-    original, evaluate = lm.target_log_probs, Problem.evaluate
+    original, evaluate = lm.label_log_probs, Problem.evaluate
 
-    def spy(inputs, target_ids):
-        seen.append(len(inputs))
-        return original(inputs, target_ids)
+    def spy(rows, labels):
+        seen.append(len(rows))
+        return original(rows, labels)
 
     def evaluate_spy(self, keep):
         evaluated.append(len(keep))
         return evaluate(self, keep)
 
-    monkeypatch.setattr(lm, "target_log_probs", spy)
+    monkeypatch.setattr(lm, "label_log_probs", spy)
     monkeypatch.setattr(Problem, "evaluate", evaluate_spy)
     return evaluated, seen
 

@@ -177,10 +177,10 @@ def test_colours_follow_the_diverging_scale():
     assert rgb(styles[0]) == POSITIVE and rgb(styles[1]) == NEUTRAL and rgb(styles[2]) == NEGATIVE
     half = rgb(styles[3])
     assert half[0] > half[1] and half[0] > half[2] and half[1] > POSITIVE[1]  # red, lighter than the top
-    blank = make("all zero nan", [0.0, 0.0, float("nan")])
+    blank = make("all zero inf", [0.0, 0.0, float("inf")])  # a non-finite score is white
     spans = Page(render_fragment(blank)).find("span", "ga-f")
     assert (
-        all(rgb(e["attrs"]["style"]) == NEUTRAL for e in spans) and spans[2]["attrs"]["title"] == "score nan"
+        all(rgb(e["attrs"]["style"]) == NEUTRAL for e in spans) and spans[2]["attrs"]["title"] == "score inf"
     )
 
 

@@ -258,3 +258,61 @@ def test_contrast_is_refused_where_it_is_not_defined(tiny):
         genattr.explain(tiny, PROMPT, target=TARGET, method="saliency", contrast=FOIL, objective="prob")
     with pytest.raises(InvalidParameterError, match="whole responses"):
         genattr.explain(tiny, PROMPT, target=TARGET, contrast=FOIL, attribute_target=True)
+
+
+def test_every_result_with_a_target_carries_its_step_scores(tiny):
+    res = genattr.explain(tiny, PROMPT, target=TARGET, contrast=" but a dog is")
+    ids, y = list(res.prompt.input_ids), list(res.target.ids)
+    np.testing.assert_allclose(res.step_scores["log_prob"], naive_rows(tiny, ids, y, y), atol=1e-5)
+    foil = list(genattr.explain(tiny, PROMPT, target=" but a dog is").target.ids)
+    assert len(foil) == len(y)
+    expected = naive_rows(tiny, ids, y, y) - naive_rows(tiny, ids, foil, foil)
+    np.testing.assert_allclose(res.step_scores["contrast"], expected, atol=1e-5)
+    assert set(genattr.explain(tiny, PROMPT, target=TARGET).step_scores) == {
+        "prob",
+        "log_prob",
+        "entropy",
+        "rank",
+    }
+    before = tiny.usage.copy()
+    counted = genattr.explain(tiny, PROMPT, target=TARGET).diagnostics["forward_passes"]
+    assert (
+        tiny.usage.since(before)["forward_passes"] == counted + 1
+    )  # the step scores' pass: not the method's cost
+
+
+def test_a_second_prompt_moves_no_score_and_gives_the_step_contrast(tiny):
+    other = "The nurse opens the door"
+    res = genattr.explain(tiny, PROMPT, target=TARGET, contrast_prompt=other)
+    plain = genattr.explain(tiny, PROMPT, target=TARGET)
+    np.testing.assert_array_equal(res.scores, plain.scores)  # a constant of the coalitions
+    y = list(res.target.ids)
+    other_ids = list(Prompt.from_text(tiny.tokenizer, other).input_ids)
+    expected = naive_rows(tiny, res.prompt.input_ids, y, y) - naive_rows(tiny, other_ids, y, y)
+    np.testing.assert_allclose(res.step_scores["contrast"], expected, atol=1e-5)
+    assert res.extras["contrast"] == {"prompt": other, "level": "token"}
+    with pytest.raises(InvalidParameterError, match="not both"):
+        genattr.explain(tiny, PROMPT, target=TARGET, contrast=FOIL, contrast_prompt=other)
+
+
+def test_the_views_draw_the_output_tokens_as_features(tiny):
+    import dataclasses
+    import re
+
+    from rich.console import Console
+
+    res = genattr.explain(tiny, PROMPT, target=TARGET, level="token", attribute_target=True)
+    hostile = dataclasses.replace(res.target, tokens=("<b>x</b>", *res.target.tokens[1:]))
+    res = dataclasses.replace(res, target=hostile)
+    page = res.to_html()
+    n, F = len(res.target.ids), len(res.features)
+    assert page.count('class="ga-undef"') == int(np.isnan(res.token_scores).sum()) == n * (n + 1) // 2
+    assert page.count('class="ga-f ga-out"') == n  # each output token coloured by its score
+    assert "<b>x</b>" not in page and "out 1: &lt;b&gt;x&lt;/b&gt;" in page
+    body = page.split('class="ga-matrix"')[1].split("<tbody>")[1].split("</tbody>")[0]
+    cells = re.findall(r"<tr><th>[^<]*</th>(.*?)</tr>", body)
+    assert len(cells) == n and all(row.count("<td") == F + n for row in cells)
+    console = Console(record=True, width=400)
+    res.show(console=console)
+    text = console.export_text()
+    assert "out 4:" in text and text.count("·") >= n * (n + 1) // 2

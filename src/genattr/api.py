@@ -27,12 +27,13 @@ from .defaults import (
 )
 from .errors import GenattrDeprecationWarning, InputError, InvalidParameterError, NumericalError
 from .masking import Masker
-from .model import LanguageModel, load
+from .model import Batch, LanguageModel, load
 from .objectives import OBJECTIVES, gradient_objectives
 from .problem import Problem
 from .progress import Progress, checked, reporting
 from .result import Attribution, output_token_columns, undefined_entries
 from .settings import Settings
+from .steps import step_scores
 from .text.prompt import Prompt
 from .text.segment import Feature
 from .text.target import Target, explained_tokens, output_token_features, resolve_target
@@ -135,6 +136,22 @@ def _check_contrast(
         )
 
 
+def _steps(
+    lm: LanguageModel, prompt: Prompt, target: Target, foil: Target | None, second, extras: dict
+) -> dict[str, list[float]]:
+    """The result's per-step scores (:func:`genattr.steps.step_scores`, not counted in the
+    method's cost), with ``contrast`` against an aligned foil or under the ``second`` prompt."""
+    inputs = Batch.from_ids(prompt.input_ids)
+    aligned = foil is not None and len(foil) == len(target)
+    steps = step_scores(lm, inputs, target.ids, foil.ids if aligned else None)
+    if second is not None:
+        other = _as_prompt(lm, second)
+        under = lm.target_log_probs(Batch.from_ids(other.input_ids), target.ids)[0].double()
+        steps["contrast"] = [a - b for a, b in zip(steps["log_prob"], under.tolist(), strict=True)]
+        extras["contrast"] = {"prompt": other.text, "level": "token"}
+    return steps
+
+
 def _problem(
     lm: LanguageModel,
     prompt: Prompt,
@@ -181,6 +198,7 @@ def explain(
     target_token: int | str | None = None,
     target_span: str | tuple[int, int] | None = None,
     contrast: str | Sequence[int] | None = None,
+    contrast_prompt: str | Sequence[Mapping[str, str]] | Prompt | None = None,
     baseline: int | str | None = None,
     **method_params,
 ) -> Attribution:
@@ -260,6 +278,12 @@ def explain(
         probability difference, perturbation methods only), per target token when the foil has as
         many tokens as the target, else for the sequence only (``token_scores`` None);
         ``extras["contrast"]`` says which. Methods flagged ``contrast`` only.
+    contrast_prompt : str or list of dict or Prompt, optional
+        A second prompt, under which the same target is scored (Inseq's contrastive sources): the
+        step score ``contrast`` becomes log p(y_t | x, y_<t) - log p(y_t | x', y_<t). Its term is
+        the same for every coalition of the first prompt's features, so it moves no attribution
+        score (differences and gradients of v(S) - const are those of v(S)); it is recorded in
+        ``step_scores`` and ``extras["contrast"]``.
     baseline : int or str, optional
         Deprecated former name of ``mask_token``: it warns
         (:class:`~genattr.errors.GenattrDeprecationWarning`) and goes in the next release.
@@ -339,6 +363,8 @@ def explain(
             "output-tokens); drop attribute_target, or pick one of those methods."
         )
     _check_contrast(method, method_cls, contrast, objective, outputs or picked)
+    if contrast is not None and contrast_prompt is not None:
+        raise InvalidParameterError("give a foil (contrast) or a second prompt (contrast_prompt), not both.")
     progress = checked(progress)
     mask_token = _mask_token(mask_token, baseline)
     if isinstance(lm, str):
@@ -389,6 +415,7 @@ def explain(
         "seconds": round(time.perf_counter() - started, 6),
         **output.diagnostics,
     }
+    steps = _steps(lm, prompt_obj, explained, problem.foil, contrast_prompt, extras)
     settings = Settings(
         level=level,
         mask=mask,
@@ -414,4 +441,5 @@ def explain(
         diagnostics={"model": lm.name, **diagnostics},
         version=__version__,
         extras=extras,
+        step_scores=steps,
     )

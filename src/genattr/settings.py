@@ -104,7 +104,9 @@ class Settings:
         return [
             (f.name, getattr(self, f.name))
             for f in fields(self)
-            if f.name not in leave_out and getattr(self, f.name) not in (None, False)
+            if f.name not in leave_out
+            and getattr(self, f.name) is not None
+            and getattr(self, f.name) is not False
         ]
 
 

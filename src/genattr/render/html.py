@@ -9,6 +9,7 @@ and in attribute values alike.
 from __future__ import annotations
 
 import html
+import math
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING
 
@@ -21,18 +22,18 @@ from . import (
     fmt,
     header,
     ink,
+    matrix_view,
     max_abs,
     parameters,
     pieces,
     settings,
     step_rows,
     target_label,
+    target_pieces,
     visible,
 )
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from ..result import Attribution
 
 CSS = """
@@ -43,6 +44,7 @@ CSS = """
  padding:.4em;margin:.3em 0}
 .genattr .ga-f{border-radius:3px}
 .genattr .ga-mark{outline:2px solid #111;outline-offset:1px}
+.genattr .ga-undef{background:#eee}
 .genattr .ga-sw{display:inline-block;padding:0 .5em;border:1px solid #ccc;margin-right:.2em}
 .genattr .ga-wrap{overflow-x:auto;margin:.5em 0}
 .genattr table{border-collapse:collapse;font-size:.8em;font-family:ui-monospace,monospace}
@@ -90,10 +92,23 @@ def _prompt(res: Attribution, scale: float, mark: Collection[int]) -> str:
     return f'<div class="ga-label">prompt</div><div class="ga-text ga-prompt">{"".join(parts)}</div>'
 
 
-def _target(res: Attribution) -> str:
+def _target(res: Attribution, scale: float) -> str:
+    """The target; with ``attribute_target`` each output token on its sequence score's colour, as
+    the prompt's features are (an undefined score, the last token's, is white)."""
+    parts = []
+    for text, score in target_pieces(res):
+        if score is None:
+            parts.append(_e(text))
+            continue
+        title = (
+            "score undefined: no explained token follows it" if math.isnan(score) else f"score {fmt(score)}"
+        )
+        parts.append(
+            f'<span class="ga-f ga-out" style="{_style(score, scale)}" title="{_e(title)}">{_e(text)}</span>'
+        )
     return (
         f'<div class="ga-label">{_e(target_label(res))}</div>'
-        f'<div class="ga-text ga-target">{_e(res.target.text)}</div>'
+        f'<div class="ga-text ga-target">{"".join(parts)}</div>'
     )
 
 
@@ -113,19 +128,26 @@ def _steps(res: Attribution) -> str:
     )
 
 
-def _matrix(res: Attribution, token_scores: np.ndarray) -> str:
-    """The token-score matrix, coloured on its own scale (max |token score|) with its own legend."""
-    scale = max_abs(token_scores)
-    head = "".join(f"<th>{_e(f.text)}</th>" for f in res.features)
+def _matrix(res: Attribution) -> str:
+    """The token-score matrix, coloured on its own scale (max |token score|) with its own legend;
+    with ``attribute_target`` the output tokens are columns too, their undefined entries (a token
+    for itself and the tokens before it) blank and grey."""
+    labels, columns, matrix = matrix_view(res)
+    scale = max_abs(matrix)
+    head = "".join(f"<th>{_e(visible(c))}</th>" for c in columns)
     rows = []
-    for token, row in zip(res.target.tokens, token_scores, strict=True):
+    for token, row in zip(labels, matrix, strict=True):
         cells = []
-        for f, v in zip(res.features, row, strict=True):
-            title = f"{token} / {f.text}: score {fmt(v)}"
+        for column, v in zip(columns, row, strict=True):
+            if math.isnan(v):
+                cells.append(f'<td class="ga-undef" title="{_e(f"{token} / {column}: undefined")}"></td>')
+                continue
+            title = f"{token} / {column}: score {fmt(v)}"
             cells.append(f'<td style="{_style(v, scale)}" title="{_e(title)}">{v:.2g}</td>')
         rows.append(f"<tr><th>{_e(visible(token))}</th>{''.join(cells)}</tr>")
+    what = "features, then output tokens" if res.settings.attribute_target else "features"
     return (
-        f'<div class="ga-label">token scores (rows: target tokens, columns: features; '
+        f'<div class="ga-label">token scores (rows: target tokens, columns: {what}; '
         f'max |score| {_e(fmt(scale))})</div><div class="ga-wrap"><table class="ga-matrix">'
         f"<thead><tr><th></th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
         + _legend(scale, "token scores", False)
@@ -147,12 +169,14 @@ def _legend(scale: float, what: str, marked: bool) -> str:
 
 def _body(res: Attribution, mark: Collection[int]) -> str:
     scale = max_abs(res.scores)
-    matrix = "" if res.token_scores is None else _matrix(res, res.token_scores)
+    matrix = "" if res.token_scores is None else _matrix(res)
     return (
         _head(res)
         + _prompt(res, scale, mark)
-        + _legend(scale, "prompt", bool(mark))
-        + _target(res)
+        + _legend(
+            scale, "prompt and output tokens" if res.settings.attribute_target else "prompt", bool(mark)
+        )
+        + _target(res, scale)
         + _steps(res)
         + matrix
     )

@@ -11,6 +11,7 @@ one-row table of its scores, so the numbers show where colours do not (a pipe, a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection
 from typing import TYPE_CHECKING
 
@@ -28,12 +29,14 @@ from . import (
     fmt,
     header,
     ink,
+    matrix_view,
     max_abs,
     parameters,
     pieces,
     settings,
     step_rows,
     target_label,
+    target_pieces,
     visible,
 )
 
@@ -53,29 +56,41 @@ def _style(value: float, scale: float, marked: bool = False) -> Style:
     )
 
 
+def _cell(value: float, scale: float) -> Text:
+    """A matrix cell: the score on its colour, or a dot where it is undefined (NaN)."""
+    if math.isnan(value):
+        return Text("·", style="dim")
+    return Text(f"{value:.2g}", style=_style(value, scale))
+
+
 def _tables(res: Attribution, width: int) -> list[Table]:
     """The token-score matrix (or, without one, the row of scores) split into tables narrow
     enough for ``width`` columns of terminal."""
     if res.token_scores is None:
         labels, matrix, what = ["score"], res.scores[None, :], "scores"
+        columns = [f.text for f in res.features] + [
+            f"out {k + 1}: {t}" for k, t in enumerate(res.target.tokens)
+        ]
+        columns = columns[: len(res.scores)]
     else:
-        labels, matrix, what = [visible(t) for t in res.target.tokens], res.token_scores, "token scores"
+        labels, columns, matrix = matrix_view(res)
+        labels, what = [visible(t) for t in labels], "token scores"
     scale = max_abs(matrix)
-    n = len(res.features)
+    n = len(columns)
     per = max(1, min(MAX_COLUMNS, (width - 12) // 10))
     tables = []
     for lo in range(0, n, per):
-        columns = range(lo, min(lo + per, n))
+        shown = range(lo, min(lo + per, n))
         table = Table(
-            title=f"{what}, features {lo + 1}-{columns[-1] + 1} of {n} (max |score| {fmt(scale)})",
+            title=f"{what}, columns {lo + 1}-{shown[-1] + 1} of {n} (max |score| {fmt(scale)})",
             box=box.SIMPLE_HEAD,
             padding=(0, 1),
         )
         table.add_column(Text("target token" if res.token_scores is not None else ""), overflow="fold")
-        for i in columns:
-            table.add_column(Text(visible(res.features[i].text)), overflow="fold", justify="right")
+        for i in shown:
+            table.add_column(Text(visible(columns[i])), overflow="fold", justify="right")
         for label, row in zip(labels, matrix, strict=True):
-            table.add_row(Text(label), *(Text(f"{row[i]:.2g}", style=_style(row[i], scale)) for i in columns))
+            table.add_row(Text(label), *(_cell(row[i], scale) for i in shown))
         tables.append(table)
     return tables
 
@@ -129,7 +144,10 @@ def print_attribution(
     if called:
         console.print(Text.assemble(("settings: ", "bold"), visible(called)))
     console.print(prompt)
-    console.print(Text.assemble((f"{target_label(res)}: ", "bold"), visible(res.target.text, layout=True)))
+    target = Text(f"{target_label(res)}: ", style="bold")
+    for text, score in target_pieces(res):
+        target.append(visible(text, layout=True), style=None if score is None else _style(score, scale))
+    console.print(target)
     console.print(legend)
     for table in _tables(res, console.width):
         console.print(table)
