@@ -142,8 +142,8 @@ def _steps(
     """The result's per-step scores (:func:`genattr.steps.step_scores`, not counted in the
     method's cost), with ``contrast`` against an aligned foil or under the ``second`` prompt."""
     inputs = Batch.from_ids(prompt.input_ids)
-    aligned = foil is not None and len(foil) == len(target)
-    steps = step_scores(lm, inputs, target.ids, foil.ids if aligned else None)
+    aligned = foil.ids if foil is not None and len(foil) == len(target) else None
+    steps = step_scores(lm, inputs, target.ids, aligned)
     if second is not None:
         other = _as_prompt(lm, second)
         under = lm.target_log_probs(Batch.from_ids(other.input_ids), target.ids)[0].double()
