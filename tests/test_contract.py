@@ -222,3 +222,29 @@ def test_the_example_is_mean_leave_one_out_over_the_windows_covering_each_featur
     ]
     expected = [np.mean([d.scores[i] for s, d in enumerate(drops) if s <= i < s + width]) for i in range(F)]
     _close(genattr.explain(llama, PROMPT, target=TARGET, method=EXAMPLE, window=width).scores, expected)
+
+
+def test_the_output_tokens_and_contrast_flags_hold(name, llama):
+    """A method flagged output-tokens gives [rows, F + n] with NaN exactly where undefined; one
+    flagged contrast explains a foil; a method without a flag refuses the option with a typed error."""
+    cls = registry.get(name)
+    info = cls.info()
+    params = {k: v for k, v in FAST.items() if k in cls.params}
+    target = TARGET if cls.needs_target else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", errors.GenattrWarning)
+        if info.output_tokens:
+            res = genattr.explain(llama, PROMPT, target=target, method=name, attribute_target=True, **params)
+            n, F = len(res.target.ids), len(res.features)
+            assert res.scores.shape == (F + n,) and np.isnan(res.scores[F:]).sum() == 1
+            if res.token_scores is not None:
+                assert np.isnan(res.token_scores[:, F:]).sum() == n * (n + 1) // 2
+        else:
+            with pytest.raises(errors.InvalidParameterError):
+                genattr.explain(llama, PROMPT, target=target, method=name, attribute_target=True, **params)
+        if info.contrastive:
+            res = genattr.explain(llama, PROMPT, target=target, method=name, contrast=" but a", **params)
+            assert res.extras["contrast"]["foil"] == " but a" and res.settings.contrast
+        else:
+            with pytest.raises(errors.InvalidParameterError):
+                genattr.explain(llama, PROMPT, target=target, method=name, contrast=" but a", **params)
