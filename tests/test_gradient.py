@@ -363,3 +363,50 @@ def test_ig_rows_match_captum_layer_integrated_gradients(lms, rule):
         if rule == "riemann_trapezoid":  # Captum's steps are 1/K where the trapezoid rule's are 1/(K-1)
             theirs = theirs * 16 / 15
         np.testing.assert_allclose(res.token_scores, theirs, rtol=1e-3, atol=1e-5 * np.abs(theirs).max())
+
+
+@pytest.mark.parametrize(
+    ("method", "kw"),
+    [
+        ("integrated_gradients", {"n_steps": 8}),
+        ("input_x_gradient", {}),
+        ("saliency", {}),
+        ("gradient_shap", {"n_samples": 6, "stdevs": 0.01}),
+        ("smoothgrad", {"n_samples": 4}),
+    ],
+)
+@pytest.mark.parametrize("objective", ["log_prob", "prob"])
+def test_the_sequence_only_path_gives_the_same_sequence_scores_from_plain_backward_passes(
+    llama, monkeypatch, method, kw, objective
+):
+    """token_scores=False: the same scores as the matrix path, without the backward pass batched
+    over the target's tokens (which the spy forbids), and no matrix in the result."""
+    import genattr.algorithms._embedding as embedding
+
+    full = _explain(llama, method, objective=objective, seed=3, **kw)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the batched per-token backward pass ran on the sequence-only path")
+
+    monkeypatch.setattr(embedding, "_batched_gradients", forbidden)
+    only = _explain(llama, method, objective=objective, seed=3, token_scores=False, **kw)
+    assert only.token_scores is None and only.settings.token_scores is False
+    np.testing.assert_allclose(only.scores, full.scores, rtol=1e-4, atol=1e-6 * np.abs(full.scores).max())
+    if "convergence_delta" in full.diagnostics:
+        assert only.diagnostics["convergence_delta"] == pytest.approx(
+            full.diagnostics["convergence_delta"], abs=1e-5
+        )
+    with pytest.raises(AssertionError, match="sequence-only"):
+        _explain(llama, method, objective=objective, seed=3, **kw)  # the matrix path does take it
+
+
+@pytest.mark.parametrize(
+    ("method", "kw"), [("integrated_gradients_avg", {}), ("ig_clipped", {"threshold": 0.05}), ("aieg", {})]
+)
+def test_methods_whose_score_is_made_of_rows_keep_computing_them(llama, method, kw):
+    """IG-AVG averages the rows' magnitudes, clipped IG clips each token's gradient, AIEG
+    normalises each row: their sequence scores need the rows, so the matrix is computed and dropped."""
+    full = _explain(llama, method, n_steps=8, **kw)
+    only = _explain(llama, method, n_steps=8, token_scores=False, **kw)
+    assert only.token_scores is None
+    np.testing.assert_allclose(only.scores, full.scores, atol=1e-9)

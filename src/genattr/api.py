@@ -199,6 +199,7 @@ def explain(
     target_span: str | tuple[int, int] | None = None,
     contrast: str | Sequence[int] | None = None,
     contrast_prompt: str | Sequence[Mapping[str, str]] | Prompt | None = None,
+    token_scores: bool = True,
     baseline: int | str | None = None,
     **method_params,
 ) -> Attribution:
@@ -284,6 +285,12 @@ def explain(
         the same for every coalition of the first prompt's features, so it moves no attribution
         score (differences and gradients of v(S) - const are those of v(S)); it is recorded in
         ``step_scores`` and ``extras["contrast"]``.
+    token_scores : bool
+        Whether to give the per-token matrix (default True). False asks for the sequence scores
+        only (``token_scores`` None in the result), and the gradient methods whose sequence score
+        is the gradient of the sequence's objective (saliency, input x gradient, integrated
+        gradients, clipped IG, SmoothGrad, GradientSHAP) then take one plain backward pass per chunk
+        of path points instead of one batched over the target's tokens.
     baseline : int or str, optional
         Deprecated former name of ``mask_token``: it warns
         (:class:`~genattr.errors.GenattrDeprecationWarning`) and goes in the next release.
@@ -382,6 +389,7 @@ def explain(
         span = explained_tokens(lm.tokenizer, resolved, target_token, target_span) if resolved else (0, 0)
         foil = None if contrast is None else resolve_target(lm, prompt_obj, contrast)
         problem = _problem(lm, prompt_obj, features, resolved, span, outputs, masker, objective, seed, foil)
+        problem.token_scores = bool(token_scores)
         output = algorithm.attribute(problem)
     explained = output.target or resolved
     if explained is None:
@@ -389,23 +397,17 @@ def explain(
             f"{method} declares needs_target = False but returned no target; a method that takes no "
             "target sets Output.target to the output it explains."
         )
-    scores, token_scores = _to_numpy(output.scores), _to_numpy(output.token_scores)
+    scores, matrix = _to_numpy(output.scores), _to_numpy(output.token_scores) if token_scores else None
     extras = dict(output.extras)
     if problem.foil is not None:
         aligned = problem.n_outputs == len(explained)
         extras["contrast"] = {"foil": problem.foil.text, "level": "token" if aligned else "sequence"}
-        token_scores = token_scores if aligned else None
+        matrix = matrix if aligned else None
     if outputs:
-        scores, token_scores = output_token_columns(scores, token_scores, len(features), len(explained), span)
+        scores, matrix = output_token_columns(scores, matrix, len(features), len(explained), span)
     defined = ~undefined_entries(scores.shape[0], len(features), span)
-    rows = (
-        None
-        if token_scores is None
-        else ~undefined_entries(token_scores.shape[1], len(features), span, rows=True)
-    )
-    if not np.isfinite(scores[defined]).all() or (
-        token_scores is not None and not np.isfinite(token_scores[rows]).all()
-    ):
+    rows = None if matrix is None else ~undefined_entries(matrix.shape[1], len(features), span, rows=True)
+    if not np.isfinite(scores[defined]).all() or (matrix is not None and not np.isfinite(matrix[rows]).all()):
         raise NumericalError(
             f"{method} produced non-finite scores; check the model's outputs and the method's "
             "parameters (diagnostics may say more)."
@@ -428,6 +430,7 @@ def explain(
         attribute_target=outputs,
         target_span=span if picked else None,
         contrast=None if problem.foil is None else problem.foil.ids,
+        token_scores=bool(token_scores),
     )
     return Attribution(
         method=method,
@@ -435,7 +438,7 @@ def explain(
         features=features,
         scores=scores,
         target=explained,
-        token_scores=token_scores,
+        token_scores=matrix,
         settings=settings,
         params=dict(algorithm.values),
         diagnostics={"model": lm.name, **diagnostics},

@@ -197,6 +197,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             target_token=args.target_token,
             target_span=args.target_span,
             contrast=args.contrast,
+            token_scores=not args.sequence_only,
         )
     if not args.quiet:
         from .render.terminal import print_attribution
@@ -352,6 +353,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="explain a part of the response: a substring, or START:END character offsets",
     )
     ex.add_argument("--contrast", default=None, help="a foil: why the target rather than this continuation")
+    ex.add_argument(
+        "--sequence-only",
+        action="store_true",
+        help="no per-token matrix (token_scores=False): gradient methods then take one backward pass per step",
+    )
     ex.add_argument("--level", default=DEFAULT_LEVEL, choices=plain_levels())
     ex.add_argument("--mask", default=DEFAULT_MASK, choices=MASKS)
     ex.add_argument(

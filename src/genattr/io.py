@@ -355,6 +355,7 @@ _SETTING_READERS = {  # name: (JSON types, reader)
     "attribute_target": (bool, _as_is),
     "target_span": (object, _target_span),
     "contrast": (object, _contrast),
+    "token_scores": (bool, _as_is),
 }
 
 

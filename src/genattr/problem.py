@@ -78,6 +78,9 @@ class Problem:
         difference for ``log_prob``, the probability difference for ``prob``); per token
         O_t(u(S)) - O_t(u'(S)) when f has as many tokens as y (aligned), else one column, the
         sequence's (see :attr:`n_outputs`).
+    token_scores : bool
+        Whether the call asked for the per-token matrix; without it, the methods that can spare
+        the work (the gradient family's sequence-only path) do.
 
     Examples
     --------
@@ -108,6 +111,7 @@ class Problem:
     seed: int | None = DEFAULT_SEED
     explained_from: int = 0
     foil: Target | None = None
+    token_scores: bool = True
 
     def __post_init__(self) -> None:
         self._objective = OBJECTIVES.get(self.objective)()

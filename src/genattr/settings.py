@@ -45,6 +45,8 @@ class Settings:
         None when every target token was.
     contrast : tuple of int, optional
         The foil's token ids, for a contrastive explanation.
+    token_scores : bool
+        Whether the per-token matrix was asked for (False: the sequence scores only).
 
     Examples
     --------
@@ -67,6 +69,7 @@ class Settings:
     attribute_target: bool = False
     target_span: tuple[int, int] | None = None
     contrast: tuple[int, ...] | None = None
+    token_scores: bool = True
 
     def __post_init__(self) -> None:
         # a compiled pattern is recorded as its text, spans as a tuple of (start, end) pairs

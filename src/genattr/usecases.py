@@ -146,7 +146,7 @@ def icl_orders(
     scores = label_log_probs(lm, prompts, labels)
     rows = []
     for order, prompt, start, logp in zip(orders, prompts, starts, scores, strict=True):
-        res = explain(lm, prompt, method=method, level=level, seed=seed, **params)
+        res = explain(lm, prompt, method=method, level=level, seed=seed, token_scores=False, **params)
         best = int(logp.argmax())
         rows.append(
             OrderRow(
@@ -216,7 +216,9 @@ def slot_probe(
     for filler in fillers:
         if not filler.strip():
             raise InvalidParameterError("a filler must contain some text.")
-        res = explain(lm, head + filler + tail, target=target, method=method, level=level, **params)
+        res = explain(
+            lm, head + filler + tail, target=target, method=method, level=level, token_scores=False, **params
+        )
         inside = [
             i for i, f in enumerate(res.features) if f.start < len(head) + len(filler) and f.end > len(head)
         ]

@@ -66,17 +66,18 @@ class Completeness:
 
 
 def completeness_gap(
-    scores: torch.Tensor, tokens: torch.Tensor, gap: torch.Tensor, *, per_token: bool = False
+    scores: torch.Tensor, tokens: torch.Tensor | None, gap: torch.Tensor, *, per_token: bool = False
 ) -> Completeness:
-    """The :class:`Completeness` of sequence ``scores`` [F] and token rows ``tokens`` [n, F]
-    against ``gap`` = F(x) - F(x') [n + 1] (the target tokens, then the sequence).
+    """The :class:`Completeness` of sequence ``scores`` [F] and token rows ``tokens`` [n, F] (None
+    on the sequence-only path: no token deltas) against ``gap`` = F(x) - F(x') [n + 1] (the target
+    tokens, then the sequence).
 
     For the sequence: delta = sum_i a_i - (F(x) - F(x')), relative = |delta| / |F(x) - F(x')|.
     With ``per_token`` (scores that aggregate the rows through their absolute values, so that
     each row's own gap counts): delta = (1/n) sum_t |sum_i a_{t,i} - (F_t(x) - F_t(x'))|,
     relative to (1/n) sum_t |F_t(x) - F_t(x')|. A zero gap counts as 1e-12.
     """
-    token_deltas = tokens.sum(1) - gap[:-1]
+    token_deltas = gap[:0] if tokens is None else tokens.sum(1) - gap[:-1]
     if per_token:
         delta = float(token_deltas.abs().mean())
         return Completeness(delta, delta / max(float(gap[:-1].abs().mean()), 1e-12), token_deltas)
@@ -98,7 +99,9 @@ class EmbeddedPrompt:
     With a ``foil`` (contrastive explanation), the outputs are log p(y_t | ...) - log p(f_t | ...)
     per target token when the foil has as many tokens as the target, else one output, the
     sequence's log p(y | x) - log p(f | x); the foil follows the prompt's first ``prompt_length``
-    positions, which are the only ones it shares with the target's rows.
+    positions, which are the only ones it shares with the target's rows. ``sequence_only``: the
+    call asked for no per-token matrix (``token_scores=False``), so the methods whose sequence
+    score is a gradient of the sequence's objective take one plain backward pass per chunk.
     """
 
     lm: LanguageModel
@@ -111,6 +114,7 @@ class EmbeddedPrompt:
     objective: str
     foil: torch.Tensor | None = None
     prompt_length: int = 0
+    sequence_only: bool = False
 
     @property
     def length(self) -> int:
@@ -206,6 +210,7 @@ def embedded(problem: Problem) -> EmbeddedPrompt:
         problem.objective,
         foil,
         len(problem.prompt),
+        not problem.token_scores,
     )
 
 
@@ -314,6 +319,7 @@ def gradient_sums(
     multipliers: torch.Tensor | None = None,
     clip: float | None = None,
     logits: bool = False,
+    sequence_only: bool = False,
 ) -> torch.Tensor:
     """Weighted sums over rows of per-output gradients with respect to the prompt embeddings.
 
@@ -325,18 +331,26 @@ def gradient_sums(
     ``factor`` maps a chunk's outputs out_j [r, n] and its row slice to [m, r]: it is where the
     chain rule of the objective (see :func:`objective_factor`) or AIEG's emphasis factor enters.
     ``clip`` clamps each gradient entry to [-clip, clip].
+
+    With ``sequence_only`` (the sequence-only path: no per-token rows asked for), only the
+    sequence's row is computed, S[0] = sum_r weights[r] multipliers[r] clip(factor[-1, r] g_{n,r}),
+    from one plain backward pass of sum_j out_j per chunk instead of one batched over the n + 1
+    outputs; ``factor`` must then give the sequence's factor as its last row (``sequence`` True).
     """
     lm = ep.lm
-    R, L, _ = rows.shape
     n = ep.n_target
-    m = n + int(sequence)
+    m = 1 if sequence_only else n + int(sequence)
     sums = torch.zeros(m, *rows.shape[1:], dtype=torch.float32, device=rows.device)
-    for sl in lm.chunks(R, ep.row_tokens * m):
+    for sl in lm.chunks(rows.shape[0], ep.row_tokens * m):
         x = rows[sl].to(lm.dtype).requires_grad_(True)
         with torch.enable_grad(), _head_input(lm.model) as head:
             out = ep.scored(x, logits)
-            grads = _batched_gradients(out, x, head, sequence)
-        grads = grads.float() * factor(out.detach(), sl).float()[:, :, None, None]
+            if sequence_only:
+                grads = torch.autograd.grad(out.sum(), x)[0][None]
+            else:
+                grads = _batched_gradients(out, x, head, sequence)
+        scale = factor(out.detach(), sl).float()
+        grads = grads.float() * (scale[-1:] if sequence_only else scale)[:, :, None, None]
         if clip is not None:
             grads = grads.clamp(-clip, clip)
         if multipliers is not None:

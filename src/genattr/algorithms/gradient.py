@@ -43,11 +43,14 @@ def _factor(ep: EmbeddedPrompt, sequence: bool) -> Callable[[torch.Tensor, slice
 
 def _scores_from_positions(
     ep: EmbeddedPrompt, position_level: torch.Tensor, sequence_row: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Attributions to prompt positions [m, L], summed over each feature's positions, as (sequence
     scores [F], token matrix [n, F]): rows 0..n-1 are the target tokens'; the sequence scores are
-    row n with ``sequence_row``, else the sum of the token rows."""
+    row n with ``sequence_row``, else the sum of the token rows. On the sequence-only path the one
+    row is the sequence's, and there is no token matrix."""
     scores = ep.features(position_level)
+    if ep.sequence_only and len(scores) == 1:
+        return scores[0], None
     tokens = scores[: ep.n_target]
     if sequence_row:
         return scores[ep.n_target], tokens
@@ -94,7 +97,12 @@ class Saliency(Method):
     def attribute(self, problem: Problem) -> Output:
         ep = embedded(problem)
         sums = gradient_sums(
-            ep, ep.embeds[None], _factor(ep, True), torch.ones(1, dtype=torch.float64), sequence=True
+            ep,
+            ep.embeds[None],
+            _factor(ep, True),
+            torch.ones(1, dtype=torch.float64),
+            sequence=True,
+            sequence_only=ep.sequence_only,
         )
         scores, tokens = _scores_from_positions(ep, sums.norm(dim=-1), True)
         return Output(scores, tokens)
@@ -127,7 +135,12 @@ class InputXGradient(Method):
         ep = embedded(problem)
         seq = _own_sequence_row(ep)
         sums = gradient_sums(
-            ep, ep.embeds[None], _factor(ep, seq), torch.ones(1, dtype=torch.float64), sequence=seq
+            ep,
+            ep.embeds[None],
+            _factor(ep, seq or ep.sequence_only),
+            torch.ones(1, dtype=torch.float64),
+            sequence=seq or ep.sequence_only,
+            sequence_only=ep.sequence_only,
         )
         scores, tokens = _scores_from_positions(ep, (sums * ep.embeds).sum(-1), seq)
         return Output(scores, tokens)
@@ -209,7 +222,7 @@ class _IntegratedGradients(Method):
                 break
         if not gap_left.converged and self._clip() is None:
             self._warn(n_steps, gap_left.delta, gap_left.relative)
-        if self.average:
+        if self.average and tokens is not None:  # IG-AVG always computes its rows
             scores = tokens.abs().mean(0)
         diagnostics = {
             "n_steps": n_steps,
@@ -232,14 +245,24 @@ class _IntegratedGradients(Method):
 
     def _integral(
         self, ep: EmbeddedPrompt, x: torch.Tensor, base: torch.Tensor, n_steps: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Signed IG with ``n_steps`` quadrature points: (sequence scores [F], token rows [n, F])."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Signed IG with ``n_steps`` quadrature points: (sequence scores [F], token rows [n, F],
+        None on the sequence-only path)."""
         alphas, weights = quadrature(n_steps, self.quadrature)
         delta = x - base
         rows = base[None] + alphas.to(x)[:, None, None] * delta[None]
-        seq = _own_sequence_row(ep) and not self.average
+        # IG-AVG's score is made of the rows, and clipped IG clips each token's gradient
+        only = ep.sequence_only and not self.average and self._clip() is None
+        seq = (_own_sequence_row(ep) or only) and not self.average
         sums = gradient_sums(
-            ep, rows, _factor(ep, seq), weights, sequence=seq, multipliers=delta, clip=self._clip()
+            ep,
+            rows,
+            _factor(ep, seq),
+            weights,
+            sequence=seq,
+            multipliers=delta,
+            clip=self._clip(),
+            sequence_only=only,
         )
         return _scores_from_positions(ep, sums.sum(-1), seq)
 
@@ -419,9 +442,17 @@ class GradientShap(Method):
         noise = torch.randn(k, *ep.embeds.shape, generator=gen).to(ep.embeds) * self.stdevs
         noisy = ep.embeds[None] + noise * ep.covered[None, :, None]
         rows = bases + alphas[:, None, None] * (noisy - bases)
-        seq = _own_sequence_row(ep)
+        seq = _own_sequence_row(ep) or ep.sequence_only
         weights = torch.full((k,), 1.0 / k, dtype=torch.float64)
-        sums = gradient_sums(ep, rows, _factor(ep, seq), weights, sequence=seq, multipliers=noisy - bases)
+        sums = gradient_sums(
+            ep,
+            rows,
+            _factor(ep, seq),
+            weights,
+            sequence=seq,
+            multipliers=noisy - bases,
+            sequence_only=ep.sequence_only,
+        )
         scores, tokens = _scores_from_positions(ep, sums.sum(-1), seq)
         ends = _objective_values(ep, torch.cat([noisy, bases]))
         gap = (ends[:k] - ends[k:]).mean(0)
@@ -469,6 +500,8 @@ class SmoothGrad(Method):
         noise = torch.randn(k, *ep.embeds.shape, generator=problem.generator()).to(ep.embeds) * sigma
         rows = ep.embeds[None] + noise * ep.covered[None, :, None]
         weights = torch.full((k,), 1.0 / k, dtype=torch.float64)
-        sums = gradient_sums(ep, rows, _factor(ep, True), weights, sequence=True)
+        sums = gradient_sums(
+            ep, rows, _factor(ep, True), weights, sequence=True, sequence_only=ep.sequence_only
+        )
         scores, tokens = _scores_from_positions(ep, sums.norm(dim=-1), True)
         return Output(scores, tokens, diagnostics={"stdevs": sigma})

@@ -199,6 +199,7 @@ def evaluate_one(
             seed=seed,
             max_new_tokens=max_new_tokens,
             mask=mask or DEFAULT_MASK,
+            token_scores=False,  # the protocols read the sequence scores only
             **params,
         )
     except GenattrError as exc:
