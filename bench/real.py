@@ -79,6 +79,8 @@ PEERS = {  # genattr method: its peer runs, each with None (values not compared)
     "integrated_gradients": {peers.CAPTUM_IG: "", "inseq integrated_gradients": None},
     "attention": {"inseq attention": ""},
 }
+SEQUENCE_ONLY = {"integrated_gradients": peers.CAPTUM_IG}
+"""genattr's sequence-only path (token_scores=False) beside the peer's matrix, whose rows it sums."""
 
 
 def chat_prompt(lm) -> tuple[list[dict], Prompt]:
@@ -173,6 +175,7 @@ def peer_table(lm, prompt: Prompt, answer: list[int], args) -> None:
         "| genattr method | genattr s (CPU s) | peer | peer s (CPU s) | genattr / peer | max abs difference |\n"
         "|---|---|---|---|---|---|"
     )
+    measured = {}
     for method, peer_names in PEERS.items():
         chosen = [name for name in peer_names if name in runs]
         if not chosen:
@@ -184,7 +187,7 @@ def peer_table(lm, prompt: Prompt, answer: list[int], args) -> None:
             )
         )
         for name in chosen:
-            theirs, peer_wall, peer_cpu = timed(runs[name])
+            theirs, peer_wall, peer_cpu = measured[name] = timed(runs[name])
             caveat = peer_names[name]
             diff = "not compared" if caveat is None else difference(name, ours, theirs, prompt, len(answer))
             if caveat:
@@ -194,6 +197,24 @@ def peer_table(lm, prompt: Prompt, answer: list[int], args) -> None:
                 f"{wall / peer_wall:.2f} | {diff} |",
                 flush=True,
             )
+
+    for method, name in SEQUENCE_ONLY.items():
+        if name not in measured:
+            continue
+        params = {**PARAMS.get(method, {}), **PEER_SETTINGS[method]}
+        ours, wall, cpu = timed(
+            lambda m=method, p=params: genattr.explain(
+                lm, prompt, target=answer, method=m, level="token", seed=0, token_scores=False, **p
+            )
+        )
+        theirs, peer_wall, peer_cpu = measured[name]
+        summed = theirs.token_attr.sum(0)
+        diff = f"{peers.max_abs_diff(ours.scores, summed):.1e} of {abs(ours.scores).max():.2g} (sequence)"
+        print(
+            f"| `{method}`, token_scores=False | {wall:.1f} ({cpu:.1f}) | {name} (matrix) | "
+            f"{peer_wall:.1f} ({peer_cpu:.1f}) | {wall / peer_wall:.2f} | {diff} |",
+            flush=True,
+        )
 
 
 def main() -> None:
