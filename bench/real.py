@@ -1,6 +1,7 @@
-"""Every registered method on the real model SmolLM2-135M-Instruct: seconds, forward passes and
-tokens through the model per method, on a chat prompt of about 50 tokens and a 16-token answer;
-then genattr beside Captum and Inseq on the same prompt and answer, in the same process.
+"""Every registered method on the real model SmolLM2-135M-Instruct: seconds, forward and backward
+passes and their tokens through the model per method, on a chat prompt of about 50 tokens and a
+16-token answer; then genattr beside Captum and Inseq on the same prompt and answer, in the same
+process.
 
 The prompt is the first of GiLOT's evaluation prompts (data/gilot_prompts) whose chat rendering,
 the template's system message included (scaffolding, not features), has 45 to 55 tokens; the
@@ -93,18 +94,22 @@ def chat_prompt(lm) -> tuple[list[dict], Prompt]:
 
 
 def method_table(lm, prompt: Prompt, answer: list[int], methods: list[str]) -> None:
-    print("| method | parameters | seconds | forward passes | tokens processed |\n|---|---|---|---|---|")
+    print(
+        "| method | parameters | seconds | forward passes | tokens processed | backward passes | backward tokens |\n"
+        "|---|---|---|---|---|---|---|"
+    )
     for name in methods:
         params = PARAMS.get(name, {})
         target = answer if registry.get(name).needs_target else None  # gilot explains its own beams
         try:
             res = genattr.explain(lm, prompt, target=target, method=name, level="word", seed=0, **params)
         except TooManyFeaturesError as exc:
-            print(f"| `{name}` | {params or '-'} | skipped: {exc} | | |")
+            print(f"| `{name}` | {params or '-'} | skipped: {exc} | | | | |")
             continue
         d = res.diagnostics
         print(
-            f"| `{name}` | {params or '-'} | {d['seconds']:.1f} | {d['forward_passes']} | {d['tokens_processed']} |",
+            f"| `{name}` | {params or '-'} | {d['seconds']:.1f} | {d['forward_passes']} | {d['tokens_processed']} "
+            f"| {d['backward_passes']} | {d['backward_tokens']} |",
             flush=True,
         )
 
