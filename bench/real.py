@@ -1,6 +1,7 @@
-"""Every registered method on the real model SmolLM2-135M-Instruct: seconds, forward passes and
-tokens through the model per method, on a chat prompt of about 50 tokens and a 16-token answer;
-then genattr beside Captum and Inseq on the same prompt and answer, in the same process.
+"""Every registered method on the real model SmolLM2-135M-Instruct: seconds, forward and backward
+passes and their tokens through the model per method, on a chat prompt of about 50 tokens and a
+16-token answer; then genattr beside Captum and Inseq on the same prompt and answer, in the same
+process.
 
 The prompt is the first of GiLOT's evaluation prompts (data/gilot_prompts) whose chat rendering,
 the template's system message included (scaffolding, not features), has 45 to 55 tokens; the
@@ -23,18 +24,31 @@ matrix; the attention matrix (layers and heads averaged).
 Run from the repository root (the first run builds the model cache, see `genattr models`):
 
     .venv/bin/python bench/real.py [--methods a,b,c] [--threads N] [--skip-captum] [--skip-inseq]
-                                   [--skip-peers]
+                                   [--skip-peers] [--contended]
+
+``--contended`` runs only the contention check: greedy answers to :data:`CONTENDED_ANSWERS` chat
+prompts by genattr's ``LanguageModel.generate`` and by Hugging Face's ``model.generate``
+(interleaved prompt by prompt, so that both meet the same load; their tokens must agree), and
+leave-one-out beside Captum's ``FeatureAblation`` (``forward_in_tokens=False``; not with
+``--skip-captum``), first as the machine is, then while a second process keeps one core busy
+(always stopped at the end); it prints each one's seconds and slowdown.
 
 Timings are single runs (wall and process CPU seconds); other processes on the machine distort
-them, which the closing load-average line shows. On a shared machine pass ``--threads 1``: torch's
-threads, when other processes hold the cores, wait on each other and run several times slower.
+them, which the closing load-average line shows. On a shared machine run it with
+``OMP_WAIT_POLICY=PASSIVE`` (what the ``genattr`` command sets) or pass ``--threads 1``: torch's
+threads, when other processes hold the cores, spin waiting on each other and run several times
+slower.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 
 import torch
 
@@ -62,6 +76,8 @@ PARAMS = {
     "gilot": {"num_beams": 10, "n_positions": 10},
     "xprompt": {"k": 3, "n_iter": 100},
 }
+CONTENDED_ANSWERS = 10
+"""Chat prompts (GiLOT's first ones) answered greedily in the contention check."""
 BASELINE_ID = 0  # <|endoftext|>, SmolLM2's unknown token; Captum's default baseline
 PEER_SETTINGS = {  # genattr method at token level: its parameters beyond PARAMS
     "leave_one_out": {"mask": "replace", "baseline": BASELINE_ID},
@@ -95,18 +111,22 @@ def chat_prompt(lm) -> tuple[list[dict], Prompt]:
 
 
 def method_table(lm, prompt: Prompt, answer: list[int], methods: list[str]) -> None:
-    print("| method | parameters | seconds | forward passes | tokens processed |\n|---|---|---|---|---|")
+    print(
+        "| method | parameters | seconds | forward passes | tokens processed | backward passes | backward tokens |\n"
+        "|---|---|---|---|---|---|---|"
+    )
     for name in methods:
         params = PARAMS.get(name, {})
         target = answer if registry.get(name).needs_target else None  # gilot explains its own beams
         try:
             res = genattr.explain(lm, prompt, target=target, method=name, level="word", seed=0, **params)
         except TooManyFeaturesError as exc:
-            print(f"| `{name}` | {params or '-'} | skipped: {exc} | | |")
+            print(f"| `{name}` | {params or '-'} | skipped: {exc} | | | | |")
             continue
         d = res.diagnostics
         print(
-            f"| `{name}` | {params or '-'} | {d['seconds']:.1f} | {d['forward_passes']} | {d['tokens_processed']} |",
+            f"| `{name}` | {params or '-'} | {d['seconds']:.1f} | {d['forward_passes']} | {d['tokens_processed']} "
+            f"| {d['backward_passes']} | {d['backward_tokens']} |",
             flush=True,
         )
 
@@ -217,6 +237,83 @@ def peer_table(lm, prompt: Prompt, answer: list[int], args) -> None:
         )
 
 
+@contextmanager
+def busy_core() -> Iterator[None]:
+    """A second process keeping one core busy while open, stopped on exit whatever happens."""
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        yield
+    finally:
+        spinner.kill()
+        spinner.wait()
+
+
+def hf_answer(lm, ids: list[int]) -> list[int]:
+    """Hugging Face's greedy answer to ``ids`` (up to TARGET_TOKENS tokens, EOS excluded)."""
+    x = torch.tensor([ids])
+    out = lm.model.generate(
+        x, attention_mask=torch.ones_like(x), max_new_tokens=TARGET_TOKENS, do_sample=False, pad_token_id=0
+    )[0, len(ids) :].tolist()
+    return out[: next((i for i, t in enumerate(out) if t in lm.eos_ids), len(out))]
+
+
+def generation_seconds(lm, prompts: list[list[int]]) -> tuple[float, float, bool]:
+    """genattr's and Hugging Face's seconds answering ``prompts``, one prompt at a time, the two
+    alternating which goes first; and whether every answer agrees."""
+    seconds, same = {"genattr": 0.0, "hf": 0.0}, True
+    runs = {
+        "genattr": lambda ids: lm.generate(Batch.from_ids(ids), TARGET_TOKENS).token_ids[0],
+        "hf": lambda ids: hf_answer(lm, ids),
+    }
+    for i, ids in enumerate(prompts):
+        answers = {}
+        for name in ("genattr", "hf") if i % 2 == 0 else ("hf", "genattr"):
+            answers[name], wall, _ = timed(lambda n=name, ids=ids: runs[n](ids))
+            seconds[name] += wall
+        same &= answers["genattr"] == answers["hf"]
+    return seconds["genattr"], seconds["hf"], same
+
+
+def contention_table(lm, prompt: Prompt, answer: list[int], args) -> None:
+    """Seconds of generation (and leave-one-out beside Captum) quiet, then with one core kept busy."""
+    peers.quiet()
+    prompts = [
+        list(Prompt.from_messages(lm.tokenizer, [{"role": "user", "content": row["prompt"]}]).input_ids)
+        for row, _ in zip(records("gilot"), range(CONTENDED_ANSWERS), strict=False)
+    ]
+    loo = {"mask": "replace", "mask_token": BASELINE_ID, "level": "token"}
+    captum = {}
+    if not args.skip_captum:
+        captum = peers.captum_perturbation_runs(
+            lm, prompt, answer, baseline=BASELINE_ID, n_samples=1, ablation_modes=("joint",)
+        )
+    print(
+        f"contention: {len(prompts)} greedy answers (up to {TARGET_TOKENS} tokens), {torch.get_num_threads()} "
+        f"torch threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}; single runs\n"
+    )
+    print(
+        "| run | load before | genattr generate s | HF generate s | same tokens | genattr leave-one-out s "
+        "| Captum FeatureAblation s |\n|---|---|---|---|---|---|---|"
+    )
+    hf_answer(lm, prompts[0])  # Hugging Face's first call sets up its generation config
+    seconds = {}
+    for label, load in (("no busy process", nullcontext()), ("one core busy", busy_core())):
+        with load:
+            before = os.getloadavg()[0]
+            ours, hf, same = generation_seconds(lm, prompts)
+            _, loo_s, _ = timed(
+                lambda: genattr.explain(lm, prompt, target=answer, method="leave_one_out", seed=0, **loo)
+            )
+            captum_s = timed(captum[peers.CAPTUM_ABLATION_JOINT])[1] if captum else float("nan")
+        seconds[label] = (ours, hf, loo_s, captum_s)
+        print(
+            f"| {label} | {before:.1f} | {ours:.1f} | {hf:.1f} | {same} | {loo_s:.1f} | {captum_s:.1f} |",
+            flush=True,
+        )
+    ratios = [f"{busy / quiet:.1f}x" for quiet, busy in zip(*seconds.values(), strict=True)]
+    print(f"| slowdown | | {ratios[0]} | {ratios[1]} | | {ratios[2]} | {ratios[3]} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", default="all", help="comma-separated method names, all, or none")
@@ -224,6 +321,11 @@ def main() -> None:
     parser.add_argument("--skip-captum", action="store_true", help="do not run Captum")
     parser.add_argument("--skip-inseq", action="store_true", help="do not run Inseq")
     parser.add_argument("--skip-peers", action="store_true", help="only genattr's method table")
+    parser.add_argument(
+        "--contended",
+        action="store_true",
+        help="only the contention check (one core kept busy, then stopped)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -239,9 +341,11 @@ def main() -> None:
         f"prompt ({len(prompt)} tokens, {len(prompt.features('word'))} word features): {messages[0]['content']!r}"
     )
     print(f"answer ({len(answer)} tokens): {lm.tokenizer.decode(answer)!r}\n")
-    if methods:
+    if args.contended:
+        contention_table(lm, prompt, list(answer), args)
+    elif methods:
         method_table(lm, prompt, list(answer), methods)
-    if not args.skip_peers:
+    if not args.skip_peers and not args.contended:
         peer_table(lm, prompt, list(answer), args)
     print(
         f"\nload average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after, on {os.cpu_count()} CPUs"

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import InvalidParameterError
-from ..model import Batch, LanguageModel
+from ..model import Batch, LanguageModel, gradients
 from ..problem import Problem
 from ..protocols import CausalLM
 from ..text.segment import token_owners
@@ -281,9 +281,9 @@ def _head_input(model: CausalLM) -> Iterator[list[torch.Tensor]]:
 
 
 def _batched_gradients(
-    out: torch.Tensor, x: torch.Tensor, head: list[torch.Tensor], sequence: bool
+    lm: LanguageModel, out: torch.Tensor, x: torch.Tensor, head: list[torch.Tensor], sequence: bool
 ) -> torch.Tensor:
-    """d out_j / dx for every target token j (and their sum with ``sequence``): [m, r, L, d].
+    """d out_j / dx for every target token j (and their sum with ``sequence``): [m, r, T, d].
 
     When the head ran once, in two stages: one plain backward pass of sum_j out_j to the head's
     input h (out_j depends on h only at the position predicting token j, so this gives every
@@ -294,19 +294,21 @@ def _batched_gradients(
     one-hot cotangents.
     """
     r, n = out.shape
+    tokens = r * x.shape[1]  # the forward pass: its rows hold the prompt and target[:-1]
     if len(head) != 1:
         selector = torch.cat([torch.eye(n), torch.ones(1, n)])[: n + int(sequence)].to(out)
-        return torch.autograd.grad(
-            out, x, grad_outputs=selector[:, None, :].expand(-1, r, n), is_grads_batched=True
-        )[0]
+        cotangent = selector[:, None, :].expand(-1, r, n)
+        return gradients(lm, out, x, tokens=tokens, grad_outputs=cotangent, batched=True)[0]
     hidden = head[0]
-    (per_position,) = torch.autograd.grad(out.sum(), hidden, retain_graph=True)
+    (per_position,) = gradients(
+        lm, out.sum(), hidden, tokens=hidden.shape[0] * hidden.shape[1], retain_graph=True
+    )
     rows = torch.arange(n, device=hidden.device) + hidden.shape[1] - n
     cotangents = torch.zeros(n + int(sequence), *hidden.shape, dtype=hidden.dtype, device=hidden.device)
     cotangents[torch.arange(n), :, rows] = per_position[:, rows].transpose(0, 1)
     if sequence:
         cotangents[n] = per_position
-    return torch.autograd.grad(hidden, x, grad_outputs=cotangents, is_grads_batched=True)[0]
+    return gradients(lm, hidden, x, tokens=tokens, grad_outputs=cotangents, batched=True)[0]
 
 
 def gradient_sums(
@@ -346,9 +348,9 @@ def gradient_sums(
         with torch.enable_grad(), _head_input(lm.model) as head:
             out = ep.scored(x, logits)
             if sequence_only:
-                grads = torch.autograd.grad(out.sum(), x)[0][None]
+                grads = gradients(lm, out.sum(), x, tokens=x.shape[0] * (ep.row_tokens - 1))[0][None]
             else:
-                grads = _batched_gradients(out, x, head, sequence)
+                grads = _batched_gradients(lm, out, x, head, sequence)
         scale = factor(out.detach(), sl).float()
         grads = grads.float() * (scale[-1:] if sequence_only else scale)[:, :, None, None]
         if clip is not None:

@@ -15,6 +15,7 @@ from typing import cast
 import torch
 
 from ..errors import UnsupportedModelError
+from ..model import gradients
 from ..problem import Problem
 from ..protocols import CausalLM
 from ..registry import MAX_GRADIENT_POINTS, Method, Output, Param
@@ -155,7 +156,7 @@ def attention_gradients(
                 out, maps = lm.log_probs_from_embeddings(
                     x, ep.template(x.shape[0]), ep.target, output_attentions=True, return_logits=logits
                 )
-                (grad,) = torch.autograd.grad(out.sum(), maps[-1])
+                (grad,) = gradients(lm, out.sum(), maps[-1], tokens=x.shape[0] * L)
             picked = grad.float()[:, :, ep.predicting.to(grad.device), :L]  # [r, heads, n, L]
             objective = "log_prob" if logits else ep.objective
             factor = objective_factor(objective, out.detach().float(), True)

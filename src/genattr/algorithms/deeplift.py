@@ -408,7 +408,7 @@ def multipliers(
         with _head_input(lm.model) as head:
             with rules.input():
                 out = lm.log_probs_from_embeddings(rows, template, ep.target)
-            grads = _batched_gradients(out, rows, head, sequence)[:, 0].float()
+            grads = _batched_gradients(lm, out, rows, head, sequence)[:, 0].float()
     lp, lp_ref = out.detach()[0].double().cpu(), reference.detach()[0].double().cpu()
     lp, lp_ref = torch.cat([lp, lp.sum()[None]]), torch.cat([lp_ref, lp_ref.sum()[None]])
     if ep.objective == "log_prob":

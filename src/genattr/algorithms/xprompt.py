@@ -98,7 +98,7 @@ import math
 import torch
 
 from ..errors import InvalidParameterError
-from ..model import Batch
+from ..model import Batch, gradients
 from ..problem import Problem
 from ..registry import MAX_ITERATIONS, MAX_SAMPLES, Method, Output, Param
 from ..text.segment import token_owners
@@ -136,7 +136,8 @@ def mask_gradient(problem: Problem) -> tuple[float, torch.Tensor]:
     with torch.enable_grad():
         mask = torch.ones(1, problem.n_features, dtype=torch.float32, requires_grad=True)
         value = relaxed_log_likelihood(problem, mask).sum()
-        (grad,) = torch.autograd.grad(value, mask)
+        tokens = len(problem.sequence_ids)  # one row: prompt + target[:-1]
+        (grad,) = gradients(problem.lm, value, mask, tokens=tokens)
     return float(value.detach()), grad[0].double().cpu()
 
 

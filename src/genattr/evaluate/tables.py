@@ -47,6 +47,8 @@ COST_ROWS = [
     ("seconds", "time per example (s)", False),
     ("forward_passes", "forward passes", False),
     ("tokens_processed", "tokens processed", False),
+    ("backward_passes", "backward passes", False),
+    ("backward_tokens", "backward tokens", False),
     ("peak_rss_mb", "peak memory (MB, process)", False),
 ]
 

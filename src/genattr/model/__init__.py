@@ -17,7 +17,9 @@ to (``visible``), and explicit position ids. A hidden position is removed from e
 token's attention through a 4-D attention mask, so the positions of the remaining tokens do not
 move; hidden positions still attend to themselves, so no softmax row is ever empty.
 
-Every call counts forward passes, tokens processed and wall time in :attr:`LanguageModel.usage`.
+Every call counts forward passes, tokens processed and wall time in :attr:`LanguageModel.usage`;
+gradients through the model (:func:`~genattr.model.backward.gradients`) count backward passes
+and their tokens there too.
 Log-probabilities are computed in float32 whatever the model's dtype, and NaN or infinite
 logits raise :class:`~genattr.errors.NumericalError`.
 
@@ -25,12 +27,13 @@ The package's modules: :mod:`~genattr.model.language_model` (the class and its f
 :mod:`~genattr.model.loading` (:func:`load`), :mod:`~genattr.model.batch` (:class:`Batch`,
 :class:`Usage`), :mod:`~genattr.model.masks` (attention masks, sliding windows),
 :mod:`~genattr.model.prefix` (shared prompt prefixes, prefill), :mod:`~genattr.model.scoring`
-(teacher forcing, forward from embeddings, attention maps) and :mod:`~genattr.model.decoding`
-(greedy generation).
+(teacher forcing, forward from embeddings, attention maps), :mod:`~genattr.model.decoding`
+(greedy generation) and :mod:`~genattr.model.backward` (counted gradients).
 """
 
 from __future__ import annotations
 
+from .backward import gradients
 from .batch import Batch, Usage
 from .decoding import Generation
 from .language_model import DEFAULT_MAX_BATCH_TOKENS, LanguageModel
@@ -43,6 +46,7 @@ __all__ = [
     "Batch",
     "LanguageModel",
     "Usage",
+    "gradients",
     "load",
     "returned_cache",
 ]

@@ -8,7 +8,7 @@ attention mask (:mod:`genattr.model.masks`), so the positions of the remaining t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -17,19 +17,31 @@ from ..errors import InvalidParameterError
 
 @dataclass
 class Usage:
-    """Counters of the work done through a :class:`~genattr.model.LanguageModel`."""
+    """Counters of the work done through a :class:`~genattr.model.LanguageModel`.
+
+    ``forward_passes`` and ``tokens_processed`` (rows x positions run) count its forward passes;
+    ``backward_passes`` counts its ``torch.autograd.grad`` calls through the model (or part of it,
+    such as the output head) and ``backward_tokens`` their tokens: the differentiated forward
+    pass's rows x positions times the outputs a call is batched over (see
+    :func:`~genattr.model.backward.gradients`). ``seconds`` is the wall time inside both.
+    """
 
     forward_passes: int = 0
     tokens_processed: int = 0
     seconds: float = 0.0
+    backward_passes: int = 0
+    backward_tokens: int = 0
 
     def copy(self) -> Usage:
-        return Usage(self.forward_passes, self.tokens_processed, self.seconds)
+        return replace(self)
 
     def since(self, earlier: Usage) -> dict:
+        """The work done since ``earlier`` (a :meth:`copy`), as a result's diagnostics name it."""
         return {
             "forward_passes": self.forward_passes - earlier.forward_passes,
             "tokens_processed": self.tokens_processed - earlier.tokens_processed,
+            "backward_passes": self.backward_passes - earlier.backward_passes,
+            "backward_tokens": self.backward_tokens - earlier.backward_tokens,
             "model_seconds": round(self.seconds - earlier.seconds, 6),
         }
 
