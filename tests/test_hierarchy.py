@@ -85,6 +85,24 @@ def test_ties_are_broken_by_position(lm, monkeypatch):
     ]["refined"] == [0, 1]
 
 
+def test_a_fine_pass_on_another_output_drops_token_scores_with_a_warning(lm, monkeypatch):
+    from genattr import hierarchy
+
+    real = hierarchy.api.explain
+
+    def drifted(*args, **kw):  # GiLOT's beams may tie differently in the fine pass's batch
+        res = real(*args, **kw)
+        if kw["level"] != "spans":
+            return res
+        other = type(res.target)(res.target.ids[::-1], "x", res.target.tokens[::-1], True)
+        return type(res)(**{**vars(res), "target": other})
+
+    monkeypatch.setattr(hierarchy.api, "explain", drifted)
+    with pytest.warns(genattr.errors.GenattrWarning, match="another output"):
+        res = hierarchy.explain_hierarchical(lm, PROMPT, " and the", level="sentence>word")
+    assert res.token_scores is None and res.scores.shape == (len(res.features),)
+
+
 def test_refining_every_unit_equals_the_fine_level(lm):
     res = _run(lm, refine_top=10)
     word = _run(lm, level="word")
