@@ -70,25 +70,24 @@ def test_the_best_coarse_features_are_refined_ties_by_position(lm):
     assert [f.start for f in res.features] == sorted(f.start for f in res.features)
 
 
-def test_ties_are_broken_by_position(lm, monkeypatch):
+def test_ties_are_broken_by_position(lm):
     from genattr import hierarchy
 
-    real = hierarchy.api.explain
+    real = genattr.explain
 
     def flat(*args, **kw):  # every coarse score equal: the first sentences are refined
         res = real(*args, **kw)
         return res if kw["level"] != "sentence" else type(res)(**{**vars(res), "scores": res.scores * 0})
 
-    monkeypatch.setattr(hierarchy.api, "explain", flat)
-    assert hierarchy.explain_hierarchical(lm, PROMPT, TARGET, level="sentence>word", refine_top=2).extras[
-        "hierarchy"
-    ]["refined"] == [0, 1]
+    assert hierarchy.explain_hierarchical(
+        flat, lm, PROMPT, TARGET, level="sentence>word", refine_top=2
+    ).extras["hierarchy"]["refined"] == [0, 1]
 
 
-def test_a_fine_pass_on_another_output_drops_token_scores_with_a_warning(lm, monkeypatch):
+def test_a_fine_pass_on_another_output_drops_token_scores_with_a_warning(lm):
     from genattr import hierarchy
 
-    real = hierarchy.api.explain
+    real = genattr.explain
 
     def drifted(*args, **kw):  # GiLOT's beams may tie differently in the fine pass's batch
         res = real(*args, **kw)
@@ -97,9 +96,8 @@ def test_a_fine_pass_on_another_output_drops_token_scores_with_a_warning(lm, mon
         other = type(res.target)(res.target.ids[::-1], "x", res.target.tokens[::-1], True)
         return type(res)(**{**vars(res), "target": other})
 
-    monkeypatch.setattr(hierarchy.api, "explain", drifted)
     with pytest.warns(genattr.errors.GenattrWarning, match="another output"):
-        res = hierarchy.explain_hierarchical(lm, PROMPT, " and the", level="sentence>word")
+        res = hierarchy.explain_hierarchical(drifted, lm, PROMPT, " and the", level="sentence>word")
     assert res.token_scores is None and res.scores.shape == (len(res.features),)
 
 

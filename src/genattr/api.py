@@ -26,6 +26,7 @@ from .defaults import (
     SEED_LIMIT,
 )
 from .errors import GenattrDeprecationWarning, InputError, InvalidParameterError, NumericalError
+from .hierarchy import explain_hierarchical
 from .masking import Masker
 from .model import Batch, LanguageModel, load
 from .objectives import OBJECTIVES, gradient_objectives
@@ -351,10 +352,8 @@ def explain(
     (True, True)
     """
     if refine_top is not None or (isinstance(level, str) and ">" in level):
-        from .hierarchy import explain_hierarchical
-
         return explain_hierarchical(
-            lm, prompt, target, method=method, level=level, refine_top=refine_top, mask=mask,
+            explain, lm, prompt, target, method=method, level=level, refine_top=refine_top, mask=mask,
             mask_token=mask_token, seed=seed, objective=objective, max_new_tokens=max_new_tokens,
             pattern=pattern, spans=spans, params=params, progress=progress, attribute_target=attribute_target,
             target_token=target_token, target_span=target_span, contrast=contrast,

@@ -47,11 +47,11 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from . import api, registry
+from . import registry
 from .defaults import DEFAULT_METHOD, DEFAULT_SEED
 from .errors import GenattrWarning, InputError, InvalidParameterError
 from .model import LanguageModel, load
@@ -182,6 +182,7 @@ def _second_prompt(coarse: Attribution) -> dict:
 
 
 def explain_hierarchical(
+    explain: Callable[..., Attribution],
     lm: LanguageModel | str,
     prompt,
     target=None,
@@ -201,7 +202,9 @@ def explain_hierarchical(
     **options,
 ) -> Attribution:
     """:func:`genattr.explain` at a level ``"coarse>fine"``: the coarse pass, then the fine pass on
-    the fine features inside the ``refine_top`` best coarse ones (see the module docstring).
+    the fine features inside the ``refine_top`` best coarse ones (see the module docstring), each
+    a call of ``explain`` (:func:`genattr.explain`, which calls this function for such a level)
+    at one level.
 
     ``pattern`` and ``spans`` reach both stages (``level="spans>word"`` refines the user's spans);
     the other keywords are :func:`genattr.explain`'s, passed to both passes. ``refine_top`` (default
@@ -223,7 +226,7 @@ def explain_hierarchical(
     top = _check(level, refine_top, excluded)
     coarse_level, fine_level = stages(level)
     lm = load(lm) if isinstance(lm, str) else lm
-    coarse = api.explain(
+    coarse = explain(
         lm, prompt, target, method=method, level=coarse_level, pattern=pattern, spans=spans, seed=seed,
         mask_token=mask_token, baseline=baseline, **options,
     )  # fmt: skip
@@ -231,7 +234,7 @@ def explain_hierarchical(
     refined = sorted(f.index for f, _ in coarse.top(top))
     fine_level_features = p.features(fine_level, pattern=pattern, spans=spans)
     fine_features = inside(p, coarse.features, refined, fine_level_features)
-    fine = api.explain(
+    fine = explain(
         lm, p, coarse.target.ids if registry.get(method).needs_target else None, method=method,
         level="spans", spans=[_span(p, f) for f in fine_features],
         seed=coarse.settings.seed if coarse.settings.seed is not None else seed,
