@@ -26,6 +26,7 @@ from .defaults import (
     SEED_LIMIT,
 )
 from .errors import GenattrDeprecationWarning, InputError, InvalidParameterError, NumericalError
+from .hierarchy import explain_hierarchical
 from .masking import Masker
 from .model import Batch, LanguageModel, load
 from .objectives import OBJECTIVES, gradient_objectives
@@ -201,6 +202,7 @@ def explain(
     contrast_prompt: str | Sequence[Mapping[str, str]] | Prompt | None = None,
     token_scores: bool = True,
     baseline: int | str | None = None,
+    refine_top: int | None = None,
     **method_params,
 ) -> Attribution:
     """Explain what ``lm`` wrote after ``prompt`` in terms of the prompt's features.
@@ -232,7 +234,8 @@ def explain(
     level : str
         How the prompt is cut into features: ``"token"``, ``"word"`` (default), ``"sentence"``,
         ``"regex"`` (with ``pattern``), ``"spans"`` (with ``spans``) or one registered with
-        :func:`genattr.register_level`.
+        :func:`genattr.register_level`; ``"coarse>fine"`` (``"sentence>word"``) scores the coarse
+        features, then the fine ones inside the ``refine_top`` best (:mod:`genattr.hierarchy`).
     mask : str
         How a feature is removed: ``"attention"`` (default: replaced by the mask token and
         hidden from attention), ``"replace"``, ``"delete"`` or one registered with
@@ -294,6 +297,9 @@ def explain(
     baseline : int or str, optional
         Deprecated former name of ``mask_token``: it warns
         (:class:`~genattr.errors.GenattrDeprecationWarning`) and goes in the next release.
+    refine_top : int, optional
+        With a level ``"coarse>fine"``: how many coarse features, the highest-scoring, are refined
+        into fine ones (default 3; more than there are refines all).
     **method_params
         The method's parameters (``n_samples``, ``n_steps``, ...), validated by the method.
 
@@ -345,6 +351,14 @@ def explain(
     >>> res.target.generated, len(res.target.ids) <= 4
     (True, True)
     """
+    if refine_top is not None or (isinstance(level, str) and ">" in level):
+        return explain_hierarchical(
+            explain, lm, prompt, target, method=method, level=level, refine_top=refine_top, mask=mask,
+            mask_token=mask_token, seed=seed, objective=objective, max_new_tokens=max_new_tokens,
+            pattern=pattern, spans=spans, params=params, progress=progress, attribute_target=attribute_target,
+            target_token=target_token, target_span=target_span, contrast=contrast,
+            contrast_prompt=contrast_prompt, token_scores=token_scores, baseline=baseline, **method_params,
+        )  # fmt: skip
     method_cls = registry.get(method)
     if target is not None and not method_cls.needs_target:
         raise InvalidParameterError(

@@ -143,6 +143,16 @@ def _target_token(text: str) -> int | str:
     return int(text) if re.fullmatch(r"-?\d+", text) else text
 
 
+def _level(text: str) -> str:
+    """``--level``: a level that reads no pattern or spans, or ``coarse>fine`` of two of them."""
+    parts = text.split(">")
+    if len(parts) > 2 or any(part not in plain_levels() for part in parts):
+        raise argparse.ArgumentTypeError(
+            f"invalid choice: {text!r} (choose from {', '.join(plain_levels())}, or coarse>fine of two: sentence>word)"
+        )
+    return text
+
+
 def _target_span(text: str) -> tuple[int, int] | str:
     """``--target-span``: START:END character offsets, or a substring of the response."""
     match = re.fullmatch(r"(\d+):(\d+)", text)
@@ -199,6 +209,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             target_span=args.target_span,
             contrast=args.contrast,
             token_scores=not args.sequence_only,
+            refine_top=args.refine_top,
         )
     if not args.quiet:
         from .render.terminal import print_attribution
@@ -359,7 +370,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="no per-token matrix (token_scores=False): gradient methods then take one backward pass per step",
     )
-    ex.add_argument("--level", default=DEFAULT_LEVEL, choices=plain_levels())
+    ex.add_argument(
+        "--level", default=DEFAULT_LEVEL, type=_level, help="a level, or coarse>fine (sentence>word)"
+    )
+    ex.add_argument(
+        "--refine-top",
+        type=int,
+        default=None,
+        help="with --level coarse>fine: how many of the best coarse features to refine (default 3)",
+    )
     ex.add_argument("--mask", default=DEFAULT_MASK, choices=MASKS)
     ex.add_argument(
         "--mask-token",

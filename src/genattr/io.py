@@ -292,6 +292,21 @@ def _one_of(name: str, built_in, registry: str | None = None):
     return read
 
 
+def _stages(read):
+    """A reader of the names ``read`` takes and of hierarchical levels ``"coarse>fine"`` of two
+    of them (:mod:`genattr.hierarchy`)."""
+
+    def stages(value, where: str, text: str) -> str:
+        parts = value.split(">")
+        if len(parts) > 2:
+            raise _fail(where, f"level {value[:40]!r} has more than two stages 'coarse>fine'")
+        for part in parts:
+            read(part, where, text)
+        return value
+
+    return stages
+
+
 def _mask_token(value, where: str, text: str) -> int | str | None:
     if value is None or (_is_int(value) and value >= 0) or value in BASELINE_NAMES:
         return value
@@ -344,7 +359,7 @@ def _contrast(value, where: str, text: str) -> tuple[int, ...] | None:
 
 
 _SETTING_READERS = {  # name: (JSON types, reader)
-    "level": (str, _one_of("level", LEVELS)),
+    "level": (str, _stages(_one_of("level", LEVELS))),
     "mask": (str, _one_of("mask", MASKS, ".masking")),
     "mask_token": (object, _mask_token),
     "objective": (str, _one_of("objective", OBJECTIVES, ".objectives")),
