@@ -466,3 +466,13 @@ def test_the_units_drawn_do_not_depend_on_the_blocks(name, monkeypatch):
     METHODS[name](**params).attribute(small)
     assert len(small.seen) > len(default.seen) > 1
     torch.testing.assert_close(torch.cat(small.seen), torch.cat(default.seen), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["shapley_sampling", "kernel_shap"])
+def test_one_feature_is_the_whole_difference_without_error(name):
+    problem = TableProblem(1)
+    out = METHODS[name](budget=50).attribute(problem)
+    v = problem.evaluate(torch.tensor([[False], [True]])).numpy()
+    np.testing.assert_allclose(out.scores, [v[1, 0] - v[0, 0]], rtol=1e-12)
+    np.testing.assert_allclose(out.token_scores, (v[1, 1:] - v[0, 1:])[:, None], rtol=1e-12)
+    assert out.diagnostics["stderr"] == [0.0] and out.diagnostics["evaluations"] == 2
