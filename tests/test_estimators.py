@@ -204,7 +204,7 @@ def test_stop_top_k_stops_once_settled_and_is_replayed_by_its_evaluations(name):
 SHAPLEY = [
     ("shapley_sampling", {}),
     ("shapley_sampling", {"paired": False}),
-    ("kernel_shap", {}),
+    ("kernel_shap", {"sampling": "kernel"}),
     ("kernel_shap", {"sampling": "leverage"}),
     ("kernel_shap", {"paired": False}),
 ]
@@ -312,7 +312,7 @@ def _lasso_population(problem: TableProblem) -> np.ndarray:
 CALIBRATION = [
     ("shapley_sampling", {"n_samples": 40}, _exact),
     ("shapley_sampling", {"n_samples": 40, "paired": False}, _exact),
-    ("kernel_shap", {"n_samples": 120}, _exact),
+    ("kernel_shap", {"n_samples": 120, "sampling": "kernel"}, _exact),
     ("kernel_shap", {"n_samples": 120, "sampling": "leverage"}, _exact),
     ("lime", {"n_samples": 200, "alpha": 0.0}, _lime_population),
     ("context_cite", {"n_samples": 200}, _lasso_population),
@@ -339,7 +339,7 @@ def test_the_jackknife_errors_of_kernel_shap_and_lime_are_brute_force_refits():
     each group is left out in turn and the fit redone from scratch (KKT system, NumPy ridge)."""
     F = 8
     problem = TableProblem(F, seed=7)
-    out = KernelShap(n_samples=70).attribute(problem)
+    out = KernelShap(n_samples=70, sampling="kernel").attribute(problem)  # unit weights
     ends, inner = problem.seen[0], torch.cat(problem.seen[1:])
     e, v = problem.evaluate(ends).numpy(), problem.evaluate(inner).numpy()
     Z = inner.numpy().astype(float)

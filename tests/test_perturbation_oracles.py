@@ -184,7 +184,7 @@ def test_kernel_shap_with_every_coalition_is_exact_shapley():
 def test_kernel_shap_sampled_is_the_constrained_least_squares_fit_on_its_coalitions():
     F = 6
     problem = TableProblem(F, seed=4)
-    out = KernelShap(n_samples=31).attribute(problem)
+    out = KernelShap(n_samples=31, sampling="kernel").attribute(problem)  # unit weights
     keep = torch.cat(problem.seen)
     assert not bool(keep[0].any()) and bool(keep[1].all())
     inner = keep[2:]
@@ -204,7 +204,7 @@ def test_kernel_shap_sampled_is_the_constrained_least_squares_fit_on_its_coaliti
 def test_kernel_shap_samples_sizes_from_the_shapley_kernel_in_complementary_pairs():
     F, n = 12, 4000  # fewer than the 2^12 - 2 proper coalitions: sampled
     problem = TableProblem(F)
-    KernelShap(n_samples=n).attribute(problem)
+    KernelShap(n_samples=n, sampling="kernel").attribute(problem)
     inner = torch.cat(problem.seen)[2:]
     assert len(inner) == n
     rows = {tuple(r) for r in inner.tolist()}
