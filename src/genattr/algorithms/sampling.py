@@ -49,6 +49,8 @@ STOP_Z = 2.0
 
 Values = Callable[[torch.Tensor], torch.Tensor]
 """A value function: coalitions ``keep`` [B, F] -> values [B, m] (e.g. ``Problem.evaluate``)."""
+Draw = Callable[[torch.Generator, int], torch.Tensor]
+"""``draw(generator, count)``: ``count`` units (a pair drawn as one unit may yield two rows)."""
 
 
 def budget_params(samples_doc: str, default: str, minimum: int) -> dict[str, Param]:
@@ -102,12 +104,7 @@ class Stream:
     """Units drawn :data:`DRAW_CHUNK` at a time by ``draw(generator, count)`` after the rows of
     ``head``, and handed out in any counts: the i-th unit is the same however they are taken."""
 
-    def __init__(
-        self,
-        draw: Callable[[torch.Generator, int], torch.Tensor],
-        generator: torch.Generator,
-        head: torch.Tensor | None = None,
-    ) -> None:
+    def __init__(self, draw: Draw, generator: torch.Generator, head: torch.Tensor | None = None) -> None:
         self._draw, self._gen = draw, generator
         self._buffer = head
 

@@ -19,6 +19,7 @@ from ..registry import Output, Param
 from . import sampling
 from .perturbation import coalition_masks, scores_from_columns, shapley_kernel_weight
 from .sampling import (
+    Draw,
     Groups,
     Plan,
     Run,
@@ -44,7 +45,7 @@ def _exact_for_one_feature(ends: torch.Tensor, run_: Run) -> Output:
 
 
 # --------------------------------------------------------------------- permutation sampling
-def draw_permutations(n_features: int):
+def draw_permutations(n_features: int) -> Draw:
     """``draw(generator, count)``: ``count`` permutations of the F features, one
     ``torch.randperm`` each (the draws of Captum's ShapleyValueSampling seeded alike)."""
 
@@ -237,7 +238,7 @@ def size_law(n_features: int, sampling: str) -> tuple[torch.Tensor, torch.Tensor
     return torch.full_like(sizes, 1 / (n_features - 1)), (n_features - 1) * kernel
 
 
-def draw_coalitions(n_features: int, size_p: torch.Tensor, paired: bool):
+def draw_coalitions(n_features: int, size_p: torch.Tensor, paired: bool) -> Draw:
     """``draw(generator, count)``: ``count`` coalitions (pairs z, not z in turn when ``paired``),
     each of a size drawn from ``size_p`` over 1..F-1 and, given the size, of uniform members."""
 

@@ -17,6 +17,7 @@ from ..registry import Output, Param
 from .perturbation import scores_from_columns
 from .sampling import (
     JACKKNIFE_GROUPS,
+    Draw,
     Groups,
     SamplingMethod,
     Stream,
@@ -96,7 +97,7 @@ def weighted_ridge(
     return fit.solve(alpha)
 
 
-def draw_lime_coalitions(n_features: int):
+def draw_lime_coalitions(n_features: int) -> Draw:
     """``draw(generator, count)``: ``count`` coalitions removing a number of features uniform in
     1..F, which ones uniformly."""
 
