@@ -53,6 +53,7 @@ bench: setup
 	$(BIN)/python bench/gilot.py
 	$(BIN)/python bench/xprompt.py
 	$(BIN)/python bench/real.py
+	$(BIN)/python bench/estimators.py
 
 # Mutation testing of the numerical core ([tool.mutmut] in pyproject.toml); long: an hour or more on 2 cores.
 mutants: setup

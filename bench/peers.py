@@ -92,11 +92,12 @@ def captum_perturbation_runs(
     baseline: int,
     n_samples: int,
     ablation_modes: Sequence[str] = ("default", "joint"),
+    seed: int = 0,
 ) -> dict[str, Callable[[], object]]:
     """Captum ``LLMAttribution`` runs: ``FeatureAblation`` in its default mode (one cached forward
     pass per target token per variant, ``"default"``) and with ``forward_in_tokens=False`` (prompt +
     target in one forward pass per variant, ``"joint"``), and ``ShapleyValueSampling`` with
-    ``n_samples`` permutations drawn after ``torch.manual_seed(0)`` (``forward_in_tokens=False``:
+    ``n_samples`` permutations drawn after ``torch.manual_seed(seed)`` (``forward_in_tokens=False``:
     its default mode takes a forward pass per target token per coalition)."""
     from captum.attr import FeatureAblation, LLMAttribution, ShapleyValueSampling
 
@@ -106,7 +107,7 @@ def captum_perturbation_runs(
     sampling = LLMAttribution(ShapleyValueSampling(lm.model), lm.tokenizer)
 
     def shapley():
-        torch.manual_seed(0)
+        torch.manual_seed(seed)
         return sampling.attribute(inp, target=target, forward_in_tokens=False, n_samples=n_samples)
 
     runs = {

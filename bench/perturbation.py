@@ -12,6 +12,7 @@ What is compared (one process, one model object given to every library; see benc
   Inseq ``occlusion`` (timing only: it occludes embeddings with zeros, step by step, and returns
   absolute per-step probability differences, so its values are not the same quantity);
 * Shapley value sampling at Captum's default of 25 permutations: genattr ``shapley_sampling``
+  (``paired=False``: Captum draws no antithetic pairs)
   against Captum ``LLMAttribution(ShapleyValueSampling)`` with ``forward_in_tokens=False``
   (its default mode would take 16 forward passes per coalition, minutes per call).
 
@@ -105,7 +106,11 @@ def genattr_calls(case: Case) -> tuple[dict, dict]:
         )
 
     loo = {"genattr leave_one_out": lambda: explain("leave_one_out")}
-    shapley = {"genattr shapley_sampling": lambda: explain("shapley_sampling", n_samples=N_SAMPLES, seed=0)}
+    shapley = {
+        "genattr shapley_sampling": lambda: explain(
+            "shapley_sampling", n_samples=N_SAMPLES, paired=False, seed=0
+        )
+    }
     return loo, shapley
 
 

@@ -70,7 +70,7 @@ PARAMS = {
     "bta_avg": {"n_steps": 20},
     "gradient_shap": {"n_samples": 5},
     "smoothgrad": {"n_samples": 10},
-    "shapley_sampling": {"n_samples": 25},
+    "shapley_sampling": {"n_samples": 25, "paired": False},  # Captum's permutations, not antithetic pairs
     "kernel_shap": {"n_samples": 128},
     "lime": {"n_samples": 128},
     "gilot": {"num_beams": 10, "n_positions": 10},

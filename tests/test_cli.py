@@ -59,6 +59,8 @@ def test_explain_writes_json_and_html(model_dirs, tmp_path, capsys):
             "shapley_sampling",
             "-p",
             "n_samples=3",
+            "-p",
+            "paired=false",
             "--seed",
             "4",
             "--target",
@@ -73,7 +75,7 @@ def test_explain_writes_json_and_html(model_dirs, tmp_path, capsys):
     assert code == 0
     data = json.loads(out_json.read_text())
     assert data["method"] == "shapley_sampling" and data["settings"]["seed"] == 4
-    assert data["params"] == {"n_samples": 3}
+    assert data["params"]["n_samples"] == 3
     assert [f["text"] for f in data["features"]] == ["The", "cat", "sat", "on", "the", "mat", "."]
     assert out_html.read_text().startswith("<!DOCTYPE html>")
     shown = capsys.readouterr().out

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from genattr.algorithms.perturbation import Lime
+from genattr.algorithms.surrogate import Lime
 from genattr.text.target import Target
 
 

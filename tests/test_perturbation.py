@@ -13,18 +13,16 @@ import torch
 import genattr
 from genattr import problem as problem_module
 from genattr import registry
-from genattr.algorithms import perturbation
-from genattr.algorithms.perturbation import (
+from genattr.algorithms import sampling
+from genattr.algorithms.perturbation import coalition_masks, shapley_from_table, shapley_kernel_weight
+from genattr.algorithms.sampling import Stream
+from genattr.algorithms.shapley import (
     KernelShapFit,
-    RidgeFit,
-    coalition_masks,
+    PermutationCredits,
+    draw_permutations,
     kernel_shap_solve,
-    permutation_blocks,
-    shapley_from_table,
-    shapley_kernel_weight,
-    shapley_sampling_estimate,
-    weighted_ridge,
 )
+from genattr.algorithms.surrogate import RidgeFit, weighted_ridge
 from genattr.errors import InvalidParameterError
 from genattr.masking import Masker
 from genattr.problem import Problem
@@ -204,9 +202,12 @@ def test_lime_fits_the_full_prompt_and_weights_by_fraction_kept(llama):
 
 
 # --------------------------------------------------------------------- bounded work
-# Integer parameters that set no amount of work: xprompt's k is checked against the prompt's
-# features, and gilot's ot_batch_size is capped by ot.MAX_COST_ENTRIES where it is used.
-UNBOUNDED = {("xprompt", "k"), ("gilot", "ot_batch_size")}
+# Integer parameters that set no amount of work: xprompt's k and the sampling methods' stop_top_k
+# are checked against the prompt's features, and gilot's ot_batch_size is capped by
+# ot.MAX_COST_ENTRIES where it is used.
+UNBOUNDED = {("xprompt", "k"), ("gilot", "ot_batch_size")} | {
+    (name, "stop_top_k") for name in ("shapley_sampling", "kernel_shap", "lime", "context_cite")
+}
 
 
 def _int_params():
@@ -239,16 +240,16 @@ def test_absurd_n_samples_fails_at_once_with_the_limit(llama, monkeypatch):
         genattr.explain(llama, SHORT, target=TARGET, method="shapley_sampling", n_samples=10**12)
 
 
-def test_permutations_are_drawn_lazily_and_the_same_however_blocked():
-    """A generator of 10^12 permutations hands out its first block at once, and blocks of any
-    size concatenate to the same permutations."""
-    first = next(permutation_blocks(5, 10**12, 16, torch.Generator().manual_seed(0)))
-    assert first.shape == (16, 5)
-    whole = torch.cat(list(permutation_blocks(6, 40, 40, torch.Generator().manual_seed(1))))
-    for per_block in (1, 7, 39):
-        blocks = list(permutation_blocks(6, 40, per_block, torch.Generator().manual_seed(1)))
-        assert max(len(b) for b in blocks) == per_block
-        torch.testing.assert_close(torch.cat(blocks), whole, rtol=0, atol=0)
+def test_permutations_are_the_same_however_the_stream_is_taken():
+    """A stream of permutations hands out the same ones in blocks of any size, one
+    ``torch.randperm`` each from the seeded generator (as Captum draws them)."""
+    gen = torch.Generator().manual_seed(1)
+    expected = torch.stack([torch.randperm(6, generator=gen) for _ in range(600)])
+    for per_block in (1, 7, 39, 600):
+        stream = Stream(draw_permutations(6), torch.Generator().manual_seed(1))
+        blocks = [stream.take(per_block) for _ in range(600 // per_block)]
+        blocks.append(stream.take(600 - sum(len(b) for b in blocks)))
+        torch.testing.assert_close(torch.cat(blocks), expected, rtol=0, atol=0)
 
 
 def _lookup_game(F: int, m: int = 3):
@@ -264,14 +265,15 @@ def _lookup_game(F: int, m: int = 3):
     return table, value, calls
 
 
-def test_shapley_sampling_estimate_is_the_mean_credit_whatever_the_blocks():
+def test_permutation_credits_are_the_mean_credit_whatever_the_blocks():
     """Oracle: each permutation's marginal contributions computed one by one from the table; their
     mean and standard error equal the streamed estimate for any block size, and each call
-    scores at most one block's coalitions."""
+    scores the block's inner prefixes only (F - 1 coalitions a permutation)."""
     F, n = 5, 50
     table, value, calls = _lookup_game(F)
+    perms = Stream(draw_permutations(F), torch.Generator().manual_seed(2)).take(n)
     credits = torch.zeros(n, F, table.shape[1], dtype=torch.float64)
-    for s, perm in enumerate(torch.cat(list(permutation_blocks(F, n, n, torch.Generator().manual_seed(2))))):
+    for s, perm in enumerate(perms):
         mask = 0
         for i in perm.tolist():
             credits[s, i] = table[mask | (1 << i)] - table[mask]
@@ -279,10 +281,12 @@ def test_shapley_sampling_estimate_is_the_mean_credit_whatever_the_blocks():
     stderr = credits[:, :, 0].std(0) / math.sqrt(n)
     for per_block in (1, 8, n):
         calls.clear()
-        blocks = permutation_blocks(F, n, per_block, torch.Generator().manual_seed(2))
-        mean, err, count = shapley_sampling_estimate(value, blocks)
-        assert count == n and len(calls) == math.ceil(n / per_block)
-        assert max(calls) == per_block * (F + 1)
+        estimate = PermutationCredits(value, table[[0, -1]], paired=False)
+        for start in range(0, n, per_block):
+            estimate.add(perms[start : start + per_block], start)
+        mean, err = estimate.result()
+        assert estimate.count == n and len(calls) == math.ceil(n / per_block)
+        assert max(calls) == per_block * (F - 1)
         torch.testing.assert_close(mean, credits.mean(0), rtol=0, atol=1e-12)
         torch.testing.assert_close(err, stderr, rtol=0, atol=1e-12)
     torch.testing.assert_close(mean.sum(0), table[-1] - table[0], rtol=0, atol=1e-12)
@@ -312,13 +316,14 @@ def test_sampling_methods_score_bounded_blocks_whatever_the_budget(llama, monkey
     """Drawn and scored 16 coalitions at a time, with the prompt variants built one forward pass at
     a time under a small budget, no call holds more rows than that, and the scores equal those
     under the default budget (the draws do not depend on it)."""
-    monkeypatch.setattr(perturbation, "SAMPLE_BLOCK", 16)
+    monkeypatch.setattr(sampling, "SAMPLE_BLOCK", 16)
     n = {"shapley_sampling": 12, "kernel_shap": 60, "lime": 60}[method]
-    whole = genattr.explain(llama, PROMPT, target=TARGET, method=method, n_samples=n, seed=4)
+    kw = {"paired": False} if method == "shapley_sampling" else {}  # a pair of permutations: 2 (F - 1) > 16
+    whole = genattr.explain(llama, PROMPT, target=TARGET, method=method, n_samples=n, seed=4, **kw)
     monkeypatch.setattr(problem_module, "EVALUATION_PASSES", 1)
     monkeypatch.setattr(llama, "max_batch_tokens", 256)
     evaluated, seen = _rows_seen(monkeypatch, llama)
-    blocked = genattr.explain(llama, PROMPT, target=TARGET, method=method, n_samples=n, seed=4)
+    blocked = genattr.explain(llama, PROMPT, target=TARGET, method=method, n_samples=n, seed=4, **kw)
     length = len(blocked.prompt) + len(blocked.target.ids)
     assert len(evaluated) > 2 and max(evaluated) <= 16
     assert len(seen) > 2 and max(seen) <= llama.rows_per_chunk(length)
@@ -328,9 +333,10 @@ def test_sampling_methods_score_bounded_blocks_whatever_the_budget(llama, monkey
 
 def test_kernel_shap_enumerates_every_coalition_block_by_block(qwen, monkeypatch):
     exact = genattr.explain(qwen, SHORT, target=TARGET, method="shapley_exact")
-    monkeypatch.setattr(perturbation, "SAMPLE_BLOCK", 16)
+    monkeypatch.setattr(sampling, "SAMPLE_BLOCK", 16)
     res = genattr.explain(qwen, SHORT, target=TARGET, method="kernel_shap", n_samples=2**7)
-    assert res.diagnostics["coalitions"] == 2 ** len(res.features) - 2
+    assert res.diagnostics["samples"] == 2 ** len(res.features) - 2
+    assert res.diagnostics["evaluations"] == 2 ** len(res.features)
     np.testing.assert_allclose(res.scores, exact.scores, atol=1e-6)
 
 

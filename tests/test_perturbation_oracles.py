@@ -13,14 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from genattr.algorithms.perturbation import (
-    KernelShap,
-    LeaveOneOut,
-    ShapleyExact,
-    ShapleySampling,
-    coalition_masks,
-    shapley_from_table,
-)
+from genattr.algorithms.perturbation import LeaveOneOut, ShapleyExact, coalition_masks, shapley_from_table
+from genattr.algorithms.shapley import KernelShap, ShapleySampling
 from genattr.errors import InvalidParameterError, TooManyFeaturesError
 
 from .test_lime_oracle import TableProblem
@@ -94,37 +88,59 @@ def test_shapley_exact_equals_the_permutation_formula_and_refuses_thirteen_featu
         ShapleyExact().attribute(TableProblem(13))
 
 
+def _scored_orders(problem: TableProblem) -> tuple[np.ndarray, np.ndarray]:
+    """The permutations Shapley sampling scored (read from its calls: the ends first, then each
+    permutation's F - 1 inner prefixes) and each one's credits [p, F, 3], one by one."""
+    F = problem.n_features
+    ends, *blocks = problem.seen
+    assert ends.tolist() == [[False] * F, [True] * F]
+    inner = torch.cat(blocks).view(-1, F - 1, F)
+    chains = torch.cat([ends[:1].expand(len(inner), 1, F), inner, ends[1:].expand(len(inner), 1, F)], 1)
+    values = problem.evaluate(chains.reshape(-1, F)).numpy().reshape(len(inner), F + 1, 3)
+    orders = np.zeros((len(inner), F), dtype=int)
+    credits = np.zeros((len(inner), F, 3))
+    for s in range(len(inner)):
+        for k in range(1, F + 1):
+            (added,) = (chains[s, k] & ~chains[s, k - 1]).nonzero().flatten().tolist()  # one feature per step
+            orders[s, k - 1] = added
+            credits[s, added] = values[s, k] - values[s, k - 1]
+    return orders, credits
+
+
 def test_shapley_sampling_averages_the_credits_of_the_permutations_it_scored():
     problem = TableProblem(5, seed=2)
     n = 6
-    out = ShapleySampling(n_samples=n).attribute(problem)
-    keep = torch.cat(problem.seen)
-    values = problem.evaluate(keep).numpy().reshape(n, 6, 3)
-    blocks = keep.view(n, 6, 5)
-    credits = np.zeros((n, 5, 3))
-    for s in range(n):
-        assert not bool(blocks[s, 0].any()) and bool(blocks[s, -1].all())
-        for k in range(1, 6):
-            (added,) = (blocks[s, k] & ~blocks[s, k - 1]).nonzero().flatten().tolist()  # one feature per step
-            credits[s, added] = values[s, k] - values[s, k - 1]
+    out = ShapleySampling(n_samples=n, paired=False).attribute(problem)
+    orders, credits = _scored_orders(problem)
+    assert len(orders) == n and len({tuple(o) for o in orders}) > 1  # the permutations differ
     np.testing.assert_allclose(out.scores, credits[:, :, 0].mean(0), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(out.token_scores, credits[:, :, 1:].mean(0).T, rtol=1e-12, atol=1e-12)
     stderr = credits[:, :, 0].std(0, ddof=1) / math.sqrt(n)
     np.testing.assert_allclose(out.diagnostics["stderr"], stderr, rtol=1e-10)
-    orders = {tuple(blocks[s].sum(0).tolist()) for s in range(n)}
-    assert len(orders) > 1  # the permutations differ
+    assert out.diagnostics["evaluations"] == 2 + n * 4 and out.diagnostics["samples"] == n
     pair = TableProblem(5, seed=2)
-    two = ShapleySampling(n_samples=2).attribute(pair)
-    keep = torch.cat(pair.seen)
-    v = pair.evaluate(keep)[:, 0].numpy().reshape(2, 6)
-    blocks = keep.view(2, 6, 5)
-    c = np.zeros((2, 5))
-    for s in range(2):
-        for k in range(1, 6):
-            c[s, int((blocks[s, k] & ~blocks[s, k - 1]).nonzero())] = v[s, k] - v[s, k - 1]
+    two = ShapleySampling(n_samples=2, paired=False).attribute(pair)
+    c = _scored_orders(pair)[1][:, :, 0]
     np.testing.assert_allclose(two.diagnostics["stderr"], np.abs(c[0] - c[1]) / 2, rtol=1e-10)  # std/sqrt(2)
-    single = ShapleySampling(n_samples=1).attribute(TableProblem(5))
+    single = ShapleySampling(n_samples=1, paired=False).attribute(TableProblem(5))
     assert all(math.isnan(x) for x in single.diagnostics["stderr"])
+
+
+def test_paired_shapley_sampling_averages_each_permutation_with_its_reverse():
+    """Oracle: the scored orders come as pi and reversed pi; a unit's credit is their mean, the
+    scores the mean over units, the standard error that of the units' credits."""
+    problem = TableProblem(5, seed=3)
+    out = ShapleySampling(n_samples=8).attribute(problem)
+    orders, credits = _scored_orders(problem)
+    assert len(orders) == 8
+    np.testing.assert_array_equal(orders[4:], orders[:4, ::-1])  # one block: pi_1..pi_4, then their reverses
+    units = (credits[:4] + credits[4:]) / 2
+    np.testing.assert_allclose(out.scores, units[:, :, 0].mean(0), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(out.token_scores, units[:, :, 1:].mean(0).T, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(out.diagnostics["stderr"], units[:, :, 0].std(0, ddof=1) / 2, rtol=1e-10)
+    assert out.diagnostics["evaluations"] == 2 + 8 * 4 and out.diagnostics["samples"] == 8
+    with pytest.raises(InvalidParameterError, match="must be even"):
+        ShapleySampling(n_samples=7).attribute(TableProblem(5))
 
 
 def test_shapley_sampling_converges_to_the_exact_values():
@@ -151,25 +167,29 @@ def test_kernel_shap_with_every_coalition_is_exact_shapley():
     problem = TableProblem(4)
     out = KernelShap(n_samples=14).attribute(problem)
     np.testing.assert_allclose(out.scores, _permutation_shapley(problem)[:, 0], rtol=1e-8, atol=1e-10)
-    assert out.diagnostics == {"coalitions": 14}
+    assert out.diagnostics == {
+        "stderr": [0.0] * 4,
+        "evaluations": 16,
+        "samples": 14,
+        "stopped": "exact",
+    }
     sampled = KernelShap(n_samples=13).attribute(TableProblem(4))
     two = TableProblem(2)
     np.testing.assert_allclose(
         KernelShap().attribute(two).scores, _permutation_shapley(two)[:, 0], rtol=1e-10
     )
-    assert sampled.diagnostics == {"coalitions": 13}
+    assert (sampled.diagnostics["samples"], sampled.diagnostics["evaluations"]) == (13, 15)
 
 
 def test_kernel_shap_sampled_is_the_constrained_least_squares_fit_on_its_coalitions():
     F = 6
     problem = TableProblem(F, seed=4)
-    out = KernelShap(n_samples=31).attribute(problem)
+    out = KernelShap(n_samples=31, sampling="kernel").attribute(problem)  # unit weights
     keep = torch.cat(problem.seen)
     assert not bool(keep[0].any()) and bool(keep[1].all())
     inner = keep[2:]
     assert len(inner) == 31
-    half = 16
-    assert torch.equal(inner[half:], ~inner[: 31 - half])  # complementary pairs
+    assert torch.equal(inner[1::2], ~inner[0:30:2])  # complementary pairs, each coalition then its complement
     sizes = inner.sum(1)
     assert int(sizes.min()) >= 1 and int(sizes.max()) <= F - 1
     v = problem.evaluate(keep).numpy()
@@ -184,7 +204,7 @@ def test_kernel_shap_sampled_is_the_constrained_least_squares_fit_on_its_coaliti
 def test_kernel_shap_samples_sizes_from_the_shapley_kernel_in_complementary_pairs():
     F, n = 12, 4000  # fewer than the 2^12 - 2 proper coalitions: sampled
     problem = TableProblem(F)
-    KernelShap(n_samples=n).attribute(problem)
+    KernelShap(n_samples=n, sampling="kernel").attribute(problem)
     inner = torch.cat(problem.seen)[2:]
     assert len(inner) == n
     rows = {tuple(r) for r in inner.tolist()}

@@ -15,7 +15,8 @@ import torch
 import genattr
 from genattr import registry
 from genattr.algorithms import Method, Output
-from genattr.algorithms.perturbation import Lime, shapley_sampling_estimate
+from genattr.algorithms.shapley import PermutationCredits
+from genattr.algorithms.surrogate import Lime
 from genattr.catalog import CATALOG
 from genattr.errors import InvalidParameterError, ModelLoadError, UnsupportedModelError
 from genattr.masking import Masker
@@ -99,7 +100,11 @@ def test_a_method_without_target_must_return_the_output_it_explains(llama, monke
 
 def test_shapley_sampling_without_permutations_is_refused():
     with pytest.raises(InvalidParameterError, match="no permutations"):
-        shapley_sampling_estimate(lambda keep: torch.zeros(len(keep), 2, dtype=torch.float64), iter([]))
+        PermutationCredits(
+            lambda keep: torch.zeros(len(keep), 2, dtype=torch.float64),
+            torch.zeros(2, 2, dtype=torch.float64),
+            paired=False,
+        ).result()
 
 
 def test_the_zoo_checks_refuse_a_tokenizer_without_pad_token(llama):

@@ -83,7 +83,7 @@ def _with_prefix(lm, k: int):
         ("leave_one_out", {}),
         ("integrated_gradients", {"n_steps": 8}),
         ("attention", {}),
-        ("shapley_sampling", {"n_samples": 3}),
+        ("shapley_sampling", {"n_samples": 4}),
         ("deeplift", {}),
     ],
 )

@@ -47,6 +47,8 @@ if TYPE_CHECKING:
 # ``Param(maximum=...)``, so that an absurd value fails at once with the limit in the message.
 MAX_SAMPLES = 100_000
 """Random draws of a sampling method: permutations, coalitions, swap proposals per step."""
+MAX_EVALUATIONS = 10_000_000
+"""Model evaluations (coalitions scored) a sampling method may be given as its budget."""
 MAX_GRADIENT_POINTS = 1024
 """Points at which a gradient method evaluates its gradient: path steps or random samples."""
 MAX_BEAMS = 256
@@ -74,11 +76,12 @@ BUILTIN: dict[str, str] = {
     "saliency": "genattr.algorithms.gradient:Saliency",
     "smoothgrad": "genattr.algorithms.gradient:SmoothGrad",
     "gilot": "genattr.algorithms.gilot:Gilot",
-    "kernel_shap": "genattr.algorithms.perturbation:KernelShap",
+    "context_cite": "genattr.algorithms.surrogate:ContextCite",
+    "kernel_shap": "genattr.algorithms.shapley:KernelShap",
     "leave_one_out": "genattr.algorithms.perturbation:LeaveOneOut",
-    "lime": "genattr.algorithms.perturbation:Lime",
+    "lime": "genattr.algorithms.surrogate:Lime",
     "shapley_exact": "genattr.algorithms.perturbation:ShapleyExact",
-    "shapley_sampling": "genattr.algorithms.perturbation:ShapleySampling",
+    "shapley_sampling": "genattr.algorithms.shapley:ShapleySampling",
     "xprompt": "genattr.algorithms.xprompt:XPrompt",
 }
 """The built-in methods: name -> ``"module:Class"``, imported on first use."""
