@@ -164,19 +164,23 @@ def _problem(
     objective: str,
     seed: int,
     foil: Target | None,
+    token_scores: bool,
 ) -> Problem:
     """The problem of a call: the prompt's features (and, with ``outputs``, one feature per output
     token before the last explained one), the target up to the last token explained, the tokens
-    before ``span`` teacher-forced as context; ``foil`` for a contrastive explanation."""
+    before ``span`` teacher-forced as context; ``foil`` for a contrastive explanation;
+    ``token_scores``, whether the per-token matrix is wanted."""
     if target is None:
-        return Problem(lm, prompt, features, None, masker, objective, seed)
+        return Problem(lm, prompt, features, None, masker, objective, seed, token_scores=token_scores)
     first, stop = span
     forced = target.ids[: stop - 1]
     if outputs:
         features = [*features, *output_token_features(prompt, target, len(features), stop - 1)]
     masker = Masker(lm, prompt, features, masker.strategy, masker.baseline_id, continuation=forced)
     kept = Target(target.ids[:stop], target.text, target.tokens[:stop], target.generated)
-    return Problem(lm, prompt, features, kept, masker, objective, seed, explained_from=first, foil=foil)
+    return Problem(
+        lm, prompt, features, kept, masker, objective, seed, first, foil=foil, token_scores=token_scores
+    )
 
 
 def explain(
@@ -402,8 +406,19 @@ def explain(
         resolved = resolve_target(lm, prompt_obj, target, max_new_tokens) if method_cls.needs_target else None
         span = explained_tokens(lm.tokenizer, resolved, target_token, target_span) if resolved else (0, 0)
         foil = None if contrast is None else resolve_target(lm, prompt_obj, contrast)
-        problem = _problem(lm, prompt_obj, features, resolved, span, outputs, masker, objective, seed, foil)
-        problem.token_scores = bool(token_scores)
+        problem = _problem(
+            lm,
+            prompt_obj,
+            features,
+            resolved,
+            span,
+            outputs,
+            masker,
+            objective,
+            seed,
+            foil,
+            bool(token_scores),
+        )
         output = algorithm.attribute(problem)
     explained = output.target or resolved
     if explained is None:
