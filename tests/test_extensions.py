@@ -5,6 +5,7 @@ listing the choices, the registered ones included."""
 
 from __future__ import annotations
 
+import argparse
 import re
 import subprocess
 import sys
@@ -75,8 +76,15 @@ def test_the_registries_hold_the_built_ins_and_the_defaults_agree():
     assert tuple(OBJECTIVES) == ("log_prob", "prob") == defaults.OBJECTIVES
     assert plain_levels() == ["token", "word", "sentence"]
     explain = build_parser()._subparsers._group_actions[0].choices["explain"]
-    choices = {a.dest: a.choices for a in explain._actions}
-    assert list(choices["level"]) == plain_levels() and tuple(choices["mask"]) == defaults.MASKS
+    actions = {a.dest: a for a in explain._actions}
+    assert tuple(actions["mask"].choices) == defaults.MASKS
+    level = actions["level"].type  # the plain levels, and coarse>fine of two of them
+    assert [level(name) for name in plain_levels()] == plain_levels() and level(
+        "sentence>word"
+    ) == "sentence>word"
+    for bad in ("regex", "sentence>regex", "token>word>sentence"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            level(bad)
 
 
 def test_the_command_line_lists_the_levels_without_importing_torch():

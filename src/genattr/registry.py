@@ -195,6 +195,7 @@ class MethodInfo:
     contrastive: bool
     params: dict
     package: str = "genattr"
+    cost: str = ""
 
     def flags(self) -> list[str]:
         """The labels of :data:`FLAGS` that this method carries."""
@@ -247,6 +248,7 @@ class Method:
     needs_target: ClassVar[bool] = True
     output_tokens: ClassVar[bool] = True
     contrastive: ClassVar[bool] = False
+    cost: ClassVar[str] = ""
     params: ClassVar[dict[str, Param]] = {}
 
     def __init__(self, **kwargs) -> None:
@@ -277,6 +279,7 @@ class Method:
             cls.contrastive,
             {k: p.describe() for k, p in cls.params.items()},
             cls.__module__.split(".")[0],
+            cls.cost,
         )
 
     def attribute(self, problem: Problem) -> Output:  # pragma: no cover - abstract
@@ -409,14 +412,14 @@ def markdown_table(infos: Iterable[MethodInfo] | None = None) -> str:
     """The README's table of methods (``infos``, default every registered method)."""
     yes = {True: "yes", False: ""}
     rows = [
-        "| method | family | what it computes | gradients | stochastic | token scores | additive | parameters |",
-        "|---|---|---|---|---|---|---|---|",
+        "| method | family | what it computes | gradients | stochastic | token scores | additive | model passes | parameters |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for i in methods() if infos is None else infos:
         params = ", ".join(f"`{k}`={v['default']!r}" for k, v in i.params.items()) or "-"
         rows.append(
             f"| `{i.name}` | {i.family} | {i.summary} | {yes[i.needs_gradients]} | {yes[i.stochastic]} | "
-            f"{yes[i.token_scores]} | {yes[i.additive]} | {params} |"
+            f"{yes[i.token_scores]} | {yes[i.additive]} | {i.cost or '-'} | {params} |"
         )
     return "\n".join(rows)
 

@@ -120,6 +120,7 @@ class Aieg(Method):
     name = "aieg"
     family = "gradient"
     summary = "AIEG: emphasis-weighted integrated gradients, positive part normalised, times attention"
+    cost = "N + 1 forward rows, N backward passes batched over the n target tokens, 1 eager forward pass for the attention"
     needs_gradients = True
     params = {
         "n_steps": Param(

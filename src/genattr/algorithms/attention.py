@@ -190,6 +190,7 @@ class Attention(Method):
     name = "attention"
     family = "attention"
     summary = "attention probability to each prompt token, averaged over layers and heads"
+    cost = "1 eager forward pass"
 
     def attribute(self, problem: Problem) -> Output:
         ep = embedded(problem)
@@ -208,6 +209,7 @@ class AttentionRollout(Method):
     name = "attention_rollout"
     family = "attention"
     summary = "attention rolled out over layers with the identity for residual connections"
+    cost = "1 eager forward pass"
 
     def attribute(self, problem: Problem) -> Output:
         ep = embedded(problem)
@@ -279,6 +281,7 @@ class Bta(_Bta):
 
     name = "bta"
     summary = "token-wise attention perception rollout times the ReLU of the integrated attention gradient"
+    cost = "1 eager forward pass, then per step 1 forward row and 1 backward pass to the last attention map"
     additive = True
 
 
@@ -304,4 +307,5 @@ class BtaAvg(_Bta):
 
     name = "bta_avg"
     summary = "BTA-AVG: BTA of each target step's logit (the authors' code), averaged over steps"
+    cost = "1 eager forward pass, then per step 1 forward row and 1 backward pass to the last attention map"
     average = True

@@ -27,6 +27,7 @@ class RandomBaseline(Method):
     name = "random"
     family = "baseline"
     summary = "random scores (standard normal, seeded): the floor of every faithfulness metric"
+    cost = "none"
     stochastic = True
     token_scores = False
 

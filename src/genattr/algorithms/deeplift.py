@@ -437,6 +437,7 @@ class DeepLift(Method):
     name = "deeplift"
     family = "gradient"
     summary = "DeepLIFT, Rescale and product rules at every operation: multipliers times (x - x'), summing to F(x) - F(x')"
+    cost = "2 forward rows (input and reference), 1 backward pass batched over the n target tokens"
     needs_gradients = True
     additive = True
     convergence_delta = True

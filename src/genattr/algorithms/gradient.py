@@ -91,6 +91,7 @@ class Saliency(Method):
     name = "saliency"
     family = "gradient"
     summary = "norm of the gradient of the target's log-likelihood w.r.t. each token's embedding"
+    cost = "1 forward row, 1 backward pass (batched over the n target tokens for the matrix)"
     needs_gradients = True
     contrastive = True
 
@@ -127,6 +128,7 @@ class InputXGradient(Method):
     name = "input_x_gradient"
     family = "gradient"
     summary = "embedding times gradient, summed over the embedding dimension"
+    cost = "1 forward row, 1 backward pass (batched over the n target tokens for the matrix)"
     needs_gradients = True
     contrastive = True
     additive = True
@@ -325,6 +327,7 @@ class IntegratedGradients(_IntegratedGradients):
 
     name = "integrated_gradients"
     summary = "integrated gradients of the sequence log-likelihood along the straight path from a baseline"
+    cost = "per step 1 forward row and 1 backward pass, batched over the n target tokens for the matrix (token_scores=False: 1 output); steps double from 32 unless n_steps"
 
 
 class IntegratedGradientsAvg(_IntegratedGradients):
@@ -358,6 +361,7 @@ class IntegratedGradientsAvg(_IntegratedGradients):
     summary = (
         "IG-AVG: mean over target steps of the absolute integrated gradients of each step's log-probability"
     )
+    cost = "per step 1 forward row and 1 backward pass batched over the n target tokens"
     additive = False
     average = True
 
@@ -377,6 +381,7 @@ class IntegratedGradientsClipped(_IntegratedGradients):
 
     name = "ig_clipped"
     summary = "IGCG: integrated gradients with each gradient entry clipped at a threshold"
+    cost = "per step 1 forward row and 1 backward pass batched over the n target tokens"
     params = {
         **_IntegratedGradients.params,
         "threshold": Param(
@@ -407,6 +412,7 @@ class GradientShap(Method):
     name = "gradient_shap"
     family = "gradient"
     summary = "expected gradients over random baselines, path points and input noise"
+    cost = "per sample 1 forward row and 1 backward pass, batched over the n target tokens for the matrix"
     needs_gradients = True
     contrastive = True
     stochastic = True
@@ -474,6 +480,7 @@ class SmoothGrad(Method):
     name = "smoothgrad"
     family = "gradient"
     summary = "norm of the gradient averaged over noisy copies of the embeddings"
+    cost = "per sample 1 forward row and 1 backward pass, batched over the n target tokens for the matrix"
     needs_gradients = True
     contrastive = True
     stochastic = True

@@ -115,6 +115,7 @@ class LeaveOneOut(Method):
     family = "perturbation"
     contrastive = True
     summary = "v(x) - v(x without feature i), one feature (or group) removed at a time"
+    cost = "F + 1 forward rows (shared prompt prefixes run once)"
     additive = True
     params = {
         "groups": Param(
@@ -157,6 +158,7 @@ class ShapleyExact(Method):
     family = "perturbation"
     contrastive = True
     summary = "exact Shapley values by enumerating every coalition (up to 12 features)"
+    cost = "2^F forward rows"
     additive = True
 
     def attribute(self, problem: Problem) -> Output:

@@ -132,6 +132,7 @@ class ShapleySampling(SamplingMethod):
     family = "perturbation"
     contrastive = True
     summary = "Shapley values estimated from random feature permutations (exactly efficient)"
+    cost = "F - 1 forward rows per permutation, + 2 (or the budget)"
     additive = True
     default_samples = 26
     params = {
@@ -300,6 +301,7 @@ class KernelShap(SamplingMethod):
     family = "perturbation"
     contrastive = True
     summary = "Shapley values by Shapley-kernel weighted regression with exact efficiency"
+    cost = "1 forward row per coalition: n_samples (or the budget)"
     additive = True
     default_samples = 128
     params = {

@@ -147,6 +147,7 @@ class Lime(SamplingMethod):
     summary = (
         "weighted linear surrogate fitted on random coalitions (exponential kernel on the fraction kept)"
     )
+    cost = "1 forward row per coalition: n_samples (or the budget)"
     additive = True
     default_samples = 128
     params = {
@@ -280,6 +281,7 @@ class ContextCite(SamplingMethod):
     family = "perturbation"
     contrastive = True
     summary = "sparse linear surrogate (LASSO) of random ablations, its fit checked on held-out ones"
+    cost = "1 forward row per ablation: n_samples (or the budget)"
     default_samples = 64
     params = {
         **budget_params("random ablations, held-out ones included", "64", minimum=2),

@@ -283,6 +283,7 @@ class XPrompt(Method):
     name = "xprompt"
     family = "search"
     summary = "the k features whose joint removal most lowers p(y|x): gradient-guided swap search"
+    cost = "per iteration proposals_per_step forward rows, plus 1 forward row and 1 backward pass for the mask gradient"
     needs_gradients = True
     stochastic = True
     token_scores = False

@@ -140,6 +140,7 @@ class Gilot(Method):
         "optimal transport between the output distributions (beam-marginalised, J positions) with "
         "and without each feature"
     )
+    cost = "F + 1 beam searches of num_beams beams over n_positions positions, each position one forward pass"
     token_scores = True
     needs_target = False
     params = {
