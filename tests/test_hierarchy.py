@@ -131,7 +131,7 @@ def test_other_methods_give_consistent_shapes(lm, method, kw):
 
 
 def test_json_round_trip(lm, tmp_path):
-    res = _run(lm, method="shapley_sampling", n_samples=3, refine_top=1)
+    res = _run(lm, method="shapley_sampling", n_samples=4, refine_top=1)
     back = genattr.Attribution.load(res.save(tmp_path / "r.json"))
     assert back.level == "sentence>word" and back.extras == json.loads(json.dumps(res.extras))
     np.testing.assert_array_equal(back.scores, res.scores)

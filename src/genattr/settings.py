@@ -102,14 +102,14 @@ class Settings:
         return out
 
     def set_items(self, leave_out: tuple[str, ...] = ()) -> list[tuple[str, object]]:
-        """``(name, value)`` of the settings that are set (not None or False), in field order, but
-        for the names in ``leave_out``."""
+        """``(name, value)`` of the settings that are set (not None, a flag not at its default), in
+        field order, but for the names in ``leave_out``."""
         return [
-            (f.name, getattr(self, f.name))
+            (f.name, value)
             for f in fields(self)
             if f.name not in leave_out
-            and getattr(self, f.name) is not None
-            and getattr(self, f.name) is not False
+            and (value := getattr(self, f.name)) is not None
+            and not (isinstance(value, bool) and value == f.default)
         ]
 
 
