@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import math
 import re
 from html.parser import HTMLParser
 
@@ -14,7 +15,7 @@ from rich.console import Console
 
 from genattr import Attribution, Feature, Prompt, Settings, Target
 from genattr.errors import InputError
-from genattr.render import NEGATIVE, NEUTRAL, POSITIVE, fmt, visible
+from genattr.render import NEGATIVE, NEUTRAL, PALETTE, POSITIVE, colour, fmt, visible
 from genattr.render.html import render_fragment, render_html
 from genattr.render.plots import plot_attribution
 from genattr.render.terminal import print_attribution
@@ -182,6 +183,19 @@ def test_colours_follow_the_diverging_scale():
     assert (
         all(rgb(e["attrs"]["style"]) == NEUTRAL for e in spans) and spans[2]["attrs"]["title"] == "score inf"
     )
+
+
+def test_the_palette_is_colorbrewer_rdbu_through_its_stops():
+    """At |score| / scale = k / 5 the colour is the k-th stop out from the centre, on the side of
+    the sign; in between it is the channel-wise linear mix, rounded half up."""
+    assert (NEGATIVE, NEUTRAL, POSITIVE) == ((5, 48, 97), (247, 247, 247), (103, 0, 31))
+    for k in range(6):
+        assert colour(k / 5 * 3.0, 3.0) == PALETTE[5 + k]
+        assert colour(-k / 5 * 3.0, 3.0) == PALETTE[5 - k]
+    mid = colour(0.5, 1.0)  # halfway between stops 2 and 3 of the red side
+    expected = tuple(math.floor((a + b) / 2 + 0.5) for a, b in zip(PALETTE[7], PALETTE[8], strict=True))
+    assert mid == expected == (229, 131, 104)
+    assert colour(9.0, 1.0) == POSITIVE and colour(float("nan"), 1.0) == NEUTRAL
 
 
 def test_context_between_features_is_kept_uncoloured():
