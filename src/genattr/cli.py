@@ -9,7 +9,7 @@ idle threads sleep rather than spin unless ``OMP_WAIT_POLICY`` says otherwise (:
     genattr explain --model PATH --method leave_one_out --target " Paris" "The capital of France is"
     genattr methods
     genattr models
-    genattr render out.json --html out.html
+    genattr render out.json [more.json ...] --html out.html
     genattr benchmark --model zoo --methods leave_one_out,random --data zoo:recall --out runs/b1 --n 10
     genattr demo --model zoo
 """
@@ -244,15 +244,18 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_render(args: argparse.Namespace) -> int:
     from .files import check_writable, write_atomic
+    from .render.viewer import render_viewer
     from .result import Attribution
 
     if args.html:
         check_writable(args.html)
-    res = Attribution.load(args.file)
+    results = [Attribution.load(path) for path in args.files]
     if args.html:
-        write_atomic(Path(args.html), res.to_html(title=f"genattr: {res.method}"))
+        title = f"genattr: {', '.join(dict.fromkeys(res.method for res in results))}"
+        write_atomic(Path(args.html), render_viewer(results, title=title))
     if args.terminal or not args.html:
-        res.show()
+        for res in results:
+            res.show()
     return 0
 
 
@@ -429,9 +432,15 @@ def build_parser() -> argparse.ArgumentParser:
     mo = sub.add_parser("models", help="list the models loadable by name (--model NAME), installed or not")
     mo.set_defaults(func=cmd_models)
 
-    re_ = sub.add_parser("render", help="render a saved result")
-    re_.add_argument("file", help="a JSON file written by `genattr explain --json`")
-    re_.add_argument("--html", help="write a self-contained HTML page to this file")
+    re_ = sub.add_parser("render", help="render saved results")
+    re_.add_argument(
+        "files", nargs="+", metavar="FILE", help="JSON files written by `genattr explain --json`"
+    )
+    re_.add_argument(
+        "--html",
+        help="write one self-contained interactive page of all the results to this file "
+        "(results of the same prompt side by side or switched, other prompts grouped apart)",
+    )
     re_.add_argument("--terminal", action="store_true", help="also print it in the terminal")
     re_.set_defaults(func=cmd_render)
 
