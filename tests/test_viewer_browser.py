@@ -86,14 +86,21 @@ def open_view(browser, tmp_path):
         view.page.close()
 
 
+def scales(res: Attribution, row: int | None) -> tuple[float, float]:
+    """The prompt's and the output tokens' scales: the largest |score| of their columns in the row."""
+    values = res.scores if row is None else res.token_scores[row]
+    F = len(res.features)
+    return max_abs(values[:F]), max_abs(values[F:])
+
+
 def expected(res: Attribution, row: int | None) -> tuple[list, list]:
     """The prompt's and the output tokens' colours (None where undefined) of ``row`` of
-    ``token_scores``, or of the sequence scores when None, on that row's symmetric scale."""
+    ``token_scores``, or of the sequence scores when None, each on its own symmetric scale."""
     values = res.scores if row is None else res.token_scores[row]
-    scale = max_abs(values)
     F = len(res.features)
-    prompt = [colour(values[i], scale) for _, i in pieces(res) if i is not None]
-    outputs = [None if np.isnan(v) else colour(v, scale) for v in values[F:]]
+    prompt_scale, output_scale = scales(res, row)
+    prompt = [colour(values[i], prompt_scale) for _, i in pieces(res) if i is not None]
+    outputs = [None if np.isnan(v) else colour(v, output_scale) for v in values[F:]]
     return prompt, outputs
 
 
@@ -114,9 +121,11 @@ def test_an_output_token_colours_the_prompt_and_the_earlier_tokens_by_its_row(op
     view.page.click(f"{tokens}[data-k='2']")
     assert (view.backgrounds(prompt), token_colours(view, 0)) == expected(res, 2)
     assert token_colours(view, 0)[2:] == [None, None]  # a token's entry for itself and later ones
-    scale = fmt(max_abs(res.token_scores[2]))
-    legend = view.texts(view.panel(0) + " .ga-legend span")
-    assert legend[1:4:2] == [f"-{scale}", f"+{scale}"]
+    for name, scale in zip(("prompt", "out"), scales(res, 2), strict=True):
+        ends = view.texts(
+            f"{view.panel(0)} .ga-legend-{name} .ga-lo, {view.panel(0)} .ga-legend-{name} .ga-hi"
+        )
+        assert ends == [f"-{fmt(scale)}", f"+{fmt(scale)}"]
     view.page.hover(f"{tokens}[data-k='1']")  # a hover previews another row ...
     assert view.backgrounds(prompt) == expected(res, 1)[0]
     view.page.mouse.move(5, 5)  # ... and leaving it shows the selected one again

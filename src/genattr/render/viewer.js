@@ -98,10 +98,12 @@
     setTimeout(function () { URL.revokeObjectURL(a.href); }, 60000);
   }
 
-  function Legend(box, data) {
-    var ramp = node("span", "ga-ramp"), lo = node("span"), hi = node("span");
+  function Legend(box, data, what, note) {
+    /* The colour key of `what`: the palette from -scale to +scale, the range it is coloured on. */
+    var ramp = node("span", "ga-ramp"), lo = node("span", "ga-lo"), hi = node("span", "ga-hi");
     ramp.style.background = "linear-gradient(to right," + data.palette.map(rgb).join(",") + ")";
-    box.append(node("span", "ga-label", "legend"), lo, ramp, hi, node("span", "ga-note", data.legend));
+    box.append(node("span", "ga-label", "legend (" + what + ")"), lo, ramp, hi);
+    if (note) box.appendChild(node("span", "ga-note", data.legend));
     this.set = function (scale) { lo.textContent = "-" + fmt(scale); hi.textContent = "+" + fmt(scale); };
   }
 
@@ -251,7 +253,8 @@
       strip.appendChild(box);
     });
 
-    var legend = new Legend(el.querySelector(".ga-legend"), data);
+    var legend = new Legend(el.querySelector(".ga-legend-prompt"), data, "prompt", true);
+    var outLegend = view.target_columns ? new Legend(el.querySelector(".ga-legend-out"), data, "output tokens", false) : null;
     var table = new Table(el.querySelector(".ga-table"), view);
     var seq = el.querySelector(".ga-seq"), showing = el.querySelector(".ga-showing");
 
@@ -311,11 +314,13 @@
     });
 
     this.draw = function () {
-      /* Colour everything by the row of the token previewed or selected, else the sequence scores. */
+      /* Colour everything by the row of the token previewed or selected, else the sequence scores:
+       the prompt (and the features table) on the scale of the prompt's columns, the output tokens
+       on that of theirs, each with its legend. */
       var t = state.preview !== null ? state.preview : state.sel;
       var has = t !== null && matrix !== null && t >= view.first && t < view.stop;
       var values = has ? matrix.subarray((t - view.first) * cols, (t - view.first + 1) * cols) : scores;
-      var scale = maxAbs(values);
+      var scale = maxAbs(values.subarray(0, F)), outScale = maxAbs(values.subarray(F));
       shown = values;
       for (var i = 0; i < F; i++) {
         if (!spans[i]) continue;
@@ -327,13 +332,14 @@
         tok.box.classList.toggle("ga-sel", k === state.sel);
         if (tok.pick) tok.box.setAttribute("aria-pressed", String(k === state.sel));
         if (!view.target_columns) return;
-        var v = values[F + k], undef = isNaN(v), c = colour(v, scale, palette);
+        var v = values[F + k], undef = isNaN(v), c = colour(v, outScale, palette);
         tok.label.classList.toggle("ga-undef", undef);
         tok.label.style.backgroundColor = undef ? "" : rgb(c);
         tok.label.style.color = undef ? "" : ink(c);
       });
       seq.setAttribute("aria-pressed", String(state.sel === null));
       legend.set(scale);
+      if (outLegend) outLegend.set(outScale);
       showing.textContent = has
         ? "showing the row of output token " + (t + 1) + " \u201c" + view.tokens[t] + "\u201d"
         : t !== null ? "no row for output token " + (t + 1) + " here; showing the sequence scores"

@@ -12,7 +12,9 @@ prompts form separate groups on the same page.
 
 Colours: :func:`genattr.render.colour` (ColorBrewer RdBu), computed by the script from the same
 stops, on a scale symmetric around 0 that reaches full colour at the largest finite ``|score|`` of
-the row shown (prompt and output-token columns together); the legend shows that range.
+the row shown: the prompt's columns on one scale, the output tokens' columns (``attribute_target``)
+on another, each with a legend of its range (the token just before the one explained often
+outweighs the whole prompt by orders of magnitude, which one scale would leave blank).
 
 What the page embeds, and why it is safe:
 
@@ -117,7 +119,7 @@ def _view(res: Attribution, mark: Collection[int]) -> dict:
         "tokens": [visible(t) for t in res.target.tokens],
         "features": [visible(f.text) for f in res.features],
         "first": first,
-        "stop": stop if res.token_scores is not None else first,
+        "stop": stop,
         "n_features": len(res.features),
         "target_columns": bool(res.settings.attribute_target),
         "marks": sorted(int(i) for i in mark),
@@ -182,10 +184,11 @@ def _panel(res: Attribution, i: int) -> str:
         '<div class="ga-bar"><button type="button" class="ga-seq" aria-pressed="true">sequence scores'
         '</button><button type="button" class="ga-dl">download JSON</button>'
         '<span class="ga-showing" aria-live="polite"></span></div>'
-        '<div class="ga-legend"></div><div class="ga-label">prompt</div>'
+        '<div class="ga-legend ga-legend-prompt"></div><div class="ga-label">prompt</div>'
         '<div class="ga-text ga-prompt">(the interactive view needs JavaScript; trust the notebook '
         "or open the page in a browser)</div>"
         '<div class="ga-label">output tokens (hover, click, or Tab then arrows and Enter)</div>'
+        '<div class="ga-legend ga-legend-out"></div>'
         '<div class="ga-tokens" role="toolbar" aria-label="output tokens"></div>'
         '<div class="ga-label">features</div><div class="ga-table"></div></div>'
     )
