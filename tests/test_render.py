@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import math
 import re
 from html.parser import HTMLParser
@@ -160,6 +161,28 @@ def test_html_escapes_every_user_string(evil):
         for t, row in zip(evil.target.tokens, evil.token_scores, strict=True)
         for f, v in zip(evil.features, row, strict=True)
     ]
+
+
+def test_the_viewer_holds_every_user_string_as_inert_script_data(evil):
+    """The viewer's page: the header escaped as above, everything else inside its JSON, which
+    neither closes its <script> nor opens a comment, and reads back as the result's own text."""
+    from genattr.render.viewer import render_viewer
+
+    page = render_viewer([evil], title='<script>t</script>"', marks=[{1}])
+    assert page.lower().count("<script") == 2 and page.lower().count("</script") == 2
+    assert "alert(1)</script>" not in page and "<!--" not in page
+    data = json.loads(
+        page.split('<script type="application/json" class="ga-data">', 1)[1].split("</script>")[0]
+    )
+    (entry,) = data["results"]
+    rest = json.loads(entry["rest"])
+    assert rest["method"] == evil.method and rest["target_text"] == evil.target.text
+    assert rest["params"] == {"p": "<script>x</script>"} and rest["diagnostics"]["model"] == "<!--m-->"
+    assert [f["text"] for f in data["feature_lists"][0]] == [f.text for f in evil.features]
+    assert data["prompts"][0]["text"] == evil.prompt.text and entry["view"]["marks"] == [1]
+    doc = Page(page.split("<script", 1)[0] + "</div></body></html>")
+    assert doc.find("title")[0]["text"] == '<script>t</script>"'
+    assert evil.method in doc.find(cls="ga-head")[0]["text"]
 
 
 def test_fragment_is_a_scoped_div(evil):

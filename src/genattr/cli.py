@@ -433,14 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
     mo.set_defaults(func=cmd_models)
 
     re_ = sub.add_parser("render", help="render saved results")
-    re_.add_argument(
-        "files", nargs="+", metavar="FILE", help="JSON files written by `genattr explain --json`"
-    )
-    re_.add_argument(
-        "--html",
-        help="write one self-contained interactive page of all the results to this file "
-        "(results of the same prompt side by side or switched, other prompts grouped apart)",
-    )
+    re_.add_argument("files", nargs="+", metavar="FILE", help="JSON files of `genattr explain --json`")
+    re_.add_argument("--html", help="write one interactive page of all the results (grouped by prompt)")
     re_.add_argument("--terminal", action="store_true", help="also print it in the terminal")
     re_.set_defaults(func=cmd_render)
 
