@@ -68,6 +68,7 @@ BUILTIN: dict[str, str] = {
     "random": "genattr.algorithms.baseline:RandomBaseline",
     "aieg": "genattr.algorithms.aieg:Aieg",
     "deeplift": "genattr.algorithms.deeplift:DeepLift",
+    "discretized_ig": "genattr.algorithms.discretized_ig:DiscretizedIntegratedGradients",
     "gradient_shap": "genattr.algorithms.gradient_sampling:GradientShap",
     "ig_clipped": "genattr.algorithms.gradient:IntegratedGradientsClipped",
     "input_x_gradient": "genattr.algorithms.gradient:InputXGradient",
