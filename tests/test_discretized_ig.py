@@ -18,6 +18,7 @@ from genattr.algorithms.discretized_ig import anchor_paths, monotone, nearest_wo
 from genattr.errors import InvalidParameterError
 
 from .conftest import naive_log_probs
+from .test_gradient import QuadraticLM
 
 PROMPT = "The cat sat on the mat."
 TARGET = " and the bird sings"
@@ -171,6 +172,34 @@ def test_completeness_along_the_piecewise_path_as_it_is_refined(llama, rule, ord
     delta = runs[-1].scores.sum() - gap.sum()
     assert runs[-1].diagnostics["convergence_delta"] == pytest.approx(delta, abs=1e-5)
     assert runs[-1].diagnostics["n_steps"] == 6 and len(runs[-1].diagnostics["anchors"][0]) == 6
+
+
+@pytest.mark.parametrize("rule", ["riemann_left", "riemann_trapezoid"])
+def test_the_sum_runs_from_the_baseline_along_the_anchor_path_with_the_rule_asked(llama, rule):
+    """On a model whose gradient is known, B + C x (F quadratic in the embeddings), the attributions
+    are the rule's sum along p = (x', c_m, ..., c_1, x), written out here from :func:`anchor_paths`:
+    left, sum_k (p_{k+1} - p_k) . grad F(p_k); trapezoid, the mean of both ends' gradients."""
+    first = genattr.explain(llama, PROMPT, target=TARGET, method="input_x_gradient", level="token")
+    n, m = len(first.target.ids), 3
+    ids = [*first.prompt.input_ids, *first.target.ids[:-1]]
+    quad = QuadraticLM(llama, n, len(ids), curvature=5.0, max_batch_tokens=3 * (len(ids) + 1) * n)
+    res = _explain(quad, n_steps=m, n_neighbors=40, quadrature=rule, level="token", mask_token="eos")
+    positions = [f.positions[0] for f in res.features]
+    eos = llama.tokenizer.eos_token_id
+    x = vocabulary(llama, torch.tensor(ids))
+    base = x.clone()
+    base[positions] = vocabulary(llama, torch.tensor([eos]))
+    tokens = torch.tensor(ids)[positions]
+    points, _ = anchor_paths(llama, tokens, base[positions], m, 40, "greedy", 4096, eos)
+    path = [base, *(torch.index_put(x.clone(), (torch.tensor(positions),), c) for c in points.flip(0)), x]
+    expected = torch.zeros(n, len(ids), dtype=torch.float64)
+    for start, end in zip(path[:-1], path[1:], strict=True):
+        slope = {
+            "riemann_left": quad.B + quad.C * start,
+            "riemann_trapezoid": quad.B + quad.C * (start + end) / 2,
+        }
+        expected += ((end - start) * slope[rule]).sum(-1).double()
+    np.testing.assert_allclose(res.token_scores, expected[:, positions].numpy(), rtol=1e-4, atol=1e-6)
 
 
 # --------------------------------------------------------------------- ordinary IG as a special case
