@@ -38,8 +38,8 @@ def nearest_words(
     lm: LanguageModel, queries: torch.Tensor, k: int, chunk: int, own: torch.Tensor | None = None
 ) -> torch.Tensor:
     """The ids [Q, k] of the ``k`` vocabulary embeddings nearest each of ``queries`` [Q, d] in
-    Euclidean distance, nearest first (equal computed distances: lower id first), the query's own id
-    (``own`` [Q]) left out.
+    Euclidean distance, nearest first (equal computed distances: lower id first), the query's
+    own id (``own`` [Q]) left out.
 
     The vocabulary is read ``chunk`` rows at a time: each block's squared distances
     |q|^2 - 2 q.v + |v|^2 [Q, chunk] are merged with the k best so far. Memory: Q x (chunk + k)
@@ -176,8 +176,9 @@ class DiscretizedIntegratedGradients(_IntegratedGradients):
     c_0 = x; for k = 1..m (m = ``n_steps``), the anchor a_k is a vocabulary word among the
     ``n_neighbors`` nearest (Euclidean) the previous anchor a_{k-1} (a_0 the token itself), chosen
     by ``strategy``: ``greedy`` (DIG-GREEDY, the default of the authors' code) takes the word
-    nearest its monotonized self (monotonized between a_{k-1} and x'), ``maxcount`` (DIG-MAXCOUNT) the word with the most dimensions
-    lying between a_{k-1} and x'; the interpolation point is c_k = Monotonize(a_k), a_k in every
+    nearest its monotonized self (monotonized between a_{k-1} and x'), ``maxcount``
+    (DIG-MAXCOUNT) the word with the most dimensions lying between a_{k-1} and x'; ties go to
+    the nearer word. The interpolation point is c_k = Monotonize(a_k), a_k in every
     dimension where it lies between c_{k-1} and x', else c_{k-1} - (c_{k-1} - x') / m there.
     The path is p = (x', c_m, ..., c_1, x), monotone: every dimension moves from x towards x'
     and never back. The token itself, the baseline token and earlier anchors are never anchors
