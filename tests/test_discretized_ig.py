@@ -266,7 +266,7 @@ def test_bad_parameters_raise_typed_errors(llama):
         ({"quadrature": "gausslegendre"}, "quadrature must be one of riemann_left, riemann_trapezoid"),
         ({"upscale": 6}, "upscale must be at most 5"),
         ({"vocab_chunk": 0}, "vocab_chunk must be at least 1"),
-        ({"n_steps": 100, "upscale": 4}, "1616 points on the path, more than 1024; lower n_steps or upscale"),
+        ({"n_steps": 100, "upscale": 4}, "1617 points on the path, more than 1024; lower n_steps or upscale"),
     ]:
         with pytest.raises(InvalidParameterError, match=match):
             _explain(llama, **bad)

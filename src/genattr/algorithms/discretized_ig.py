@@ -205,7 +205,9 @@ class DiscretizedIntegratedGradients(_IntegratedGradients):
     of the whole vocabulary (scikit-learn's ``kneighbors_graph``, 500 neighbours) where this
     searches the neighbourhoods it needs, exactly (the same neighbours, ties to the lower id); a
     vocabulary smaller than ``n_neighbors`` + 1 is searched whole; the zero baseline has no token
-    to exclude; the trapezoid rule is an addition; the attributions are not divided by their norm
+    to exclude; the trapezoid rule is an addition and the default (the paper's left rule takes the
+    last segment's gradient at the baseline: on SmolLM2's 55-token chat prompt its sum missed
+    F(x) - F(x') by 96% at 30 steps, the trapezoid sum by 16%); the attributions are not divided by their norm
     (which would break completeness).
 
     Examples
@@ -242,8 +244,8 @@ class DiscretizedIntegratedGradients(_IntegratedGradients):
         ),
         "strategy": Param("greedy", "anchor choice: DIG-GREEDY or DIG-MAXCOUNT", str, choices=STRATEGIES),
         "quadrature": Param(
-            "riemann_left",
-            "sum along the path: the paper's left rule or the trapezoid rule",
+            "riemann_trapezoid",
+            "sum along the path: the trapezoid rule or the paper's left rule",
             str,
             choices=RULES,
         ),
