@@ -382,6 +382,21 @@ def test_each_row_of_the_matrix_is_its_target_tokens_own_propagation(tiny, arch)
     np.testing.assert_allclose(only.scores, res.scores, rtol=1e-5, atol=1e-7 * np.abs(res.scores).max())
 
 
+def test_a_budget_below_one_rows_outputs_splits_the_backward_pass_into_groups(tiny, monkeypatch):
+    """Memory bounded: under a budget of two outputs' worth of tokens, the backward pass from the
+    head's input runs in ceil(n / 2) groups, and the matrix is the same."""
+    lm = tiny["llama"]
+    whole = genattr.explain(lm, PROMPT, target=TARGET, method="lrp")
+    n, T = len(whole.target.ids), len(whole.prompt.input_ids) + len(whole.target.ids) - 1
+    assert whole.diagnostics["backward_passes"] == 2  # the head, then every token at once
+    assert whole.diagnostics["backward_tokens"] == n + T * n
+    monkeypatch.setattr(lm, "max_batch_tokens", 2 * T)
+    grouped = genattr.explain(lm, PROMPT, target=TARGET, method="lrp")
+    assert grouped.diagnostics["backward_passes"] == 1 + -(-n // 2)
+    assert grouped.diagnostics["backward_tokens"] == whole.diagnostics["backward_tokens"]
+    np.testing.assert_allclose(grouped.token_scores, whole.token_scores, rtol=1e-5, atol=1e-9)
+
+
 def test_prob_rows_are_the_log_prob_rows_times_p_and_logit_rows_start_at_the_logit(tiny):
     lm = tiny["qwen2"]
     log = genattr.explain(lm, PROMPT, target=TARGET, method="lrp")
