@@ -35,11 +35,11 @@ class Lrp(Method):
     * linear maps with constant coefficients (the rotary embedding, residual additions) pass
       relevance on in proportion (their gradient).
 
-    A token's relevance is the sum over the embedding dimension of its embedding's relevance,
-    R_i = sum_d e_{i,d} R~_{i,d} / e_{i,d} (gradient x input with the rules' modified gradients,
-    as the paper's code, LXT, computes it), and a feature's is the sum over its tokens. One row
-    per target token (F_t); the sequence row is the sum of the rows (log_prob), or with
-    ``objective="prob"`` its own row for p(y | x).
+    A token's relevance is the sum over the embedding dimension of the relevance of its
+    embedding's entries, R_i = sum_d e_{i,d} g_{i,d} with g the gradient that the rules' modified
+    backward pass gives (gradient x input, as the paper's code, LXT, computes it), and a feature's
+    is the sum over its tokens. One row per target token (F_t); the sequence row is the sum of
+    the rows (log_prob), or with ``objective="prob"`` its own row for p(y | x).
 
     Which quantity is explained: the problem's objective, so that ``lrp`` ranks what the other
     methods rank. log p_t = z_y - log sum_k exp(z_k) is a log-softmax of the logits z; it gets
@@ -72,8 +72,10 @@ class Lrp(Method):
     References
     ----------
     Achtibat, Hatefi, Dreyer, Jain, Wiegand, Lapuschkin and Samek, "AttnLRP: Attention-Aware
-    Layer-Wise Relevance Propagation for Transformers", ICML 2024 (Sec. 3, Eq. 7-9,
-    Proposition 3.1). Reference code: LXT, github.com/rachtibat/LRP-eXplains-Transformers.
+    Layer-Wise Relevance Propagation for Transformers", ICML 2024, Sec. 3: the epsilon rule
+    (Eq. 8), the uniform rule (Eq. 7, Propositions 3.2 and 3.3), the identity rule (Eq. 9,
+    Proposition 3.4 for normalisation) and the softmax rule (Proposition 3.1), numbered as LXT's
+    documentation cites them. Reference code: LXT, github.com/rachtibat/LRP-eXplains-Transformers.
 
     Examples
     --------
