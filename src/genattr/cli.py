@@ -7,6 +7,7 @@ need them, and transformers' logging and progress bars stay silent unless ``--ve
 idle threads sleep rather than spin unless ``OMP_WAIT_POLICY`` says otherwise (:func:`wait_passively`).
 
     genattr explain --model PATH --method leave_one_out --target " Paris" "The capital of France is"
+    genattr explain --model PATH --data prompts.jsonl --out results.jsonl [--ray local]
     genattr methods
     genattr models
     genattr render out.json --html out.html
@@ -25,6 +26,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ._version import __version__
+from .cli_data import (
+    add_dataset_options,
+    add_ray_options,
+    check_dataset_args,
+    cluster_option,
+    run_data_command,
+)
 from .defaults import (
     BASELINE_NAMES,
     DEFAULT_LEVEL,
@@ -43,10 +51,12 @@ from .text.segment import plain_levels
 
 def _configure_transformers(verbose: bool) -> None:
     """Silence transformers' and the hub's logging and progress bars (weight loading, GGUF
-    conversion, downloads) unless ``verbose``."""
+    conversion, downloads) unless ``verbose``, here and, through the environment, in the Ray
+    workers a run starts after this."""
     if verbose:
         return
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read by Ray's workers too
     from huggingface_hub.utils import disable_progress_bars
     from transformers.utils import logging
 
@@ -167,6 +177,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from .progress import progress_bar
 
     method_cls = registry.get(args.method)  # an unknown name fails before the model loads
+    check_dataset_args(args)
     if args.target is not None and not method_cls.needs_target:
         raise InvalidParameterError(
             f"{args.method} takes no --target: it explains the model's own likely outputs "
@@ -180,6 +191,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
         )
     params = {key: _param_value(method_cls, key, text) for key, text in args.param or []}
     mask_token = _mask_token_option(args)
+    if args.data is not None:
+        _configure_transformers(args.verbose)
+        return run_data_command(args, params, mask_token)
     for out in (args.json, args.html):
         if out:
             check_writable(out)
@@ -288,6 +302,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
             mask=args.mask,
             max_new_tokens=args.max_new_tokens,
             k=args.k,
+            cluster=cluster_option(args),
+            threads=args.threads,
         )
     if not args.quiet:
         print(_safe(result["table"], layout=True))
@@ -317,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     ex = sub.add_parser("explain", help="attribute a continuation to the prompt's features")
-    ex.add_argument("prompt", help="the prompt text")
+    ex.add_argument("prompt", nargs="?", help="the prompt text (or --data FILE for many)")
     ex.add_argument(
         "--chat",
         action="store_true",
@@ -414,6 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ex.add_argument("--quiet", "-q", action="store_true", help="no terminal output or progress bar")
     ex.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
+    add_dataset_options(ex)
     ex.set_defaults(func=cmd_explain)
 
     me = sub.add_parser(
@@ -469,6 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--dtype", default=None)
     be.add_argument("--quiet", "-q", action="store_true")
     be.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
+    add_ray_options(be)
     be.set_defaults(func=cmd_benchmark)
 
     de = sub.add_parser("demo", help="run the demo on the embedded default model")
