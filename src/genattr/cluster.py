@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -44,12 +44,15 @@ Task = Callable[["LanguageModel", Any], Any]
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What :func:`genattr.load` takes to load a model: a path, hub id or catalog name, a device
-    and a dtype (None: load's defaults)."""
+    """What :func:`genattr.load` takes to load a model: a path (kept as text), hub id or catalog
+    name, a device and a dtype (None: load's defaults)."""
 
     source: str
     device: str | None = None
     dtype: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "source", os.fspath(self.source))  # a path is kept as its text
 
     def load(self) -> LanguageModel:
         from .model import load
@@ -91,7 +94,7 @@ def completed(
     cluster: Cluster | None = None,
     threads: int | None = None,
     lm: LanguageModel | None = None,
-) -> Iterator[tuple[int, Any]]:
+) -> Generator[tuple[int, Any], None, None]:
     """``(index, task(model, items[index]))`` for every item, as each is done.
 
     Here (``cluster`` None) on ``lm``, or the model of ``spec`` loaded once, with ``threads`` torch
@@ -115,7 +118,9 @@ def torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _here(task: Task, items: Sequence, lm: LanguageModel, threads: int | None) -> Iterator[tuple[int, Any]]:
+def _here(
+    task: Task, items: Sequence, lm: LanguageModel, threads: int | None
+) -> Generator[tuple[int, Any], None, None]:
     with torch_threads(threads):
         for index, item in enumerate(items):
             yield index, task(lm, item)
@@ -183,7 +188,9 @@ def _connect(ray, cluster: Cluster) -> bool:
     return True
 
 
-def _on_ray(task: Task, items: Sequence, spec: ModelSpec, cluster: Cluster) -> Iterator[tuple[int, Any]]:
+def _on_ray(
+    task: Task, items: Sequence, spec: ModelSpec, cluster: Cluster
+) -> Generator[tuple[int, Any], None, None]:
     ray = import_ray()
     if not items:
         return

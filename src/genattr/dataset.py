@@ -29,6 +29,7 @@ import json
 import os
 import warnings
 from collections.abc import Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -305,10 +306,9 @@ def run_dataset(
     if not todo:
         return {"total": len(records), "reused": len(records), "computed": 0}
     task = partial(explain_record, options=dict(options), settings=settings)
-    for done, (index, line) in enumerate(
-        completed(task, todo, spec, cluster=cluster, threads=threads, lm=lm), 1
-    ):
-        store.append(line)
-        if progress is not None:
-            progress(done, len(todo), todo[index].source)
+    with closing(completed(task, todo, spec, cluster=cluster, threads=threads, lm=lm)) as results:
+        for done, (index, line) in enumerate(results, 1):
+            store.append(line)
+            if progress is not None:
+                progress(done, len(todo), todo[index].source)
     return {"total": len(records), "reused": len(records) - len(todo), "computed": len(todo)}

@@ -34,6 +34,7 @@ import resource
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -306,15 +307,17 @@ def run_benchmark(
     warn_not_reused(store, wanted, stamps)
     todo = [(m, it) for it in items for m in methods if wanted[m, it.id] not in store.done]
     task = partial(_row, metrics=tuple(metrics), seed=seed, options=options)
-    computed = completed(task, todo, ModelSpec.of(lm), cluster=cluster, threads=threads, lm=lm)
-    for done, (index, row) in enumerate(computed, start=1):
-        method, item = todo[index]
-        row = {**row, **stamps[item.id]}
-        store.append(row)
-        if on_row is not None:
-            on_row(row)
-        if progress is not None:
-            progress(done, len(todo), f"{method} on {item.id}")
+    with closing(
+        completed(task, todo, ModelSpec.of(lm), cluster=cluster, threads=threads, lm=lm)
+    ) as computed:
+        for done, (index, row) in enumerate(computed, start=1):
+            method, item = todo[index]
+            row = {**row, **stamps[item.id]}
+            store.append(row)
+            if on_row is not None:
+                on_row(row)
+            if progress is not None:
+                progress(done, len(todo), f"{method} on {item.id}")
     keys = set(wanted.values())
     rows = [r for r in store.rows if row_key(r) in keys]
     table_md, table_csv = tables(rows, methods, metrics)
