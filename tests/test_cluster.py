@@ -18,6 +18,8 @@ from genattr.errors import ClusterError, InvalidParameterError
 class FakeRay:
     """Records ``ray.init``'s keywords and the usage-reporting setting it saw."""
 
+    exceptions = SimpleNamespace(RayError=type("RayError", (Exception,), {}))
+
     def __init__(self, initialized: bool = False, fails: Exception | None = None) -> None:
         self.initialized, self.fails, self.calls = initialized, fails, []
 
@@ -54,10 +56,13 @@ def test_a_session_of_the_caller_is_used_as_it_is():
     assert _connect(ray, Cluster("local", workers=2)) is False and ray.calls == []
 
 
-def test_an_address_that_cannot_be_reached_is_a_cluster_error():
+def test_an_address_that_cannot_be_reached_or_a_token_refused_is_a_cluster_error():
     ray = FakeRay(fails=ConnectionError("could not find any running Ray instance"))
     with pytest.raises(ClusterError, match="cannot start or join the Ray cluster at auto: could not find"):
         _connect(ray, Cluster("auto"))
+    ray = FakeRay(fails=FakeRay.exceptions.RayError("token mismatch"))
+    with pytest.raises(ClusterError, match="at h:1: token mismatch; .* the cluster's token"):
+        _connect(ray, Cluster("h:1"))
 
 
 @pytest.mark.parametrize(

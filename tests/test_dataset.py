@@ -210,7 +210,8 @@ def test_the_command_runs_a_named_set_resumes_and_reports_a_bad_line(tmp_path, c
 def test_the_command_refuses_options_that_do_not_go_together(tmp_path, capsys, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
     assert main(["explain", *args]) == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err and len(err.splitlines()) == 1
 
 
 def test_reading_results_refuses_a_line_cut_short_and_names_a_bad_line(whole, tmp_path):
@@ -235,3 +236,18 @@ def test_a_repeated_result_line_is_a_typed_error(zoo, whole, tmp_path):
     out.write_text("\n".join([*lines, lines[1]]) + "\n")
     with pytest.raises(ResultFormatError, match="results.jsonl:5 repeats the result of line 2"):
         run_dataset(zoo, read_records(_data(tmp_path / "data.jsonl")), out, **OPTIONS)
+
+
+def test_render_reads_a_results_file_into_one_page(whole, tmp_path, capsys):
+    from genattr.render.html import render_html
+
+    page = tmp_path / "page.html"
+    assert main(["render", str(whole), "--html", str(page)]) == 0
+    results = read_results(whole)
+    assert page.read_text() == render_html(results, title="genattr: shapley_sampling")
+    assert page.read_text().count('<section class="genattr">') == len(RECORDS)
+    cut = tmp_path / "cut.jsonl"
+    cut.write_text(whole.read_text()[:-20])
+    capsys.readouterr()
+    assert main(["render", str(cut)]) == 2
+    assert "cut.jsonl:4 is cut short" in capsys.readouterr().err

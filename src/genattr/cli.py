@@ -168,16 +168,20 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    from .dataset import read_results
     from .files import check_writable, write_atomic
+    from .render.html import render_html
     from .result import Attribution
 
     if args.html:
         check_writable(args.html)
-    res = Attribution.load(args.file)
+    results = read_results(args.file) if args.file.endswith(".jsonl") else [Attribution.load(args.file)]
     if args.html:
-        write_atomic(Path(args.html), res.to_html(title=f"genattr: {res.method}"))
+        title = f"genattr: {', '.join(sorted({res.method for res in results}))}"
+        write_atomic(Path(args.html), render_html(results, title=title))
     if args.terminal or not args.html:
-        res.show()
+        for res in results:
+            res.show()
     return 0
 
 
@@ -358,7 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     mo.set_defaults(func=cmd_models)
 
     re_ = sub.add_parser("render", help="render a saved result")
-    re_.add_argument("file", help="a JSON file written by `genattr explain --json`")
+    re_.add_argument(
+        "file", help="a JSON file of `genattr explain --json`, or a .jsonl results file of `explain --data`"
+    )
     re_.add_argument("--html", help="write a self-contained HTML page to this file")
     re_.add_argument("--terminal", action="store_true", help="also print it in the terminal")
     re_.set_defaults(func=cmd_render)
