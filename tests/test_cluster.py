@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from genattr.cli import main
-from genattr.cluster import Cluster, ModelSpec, _connect, completed, import_ray
+from genattr.cluster import Cluster, ModelSpec, _connect, completed, fitting, import_ray
 from genattr.errors import ClusterError, InvalidParameterError
 
 
@@ -96,3 +96,16 @@ def test_a_local_run_gives_results_in_order_with_the_thread_count_it_was_given()
     got = list(completed(task, [3, 1, 2], ModelSpec("unused"), threads=1, lm=lm))
     assert got == [(0, ("stand-in", 6)), (1, ("stand-in", 2)), (2, ("stand-in", 4))]
     assert seen == [1, 1, 1] and torch.get_num_threads() == before
+
+
+def test_the_workers_are_those_asked_for_or_as_many_as_fit_and_never_more():
+    assert fitting(Cluster(workers=3, threads=2), 8) == 3
+    assert fitting(Cluster(threads=3), 8) == 2 and fitting(Cluster(), 5) == 5
+    with pytest.raises(
+        ClusterError, match=r"has 8 CPUs, too few for 3 worker\(s\) of 3 thread\(s\) .* at most 2 fit"
+    ):
+        fitting(Cluster(workers=3, threads=3), 8)
+    with pytest.raises(
+        ClusterError, match=r"has 2 CPUs, too few for 1 worker\(s\) of 4 thread\(s\) .* at most 0 fit"
+    ):
+        fitting(Cluster(threads=4), 2)

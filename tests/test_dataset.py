@@ -14,7 +14,7 @@ import pytest
 import genattr
 from genattr.cli import main
 from genattr.dataset import Record, read_records, read_results, run_dataset
-from genattr.errors import DataFormatError, GenattrWarning, InputError, ResultFormatError
+from genattr.errors import ContextLengthError, DataFormatError, GenattrWarning, InputError, ResultFormatError
 from genattr.evaluate.datasets import data_dir
 from genattr.zoo import examples
 
@@ -251,3 +251,12 @@ def test_render_reads_a_results_file_into_one_page(whole, tmp_path, capsys):
     capsys.readouterr()
     assert main(["render", str(cut)]) == 2
     assert "cut.jsonl:4 is cut short" in capsys.readouterr().err
+
+
+def test_an_error_of_one_record_names_it_and_keeps_the_results_before_it(zoo, tmp_path):
+    too_long = " ".join(["a"] * 2 * zoo.model.config.max_position_embeddings)
+    data = _data(tmp_path / "data.jsonl", [RECORDS[0], {"prompt": "copy a b again a", "target": too_long}])
+    out = tmp_path / "results.jsonl"
+    with pytest.raises(ContextLengthError, match=r"^\S*data.jsonl:2: "):
+        run_dataset(zoo, read_records(data), out, **OPTIONS)
+    assert [json.loads(line)["request"]["id"] for line in out.read_text().splitlines()] == ["first"]

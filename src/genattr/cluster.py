@@ -193,6 +193,19 @@ def _connect(ray, cluster: Cluster) -> bool:
     return True
 
 
+def fitting(cluster: Cluster, cpus: int) -> int:
+    """The actors of ``cluster`` on ``cpus`` CPUs: ``workers``, or as many as fit (``cpus //
+    threads``); a ClusterError when they do not fit (an actor that cannot be placed waits forever)."""
+    fit = cpus // cluster.threads
+    if fit < 1 or (cluster.workers or 0) > fit:
+        raise ClusterError(
+            f"the Ray cluster has {cpus} CPUs, too few for {cluster.workers or 1} worker(s) of "
+            f"{cluster.threads} thread(s) each (one CPU a thread): at most {fit} fit; ask for fewer "
+            "--workers or --threads, or add nodes."
+        )
+    return cluster.workers or fit
+
+
 def _on_ray(
     task: Task, items: Sequence, spec: ModelSpec, cluster: Cluster
 ) -> Generator[tuple[int, Any], None, None]:
@@ -203,8 +216,7 @@ def _on_ray(
     actors: list = []
     try:
         chunks = deque(_chunks(list(enumerate(items)), cluster.chunk))
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        workers = min(cluster.workers or max(1, cpus // cluster.threads), len(chunks))
+        workers = min(fitting(cluster, int(ray.cluster_resources().get("CPU", 0))), len(chunks))
         remote = ray.remote(Worker).options(num_cpus=cluster.threads)
         actors = [remote.remote(spec, cluster.threads, task) for _ in range(workers)]
         running: dict = {}
