@@ -179,12 +179,7 @@ def _connect(ray, cluster: Cluster) -> bool:
             ray.init(num_cpus=cpus, include_dashboard=False)
         else:
             ray.init(address=cluster.address)
-    except (
-        ConnectionError,
-        RuntimeError,
-        ValueError,
-        ray.exceptions.RayError,
-    ) as exc:  # RayError: a token refused
+    except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:  # or a token refused
         where = "a local Ray cluster" if cluster.address == LOCAL else f"the Ray cluster at {cluster.address}"
         raise ClusterError(
             f"cannot start or join {where}: {exc}; check the address (`ray status` on the head node "
