@@ -39,7 +39,7 @@ from .api import explain
 from .cluster import Cluster, ModelSpec, completed
 from .defaults import DEFAULT_SEED
 from .errors import DataFormatError, GenattrError, GenattrWarning, InputError, ResultFormatError
-from .io import jsonable
+from .io import SCHEMA, jsonable
 from .jsonl import JsonlStore, json_object
 from .model import LanguageModel
 from .progress import Progress, checked
@@ -198,7 +198,7 @@ def parse_line(line: bytes, where: str) -> dict:
     data = json_object(line, where, what, fix)
     request = data.get("request")
     if (
-        data.get("schema") != "genattr.attribution"
+        data.get("schema") != SCHEMA
         or not isinstance(request, dict)
         or not isinstance(request.get("input_hash"), str)
         or not isinstance(request.get("settings"), dict)
