@@ -109,6 +109,26 @@ def test_render_and_methods_commands(model_dirs, tmp_path, capsys):
     assert "leave_one_out" in capsys.readouterr().out
 
 
+def test_render_puts_several_results_on_one_page_grouped_by_prompt(model_dirs, tmp_path, capsys):
+    """Two methods on one prompt share a group (a method switch), a third result of another
+    prompt has its own; --terminal prints each result."""
+    from genattr.render.viewer import render_viewer
+
+    runs = [("leave_one_out", "Hello there"), ("random", "Hello there"), ("leave_one_out", "Bye now")]
+    paths = []
+    for k, (method, prompt) in enumerate(runs):
+        paths.append(tmp_path / f"r{k}.json")
+        argv = ["explain", "--model", str(model_dirs["gpt2"]), "-q", "--max-new-tokens", "2"]
+        assert main([*argv, "--method", method, "--json", str(paths[-1]), prompt]) == 0
+    page = tmp_path / "page.html"
+    assert main(["render", *map(str, paths), "--html", str(page), "--terminal"]) == 0
+    results = [genattr.Attribution.load(p) for p in paths]
+    assert page.read_text() == render_viewer(results, title="genattr: leave_one_out, random")
+    text = page.read_text()
+    assert text.count('class="ga-group"') == 2 and text.count('class="ga-method"') == 2
+    assert capsys.readouterr().out.count("method leave_one_out") == 2
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

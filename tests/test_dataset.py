@@ -239,13 +239,15 @@ def test_a_repeated_result_line_is_a_typed_error(zoo, whole, tmp_path):
 
 
 def test_render_reads_a_results_file_into_one_page(whole, tmp_path, capsys):
-    from genattr.render.html import render_html
+    from genattr.render.viewer import render_viewer
 
     page = tmp_path / "page.html"
-    assert main(["render", str(whole), "--html", str(page)]) == 0
+    saved = tmp_path / "alone.json"  # a saved result beside a results file: one page of both
+    read_results(whole)[0].save(saved)
+    assert main(["render", str(whole), str(saved), "--html", str(page)]) == 0
     results = read_results(whole)
-    assert page.read_text() == render_html(results, title="genattr: shapley_sampling")
-    assert page.read_text().count('<section class="genattr">') == len(RECORDS)
+    assert len(results) == len(RECORDS)
+    assert page.read_text() == render_viewer([*results, results[0]], title="genattr: shapley_sampling")
     cut = tmp_path / "cut.jsonl"
     cut.write_text(whole.read_text()[:-20])
     capsys.readouterr()

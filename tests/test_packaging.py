@@ -85,7 +85,7 @@ def test_the_version_is_read_from_the_package_metadata(monkeypatch):
     assert _version.installed_version() == _version.UNKNOWN and Version(_version.UNKNOWN)
 
 
-def test_the_wheel_ships_the_typing_marker_and_the_zoo_model(tmp_path):
+def test_the_wheel_ships_the_typing_marker_the_zoo_model_and_the_viewer_assets(tmp_path):
     """Built offline from a copy of the sources, with the pinned backend installed here."""
     pytest.importorskip("setuptools")
     source = tmp_path / "source"
@@ -110,3 +110,4 @@ def test_the_wheel_ships_the_typing_marker_and_the_zoo_model(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "genattr/py.typed" in names and "genattr/protocols.py" in names
     assert {"genattr/zoo/model/model.safetensors", "genattr/zoo/model/tokenizer.json"} <= names
+    assert {"genattr/render/viewer.js", "genattr/render/viewer.css"} <= names  # inlined by the viewer

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
+import math
 import re
 from html.parser import HTMLParser
 
@@ -14,7 +16,7 @@ from rich.console import Console
 
 from genattr import Attribution, Feature, Prompt, Settings, Target
 from genattr.errors import InputError
-from genattr.render import NEGATIVE, NEUTRAL, POSITIVE, fmt, visible
+from genattr.render import NEGATIVE, NEUTRAL, PALETTE, POSITIVE, colour, fmt, visible
 from genattr.render.html import render_fragment, render_html
 from genattr.render.plots import plot_attribution
 from genattr.render.terminal import print_attribution
@@ -161,13 +163,35 @@ def test_html_escapes_every_user_string(evil):
     ]
 
 
+def test_the_viewer_holds_every_user_string_as_inert_script_data(evil):
+    """The viewer's page: the header escaped as above, everything else inside its JSON, which
+    neither closes its <script> nor opens a comment, and reads back as the result's own text."""
+    from genattr.render.viewer import render_viewer
+
+    page = render_viewer([evil], title='<script>t</script>"', marks=[{1}])
+    assert page.lower().count("<script") == 2 and page.lower().count("</script") == 2
+    assert "alert(1)</script>" not in page and "<!--" not in page
+    data = json.loads(
+        page.split('<script type="application/json" class="ga-data">', 1)[1].split("</script>")[0]
+    )
+    (entry,) = data["results"]
+    rest = json.loads(entry["rest"])
+    assert rest["method"] == evil.method and rest["target_text"] == evil.target.text
+    assert rest["params"] == {"p": "<script>x</script>"} and rest["diagnostics"]["model"] == "<!--m-->"
+    assert [f["text"] for f in data["feature_lists"][0]] == [f.text for f in evil.features]
+    assert data["prompts"][0]["text"] == evil.prompt.text and entry["view"]["marks"] == [1]
+    doc = Page(page.split("<script", 1)[0] + "</div></body></html>")
+    assert doc.find("title")[0]["text"] == '<script>t</script>"'
+    assert evil.method in doc.find(cls="ga-head")[0]["text"]
+
+
 def test_fragment_is_a_scoped_div(evil):
     fragment = render_fragment(evil)
     assert fragment.startswith('<div class="genattr"><style>') and "<html" not in fragment
     assert "<script" not in fragment.lower() and "<!--" not in fragment
     doc = Page(fragment)
     assert doc.elements[0]["tag"] == "div" and doc.find(cls="ga-target")[0]["text"] == evil.target.text
-    assert evil._repr_html_() == fragment and evil.to_html().startswith("<!DOCTYPE html>")
+    assert evil.to_html().startswith("<!DOCTYPE html>")
 
 
 # --------------------------------------------------------------------------- HTML: content
@@ -182,6 +206,19 @@ def test_colours_follow_the_diverging_scale():
     assert (
         all(rgb(e["attrs"]["style"]) == NEUTRAL for e in spans) and spans[2]["attrs"]["title"] == "score inf"
     )
+
+
+def test_the_palette_is_colorbrewer_rdbu_through_its_stops():
+    """At |score| / scale = k / 5 the colour is the k-th stop out from the centre, on the side of
+    the sign; in between it is the channel-wise linear mix, rounded half up."""
+    assert (NEGATIVE, NEUTRAL, POSITIVE) == ((5, 48, 97), (247, 247, 247), (103, 0, 31))
+    for k in range(6):
+        assert colour(k / 5 * 3.0, 3.0) == PALETTE[5 + k]
+        assert colour(-k / 5 * 3.0, 3.0) == PALETTE[5 - k]
+    mid = colour(0.5, 1.0)  # halfway between stops 2 and 3 of the red side
+    expected = tuple(math.floor((a + b) / 2 + 0.5) for a, b in zip(PALETTE[7], PALETTE[8], strict=True))
+    assert mid == expected == (229, 131, 104)
+    assert colour(9.0, 1.0) == POSITIVE and colour(float("nan"), 1.0) == NEUTRAL
 
 
 def test_context_between_features_is_kept_uncoloured():

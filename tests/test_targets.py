@@ -304,7 +304,9 @@ def test_the_views_draw_the_output_tokens_as_features(tiny):
     res = genattr.explain(tiny, PROMPT, target=TARGET, level="token", attribute_target=True)
     hostile = dataclasses.replace(res.target, tokens=("<b>x</b>", *res.target.tokens[1:]))
     res = dataclasses.replace(res, target=hostile)
-    page = res.to_html()
+    from genattr.render.html import render_html
+
+    page = render_html([res])
     n, F = len(res.target.ids), len(res.features)
     assert page.count('class="ga-undef"') == int(np.isnan(res.token_scores).sum()) == n * (n + 1) // 2
     assert page.count('class="ga-f ga-out"') == n  # each output token coloured by its score

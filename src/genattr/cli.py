@@ -10,7 +10,7 @@ idle threads sleep rather than spin unless ``OMP_WAIT_POLICY`` says otherwise (:
     genattr explain --model PATH --data prompts.jsonl --out results.jsonl [--ray local]
     genattr methods
     genattr models
-    genattr render out.json --html out.html
+    genattr render out.json [more.json ...] --html out.html
     genattr benchmark --model zoo --methods leave_one_out,random --data zoo:recall --out runs/b1 --n 10
     genattr demo --model zoo
 """
@@ -170,15 +170,19 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_render(args: argparse.Namespace) -> int:
     from .dataset import read_results
     from .files import check_writable, write_atomic
-    from .render.html import render_html
+    from .render.viewer import render_viewer
     from .result import Attribution
 
     if args.html:
         check_writable(args.html)
-    results = read_results(args.file) if args.file.endswith(".jsonl") else [Attribution.load(args.file)]
+    results = [
+        res
+        for path in args.files
+        for res in (read_results(path) if path.endswith(".jsonl") else [Attribution.load(path)])
+    ]
     if args.html:
-        title = f"genattr: {', '.join(sorted({res.method for res in results}))}"
-        write_atomic(Path(args.html), render_html(results, title=title))
+        title = f"genattr: {', '.join(dict.fromkeys(res.method for res in results))}"
+        write_atomic(Path(args.html), render_viewer(results, title=title))
     if args.terminal or not args.html:
         for res in results:
             res.show()
@@ -361,11 +365,14 @@ def build_parser() -> argparse.ArgumentParser:
     mo = sub.add_parser("models", help="list the models loadable by name (--model NAME), installed or not")
     mo.set_defaults(func=cmd_models)
 
-    re_ = sub.add_parser("render", help="render a saved result")
+    re_ = sub.add_parser("render", help="render saved results")
     re_.add_argument(
-        "file", help="a JSON file of `genattr explain --json`, or a .jsonl results file of `explain --data`"
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help="JSON files of `genattr explain --json`, or .jsonl results files of `explain --data`",
     )
-    re_.add_argument("--html", help="write a self-contained HTML page to this file")
+    re_.add_argument("--html", help="write one interactive page of all the results (grouped by prompt)")
     re_.add_argument("--terminal", action="store_true", help="also print it in the terminal")
     re_.set_defaults(func=cmd_render)
 

@@ -409,16 +409,17 @@ class Attribution:
             f"target={self.target.text!r}, top=[{best}])"
         )
 
-    def to_html(self, *, title: str = "genattr report", mark=None) -> str:
-        """A self-contained HTML page; ``mark`` is a set of feature indices to outline (ground truth)."""
-        from .render.html import render_html
+    def to_html(self, *, title: str = "genattr viewer", mark=None) -> str:
+        """A self-contained interactive HTML page (:mod:`genattr.render.viewer`); ``mark`` is a set
+        of feature indices to outline (ground truth)."""
+        from .render.viewer import render_viewer
 
-        return render_html([self], title=title, marks=None if mark is None else [mark])
+        return render_viewer([self], title=title, marks=None if mark is None else [mark])
 
     def _repr_html_(self) -> str:
-        from .render.html import render_fragment
+        from .render.viewer import viewer_fragment
 
-        return render_fragment(self)
+        return viewer_fragment([self])
 
     def show(self, console=None, mark=None) -> None:
         """Print the result to the terminal (rich: coloured backgrounds, a legend, then the step

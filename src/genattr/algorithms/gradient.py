@@ -248,11 +248,9 @@ class _IntegratedGradients(Method):
     def _integral(
         self, ep: EmbeddedPrompt, x: torch.Tensor, base: torch.Tensor, n_steps: int
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Signed IG with ``n_steps`` quadrature points: (sequence scores [F], token rows [n, F],
-        None on the sequence-only path)."""
-        alphas, weights = quadrature(n_steps, self.quadrature)
-        delta = x - base
-        rows = base[None] + alphas.to(x)[:, None, None] * delta[None]
+        """Signed IG with ``n_steps`` points on :meth:`_path`: (sequence scores [F], token rows
+        [n, F], None on the sequence-only path)."""
+        rows, weights, steps = self._path(ep, x, base, n_steps)
         # IG-AVG's score is made of the rows, and clipped IG clips each token's gradient
         only = ep.sequence_only and not self.average and self._clip() is None
         seq = (_own_sequence_row(ep) or only) and not self.average
@@ -262,19 +260,32 @@ class _IntegratedGradients(Method):
             _factor(ep, seq),
             weights,
             sequence=seq,
-            multipliers=delta,
+            multipliers=steps,
             clip=self._clip(),
             sequence_only=only,
         )
         return _scores_from_positions(ep, sums.sum(-1), seq)
 
-    def _warn(self, n_steps: int, delta: float, relative: float) -> None:
+    def _path(
+        self, ep: EmbeddedPrompt, x: torch.Tensor, base: torch.Tensor, n_steps: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The points p_k [K, T, d], weights w_k [K] and steps s_k ([T, d] or [K, T, d]) of the sum
+        sum_k w_k s_k . grad F(p_k): here the straight line p_k = x' + alpha_k (x - x') at the
+        quadrature's nodes, with s_k = x - x'."""
+        alphas, weights = quadrature(n_steps, self.quadrature)
+        return base[None] + alphas.to(x)[:, None, None] * (x - base)[None], weights, x - base
+
+    def _advice(self) -> str:
+        """What the ConvergenceWarning tells the user to do."""
         advice = "raise max_steps" if self.n_steps is None else "raise n_steps (or leave it unset)"
         if self.baselines == "zero":
             advice += ", or use baselines='token' (a zero embedding is a hard path for models that normalise their inputs)"
+        return advice
+
+    def _warn(self, n_steps: int, delta: float, relative: float) -> None:
         warnings.warn(
             f"{self.name}: the attributions miss F(x) - F(x') by {relative:.0%} (convergence delta "
-            f"{delta:.4g}) with n_steps={n_steps}; {advice}.",
+            f"{delta:.4g}) with n_steps={n_steps}; {self._advice()}.",
             ConvergenceWarning,
             stacklevel=3,
         )
@@ -392,123 +403,3 @@ class IntegratedGradientsClipped(_IntegratedGradients):
 
     def _clip(self) -> float | None:
         return self.threshold
-
-
-# --------------------------------------------------------------------- sampling methods
-class GradientShap(Method):
-    """GradientSHAP ("A Unified Approach to Interpreting Model Predictions", Lundberg and Lee, 2017;
-    as Captum's GradientShap computes it): expected gradients over random
-    baselines and random points on the path,
-
-        phi_i = E_{b, alpha, eps} [ sum_d (x~ - b)_{i,d} dF(b + alpha (x~ - b)) / dx_{i,d} ],  x~ = x + eps,
-
-    with alpha ~ U(0, 1), eps ~ N(0, stdevs^2) on the feature tokens' embeddings, estimated from
-    ``n_samples`` draws. ``baselines='random'`` draws the embedding of a uniformly random
-    vocabulary token at each feature position; ``zero`` and ``token`` use one fixed baseline (a
-    Monte Carlo estimate of integrated gradients). ``diagnostics['convergence_delta']`` is
-    sum_i phi_i minus the average of F(x~) - F(b) over the draws (zero in expectation).
-    """
-
-    name = "gradient_shap"
-    family = "gradient"
-    summary = "expected gradients over random baselines, path points and input noise"
-    cost = "per sample 1 forward row and 1 backward pass, batched over the n target tokens for the matrix"
-    needs_gradients = True
-    contrastive = True
-    stochastic = True
-    additive = True
-    convergence_delta = True
-    params = {
-        "n_samples": Param(
-            5, "random (baseline, alpha, noise) draws", int, minimum=1, maximum=MAX_GRADIENT_POINTS
-        ),
-        "stdevs": Param(
-            0.0, "standard deviation of the Gaussian noise added to the embeddings", float, minimum=0.0
-        ),
-        "baselines": Param(
-            "random",
-            "baseline distribution: random vocabulary tokens, zero, or the baseline token",
-            str,
-            choices=("random", *BASELINES),
-        ),
-    }
-    n_samples: int
-    stdevs: float
-    baselines: str
-
-    def attribute(self, problem: Problem) -> Output:
-        ep = embedded(problem)
-        gen = problem.generator()
-        k = self.n_samples
-        if self.baselines == "random":
-            bases = ep.random_token_baselines(k, gen)
-        else:
-            bases = ep.baseline(self.baselines)[None].expand(k, -1, -1)
-        alphas = torch.rand(k, generator=gen).to(ep.embeds)
-        noise = torch.randn(k, *ep.embeds.shape, generator=gen).to(ep.embeds) * self.stdevs
-        noisy = ep.embeds[None] + noise * ep.covered[None, :, None]
-        rows = bases + alphas[:, None, None] * (noisy - bases)
-        seq = _own_sequence_row(ep) or ep.sequence_only
-        weights = torch.full((k,), 1.0 / k, dtype=torch.float64)
-        sums = gradient_sums(
-            ep,
-            rows,
-            _factor(ep, seq),
-            weights,
-            sequence=seq,
-            multipliers=noisy - bases,
-            sequence_only=ep.sequence_only,
-        )
-        scores, tokens = _scores_from_positions(ep, sums.sum(-1), seq)
-        ends = _objective_values(ep, torch.cat([noisy, bases]))
-        gap = (ends[:k] - ends[k:]).mean(0)
-        delta = completeness_gap(scores, tokens, gap).delta
-        return Output(scores, tokens, diagnostics={"convergence_delta": delta})
-
-
-class SmoothGrad(Method):
-    """SmoothGrad (Smilkov et al., 2017, "SmoothGrad: removing noise by adding noise"): the
-    gradient averaged over noisy copies of the input, reported as a per-token norm like
-    ``saliency``:
-
-        a_i = || (1/N) sum_k dF(x + eps_k) / de_i ||_2,   eps_k ~ N(0, sigma^2) on feature tokens.
-
-    ``stdevs`` is sigma; left unset it is 15% of the spread (max - min) of the feature tokens'
-    embedding entries, the noise level the paper recommends (10-20% of the input's range).
-    """
-
-    name = "smoothgrad"
-    family = "gradient"
-    summary = "norm of the gradient averaged over noisy copies of the embeddings"
-    cost = "per sample 1 forward row and 1 backward pass, batched over the n target tokens for the matrix"
-    needs_gradients = True
-    contrastive = True
-    stochastic = True
-    params = {
-        "n_samples": Param(50, "noisy samples", int, minimum=1, maximum=MAX_GRADIENT_POINTS),
-        "stdevs": Param(
-            None,
-            "noise standard deviation (default: 15% of the embeddings' range)",
-            float,
-            minimum=0.0,
-            optional=True,
-        ),
-    }
-    n_samples: int
-    stdevs: float | None
-
-    def attribute(self, problem: Problem) -> Output:
-        ep = embedded(problem)
-        k = self.n_samples
-        sigma = self.stdevs
-        if sigma is None:
-            values = ep.embeds[ep.covered]
-            sigma = 0.15 * float(values.max() - values.min())
-        noise = torch.randn(k, *ep.embeds.shape, generator=problem.generator()).to(ep.embeds) * sigma
-        rows = ep.embeds[None] + noise * ep.covered[None, :, None]
-        weights = torch.full((k,), 1.0 / k, dtype=torch.float64)
-        sums = gradient_sums(
-            ep, rows, _factor(ep, True), weights, sequence=True, sequence_only=ep.sequence_only
-        )
-        scores, tokens = _scores_from_positions(ep, sums.norm(dim=-1), True)
-        return Output(scores, tokens, diagnostics={"stdevs": sigma})

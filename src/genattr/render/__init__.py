@@ -4,8 +4,10 @@ the prompt cut into scored features and the context between them, and the header
 :mod:`.html` writes report pages and notebook fragments, :mod:`.terminal` prints with rich,
 :mod:`.plots` draws with matplotlib. Importing this package imports neither rich nor matplotlib.
 
-Colours: white at 0, :data:`POSITIVE` (red) at the largest absolute score, :data:`NEGATIVE`
-(blue) at minus it; a non-finite score is white.
+Colours: ColorBrewer's diverging RdBu in 11 classes (:data:`PALETTE`, colour-blind safe, the
+colours of matplotlib's ``RdBu_r`` that :mod:`.plots` draws heatmaps with), interpolated linearly:
+:data:`NEUTRAL` (near-white) at 0, :data:`POSITIVE` (dark red) at the largest absolute score,
+:data:`NEGATIVE` (dark blue) at minus it; a non-finite score is :data:`NEUTRAL`.
 """
 
 from __future__ import annotations
@@ -17,9 +19,21 @@ import numpy as np
 
 RGB = tuple[int, int, int]
 
-POSITIVE: RGB = (214, 39, 40)
-NEGATIVE: RGB = (31, 119, 180)
-NEUTRAL: RGB = (255, 255, 255)
+PALETTE: tuple[RGB, ...] = (
+    (5, 48, 97),
+    (33, 102, 172),
+    (67, 147, 195),
+    (146, 197, 222),
+    (209, 229, 240),
+    (247, 247, 247),
+    (253, 219, 199),
+    (244, 165, 130),
+    (214, 96, 77),
+    (178, 24, 43),
+    (103, 0, 31),
+)
+"""ColorBrewer RdBu, 11 classes, from -1 (blue) through 0 to +1 (red), evenly spaced."""
+NEGATIVE, NEUTRAL, POSITIVE = PALETTE[0], PALETTE[5], PALETTE[-1]
 KEY_DIAGNOSTICS = ("model", "forward_passes", "tokens_processed", "seconds")
 HEADER_SETTINGS = ("level", "objective")
 OBJECTIVE_UNITS = {"log_prob": "nats", "prob": "probability"}
@@ -28,7 +42,7 @@ STEP_CAPTION = (
     "step scores: p = p(token | prompt, earlier tokens); log p and entropy in nats; rank 1 = the "
     "model's top choice; contrast = log p(token) - log p(foil token)"
 )
-LEGEND = "red: positive score, blue: negative, white: 0; intensity is |score| / max |score|"
+LEGEND = "red: positive score, blue: negative, near-white: 0; intensity is |score| / max |score|"
 
 
 def max_abs(values) -> float:
@@ -40,12 +54,17 @@ def max_abs(values) -> float:
 
 
 def colour(value: float, scale: float) -> RGB:
-    """The colour of ``value`` on the diverging scale that reaches full colour at ``±scale``."""
+    """The colour of ``value`` on the diverging scale that reaches full colour at ``±scale``: with
+    ``u = 5 min(|value| / scale, 1)`` the stops of :data:`PALETTE` from the centre outwards on the
+    side of the sign, ``c = a + (b - a)(u - k)`` between stops ``k`` and ``k + 1``, each channel
+    rounded half up. The viewer's script (``viewer.js``) computes the same numbers in the same order.
+    """
     if not math.isfinite(value):
         return NEUTRAL
-    t = max(-1.0, min(1.0, value / scale))
-    end = POSITIVE if t > 0 else NEGATIVE
-    r, g, b = (round(w + (e - w) * abs(t)) for w, e in zip(NEUTRAL, end, strict=True))
+    u = min(abs(value) / scale, 1.0) * 5
+    k = min(math.floor(u), 4)
+    stops = PALETTE[5:] if value > 0 else PALETTE[5::-1]
+    r, g, b = (math.floor(a + (b - a) * (u - k) + 0.5) for a, b in zip(stops[k], stops[k + 1], strict=True))
     return r, g, b
 
 

@@ -1,5 +1,7 @@
-"""HTML renderings: a self-contained report page (:func:`render_html`) and a notebook fragment
-(:func:`render_fragment`). Inline CSS only, no scripts, no external resources.
+"""Static HTML renderings: a self-contained report page (:func:`render_html`, what ``genattr demo``
+writes) and a fragment (:func:`render_fragment`) for places that strip scripts. Inline CSS only,
+no scripts, no external resources; the interactive page of ``Attribution.to_html`` and the
+notebook view are :mod:`.viewer`'s.
 
 Every piece of text from the result (prompt, features, tokens, target, the names of the step
 scores, method, parameters, diagnostics, captions, the title) goes through :func:`html.escape` with ``quote=True``, in text
@@ -65,7 +67,8 @@ def _style(value: float, scale: float) -> str:
     return f"background:{_rgb(background)};color:{_rgb(ink(background))}"
 
 
-def _head(res: Attribution) -> str:
+def header_html(res: Attribution) -> str:
+    """The header facts, parameters and settings of ``res`` as escaped HTML."""
     facts = " · ".join(f"{_e(name)} <b>{_e(value)}</b>" for name, value in header(res))
     out = f'<div class="ga-head">{facts}</div>'
     params = parameters(res)
@@ -171,7 +174,7 @@ def _body(res: Attribution, mark: Collection[int]) -> str:
     scale = max_abs(res.scores)
     matrix = "" if res.token_scores is None else _matrix(res)
     return (
-        _head(res)
+        header_html(res)
         + _prompt(res, scale, mark)
         + _legend(
             scale, "prompt and output tokens" if res.settings.attribute_target else "prompt", bool(mark)
