@@ -211,7 +211,6 @@ def _one_line_error(capsys, message: str) -> str:
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["explain"], "the following arguments are required: prompt"),
         (["explain", "--level", "para", "hi"], "argument --level: invalid choice"),
         (["explain", "--seed", str(2**64), "hi"], "must be in [0, 2**64)"),
         (["explain", "--seed", "-1", "hi"], "must be in [0, 2**64)"),

@@ -38,7 +38,7 @@ def _pins(path: Path) -> dict[str, str]:
 def _requirements() -> list[Requirement]:
     project = PYPROJECT["project"]
     extras = project["optional-dependencies"]
-    reqs = [Requirement(r) for r in project["dependencies"] + extras["eval"] + extras["dev"]]
+    reqs = [Requirement(r) for r in project["dependencies"] + extras["eval"] + extras["ray"] + extras["dev"]]
     return [r for r in reqs if canonicalize_name(r.name) != "genattr"]
 
 

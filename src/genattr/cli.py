@@ -7,6 +7,7 @@ need them, and transformers' logging and progress bars stay silent unless ``--ve
 idle threads sleep rather than spin unless ``OMP_WAIT_POLICY`` says otherwise (:func:`wait_passively`).
 
     genattr explain --model PATH --method leave_one_out --target " Paris" "The capital of France is"
+    genattr explain --model PATH --data prompts.jsonl --out results.jsonl [--ray local]
     genattr methods
     genattr models
     genattr render out.json [more.json ...] --html out.html
@@ -17,14 +18,30 @@ idle threads sleep rather than spin unless ``OMP_WAIT_POLICY`` says otherwise (:
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from ._version import __version__
+from .cli_args import (
+    _fixed_seed,
+    _level,
+    _mask_token,
+    _mask_token_option,
+    _param,
+    _param_value,
+    _seed,
+    _target_span,
+    _target_token,
+)
+from .cli_data import (
+    add_dataset_options,
+    add_ray_options,
+    check_dataset_args,
+    cluster_option,
+    run_data_command,
+)
 from .defaults import (
     BASELINE_NAMES,
     DEFAULT_LEVEL,
@@ -34,7 +51,6 @@ from .defaults import (
     DEFAULT_SEED,
     DEFAULT_SIMILARITY_K,
     MASKS,
-    SEED_LIMIT,
 )
 from .errors import GenattrError, InputError, InvalidParameterError
 from .registry import FLAGS
@@ -43,10 +59,12 @@ from .text.segment import plain_levels
 
 def _configure_transformers(verbose: bool) -> None:
     """Silence transformers' and the hub's logging and progress bars (weight loading, GGUF
-    conversion, downloads) unless ``verbose``."""
+    conversion, downloads) unless ``verbose``, here and, through the environment, in the Ray
+    workers a run starts after this."""
     if verbose:
         return
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read by Ray's workers too
     from huggingface_hub.utils import disable_progress_bars
     from transformers.utils import logging
 
@@ -55,108 +73,11 @@ def _configure_transformers(verbose: bool) -> None:
     disable_progress_bars()
 
 
-BOOLEANS = {
-    "true": True,
-    "yes": True,
-    "on": True,
-    "1": True,
-    "false": False,
-    "no": False,
-    "off": False,
-    "0": False,
-}
-NONE = ("none", "null")
-
-
 class _Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line on stderr (exit status 2), not the usage block."""
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
-
-
-def _param(text: str) -> tuple[str, str]:
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"--param expects KEY=VALUE, got {text!r}")
-    key, value = text.split("=", 1)
-    return key.strip(), value
-
-
-def _param_value(method_cls, key: str, text: str) -> object:
-    """A ``-p KEY=VALUE`` value for ``method_cls``: for a boolean parameter the usual spellings
-    (true/false, True/False, yes/no, on/off, 1/0), for an optional one none/None/null; otherwise
-    JSON when it parses as JSON, else the text itself. The method validates the result."""
-    param = method_cls.params.get(key)
-    kinds = () if param is None else param.kind if isinstance(param.kind, tuple) else (param.kind,)
-    word = text.strip().lower()
-    if bool in kinds and word in BOOLEANS:
-        return BOOLEANS[word]
-    if param is not None and param.optional and str not in kinds and word in NONE:
-        return None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def _seed(text: str) -> int | None:
-    """``--seed``: an integer in [0, 2**64), or ``random`` for a fresh seed recorded in the result."""
-    if text.strip().lower() == "random":
-        return None
-    try:
-        seed = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer or 'random', got {text!r}") from None
-    if not 0 <= seed < SEED_LIMIT:
-        raise argparse.ArgumentTypeError(f"must be in [0, 2**64), got {text}")
-    return seed
-
-
-def _mask_token(text: str) -> int | str:
-    return int(text) if text.lstrip("-").isdigit() else text
-
-
-def _mask_token_option(args: argparse.Namespace) -> int | str | None:
-    """``--mask-token``, or its former name ``--baseline`` with a note on stderr (not both)."""
-    if args.baseline is None:
-        return args.mask_token
-    if args.mask_token is not None:
-        raise InputError("--baseline is the former name of --mask-token; give --mask-token only.")
-    print(
-        "genattr: warning: --baseline is deprecated and will be removed in the next release; "
-        "use --mask-token (it takes the same values).",
-        file=sys.stderr,
-    )
-    return args.baseline
-
-
-def _fixed_seed(text: str) -> int:
-    """``--seed`` of a benchmark, whose rows must be reproducible: an integer in [0, 2**64)."""
-    seed = _seed(text)
-    if seed is None:
-        raise argparse.ArgumentTypeError("a benchmark needs a fixed integer seed, not random")
-    return seed
-
-
-def _target_token(text: str) -> int | str:
-    """``--target-token``: an integer is a token index, anything else a substring of the response."""
-    return int(text) if re.fullmatch(r"-?\d+", text) else text
-
-
-def _level(text: str) -> str:
-    """``--level``: a level that reads no pattern or spans, or ``coarse>fine`` of two of them."""
-    parts = text.split(">")
-    if len(parts) > 2 or any(part not in plain_levels() for part in parts):
-        raise argparse.ArgumentTypeError(
-            f"invalid choice: {text!r} (choose from {', '.join(plain_levels())}, or coarse>fine of two: sentence>word)"
-        )
-    return text
-
-
-def _target_span(text: str) -> tuple[int, int] | str:
-    """``--target-span``: START:END character offsets, or a substring of the response."""
-    match = re.fullmatch(r"(\d+):(\d+)", text)
-    return (int(match[1]), int(match[2])) if match else text
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -167,6 +88,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from .progress import progress_bar
 
     method_cls = registry.get(args.method)  # an unknown name fails before the model loads
+    check_dataset_args(args)
     if args.target is not None and not method_cls.needs_target:
         raise InvalidParameterError(
             f"{args.method} takes no --target: it explains the model's own likely outputs "
@@ -180,6 +102,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
         )
     params = {key: _param_value(method_cls, key, text) for key, text in args.param or []}
     mask_token = _mask_token_option(args)
+    if args.data is not None:
+        _configure_transformers(args.verbose)
+        return run_data_command(args, params, mask_token)
     for out in (args.json, args.html):
         if out:
             check_writable(out)
@@ -243,13 +168,18 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    from .dataset import read_results
     from .files import check_writable, write_atomic
     from .render.viewer import render_viewer
     from .result import Attribution
 
     if args.html:
         check_writable(args.html)
-    results = [Attribution.load(path) for path in args.files]
+    results = [
+        res
+        for path in args.files
+        for res in (read_results(path) if path.endswith(".jsonl") else [Attribution.load(path)])
+    ]
     if args.html:
         title = f"genattr: {', '.join(dict.fromkeys(res.method for res in results))}"
         write_atomic(Path(args.html), render_viewer(results, title=title))
@@ -291,6 +221,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
             mask=args.mask,
             max_new_tokens=args.max_new_tokens,
             k=args.k,
+            cluster=cluster_option(args),
+            threads=args.threads,
         )
     if not args.quiet:
         print(_safe(result["table"], layout=True))
@@ -320,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     ex = sub.add_parser("explain", help="attribute a continuation to the prompt's features")
-    ex.add_argument("prompt", help="the prompt text")
+    ex.add_argument("prompt", nargs="?", help="the prompt text (or --data FILE for many)")
     ex.add_argument(
         "--chat",
         action="store_true",
@@ -417,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ex.add_argument("--quiet", "-q", action="store_true", help="no terminal output or progress bar")
     ex.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
+    add_dataset_options(ex)
     ex.set_defaults(func=cmd_explain)
 
     me = sub.add_parser(
@@ -433,7 +366,12 @@ def build_parser() -> argparse.ArgumentParser:
     mo.set_defaults(func=cmd_models)
 
     re_ = sub.add_parser("render", help="render saved results")
-    re_.add_argument("files", nargs="+", metavar="FILE", help="JSON files of `genattr explain --json`")
+    re_.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help="JSON files of `genattr explain --json`, or .jsonl results files of `explain --data`",
+    )
     re_.add_argument("--html", help="write one interactive page of all the results (grouped by prompt)")
     re_.add_argument("--terminal", action="store_true", help="also print it in the terminal")
     re_.set_defaults(func=cmd_render)
@@ -472,6 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--dtype", default=None)
     be.add_argument("--quiet", "-q", action="store_true")
     be.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
+    add_ray_options(be)
     be.set_defaults(func=cmd_benchmark)
 
     de = sub.add_parser("demo", help="run the demo on the embedded default model")

@@ -95,6 +95,16 @@ class ResultFormatError(GenattrError, ValueError):
     """A saved attribution file is malformed, tampered with, or of an unknown schema."""
 
 
+class DataFormatError(InputError):
+    """A line of a data file (``genattr explain --data``) is not a record to explain: not JSON, not
+    an object, no non-empty ``prompt`` string, a ``target`` or ``id`` of the wrong type, or a repeat."""
+
+
+class ClusterError(GenattrError, RuntimeError):
+    """A Ray cluster cannot be used: Ray is not installed, its address cannot be reached, or a
+    worker died mid-run (the results finished before are kept: run the same command again)."""
+
+
 class GenattrWarning(UserWarning):
     """Base class of the warnings genattr issues: filter ``GenattrWarning`` to see or silence
     exactly genattr's own (third-party libraries warn under their own categories)."""

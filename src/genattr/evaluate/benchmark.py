@@ -34,12 +34,15 @@ import resource
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from .. import registry
 from ..api import explain
+from ..cluster import Cluster, ModelSpec, completed
 from ..defaults import DEFAULT_LEVEL, DEFAULT_MASK, DEFAULT_MAX_NEW_TOKENS, DEFAULT_SEED, DEFAULT_SIMILARITY_K
 from ..errors import GenattrError, InputError
 from ..files import write_atomic
@@ -239,6 +242,12 @@ def evaluate_one(
     return row
 
 
+def _row(lm: LanguageModel, todo: tuple[str, Item], *, metrics, seed: int, options: dict) -> dict:
+    """The row of one (method, item) pair (:func:`evaluate_one`): a task of :mod:`genattr.cluster`."""
+    method, item = todo
+    return evaluate_one(lm, method, item, metrics, seed=seed, **options)
+
+
 def run_settings(lm: LanguageModel, *, seed: int, metrics: Sequence[str], **settings) -> dict:
     """The settings a benchmark row depends on, as recorded in every row."""
     return {
@@ -264,13 +273,17 @@ def run_benchmark(
     k: int = DEFAULT_SIMILARITY_K,
     progress: Progress | None = None,
     on_row: Callable[[dict], None] | None = None,
+    cluster: Cluster | None = None,
+    threads: int | None = None,
 ) -> dict:
     """Run (or resume) a benchmark into ``out``; returns {"rows", "table", "cost"}.
 
     Rows already in ``out/rows.jsonl`` are reused when their method, example id, example hash
     and settings all match this run; the others are computed and appended. After each computed
     row, ``on_row`` gets it and ``progress`` (:mod:`genattr.progress`) hears
-    ``(rows done, rows to compute, "METHOD on EXAMPLE")``."""
+    ``(rows done, rows to compute, "METHOD on EXAMPLE")``. With a ``cluster`` the rows are computed
+    on Ray, each actor loading the model ``lm`` was loaded from (:mod:`genattr.cluster`), and
+    arrive in order of completion; ``threads`` sets torch's thread count here."""
     progress = checked(progress)
     unknown = [m for m in metrics if m not in METRIC_GROUPS]
     if unknown:
@@ -293,13 +306,18 @@ def run_benchmark(
     store = RowStore(out / "rows.jsonl")
     warn_not_reused(store, wanted, stamps)
     todo = [(m, it) for it in items for m in methods if wanted[m, it.id] not in store.done]
-    for done, (method, item) in enumerate(todo, start=1):
-        row = {**evaluate_one(lm, method, item, metrics, seed=seed, **options), **stamps[item.id]}
-        store.append(row)
-        if on_row is not None:
-            on_row(row)
-        if progress is not None:
-            progress(done, len(todo), f"{method} on {item.id}")
+    task = partial(_row, metrics=tuple(metrics), seed=seed, options=options)
+    with closing(
+        completed(task, todo, ModelSpec.of(lm), cluster=cluster, threads=threads, lm=lm)
+    ) as computed:
+        for done, (index, row) in enumerate(computed, start=1):
+            method, item = todo[index]
+            row = {**row, **stamps[item.id]}
+            store.append(row)
+            if on_row is not None:
+                on_row(row)
+            if progress is not None:
+                progress(done, len(todo), f"{method} on {item.id}")
     keys = set(wanted.values())
     rows = [r for r in store.rows if row_key(r) in keys]
     table_md, table_csv = tables(rows, methods, metrics)

@@ -1,4 +1,5 @@
-"""The benchmark's resumable row store: ``rows.jsonl``, one finished (method, example) row a line.
+"""The benchmark's resumable row store: ``rows.jsonl``, one finished (method, example) row a line
+(a :class:`~genattr.jsonl.JsonlStore`).
 
 A row is appended and flushed to disk before the next one starts, so an interrupted run loses
 nothing finished. Each row carries the run's settings and a hash of its example
@@ -10,12 +11,11 @@ line (:func:`parse_row`); a last line cut short by an interruption is dropped an
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 
-from ..errors import GenattrWarning, InputError, ResultFormatError
-from ..files import write_atomic
+from ..errors import GenattrWarning, ResultFormatError
+from ..jsonl import JsonlStore, json_object
 
 ROW_FIELDS = {"method": str, "example": str, "dataset": str, "example_hash": str, "settings": dict}
 IDENTITY_FIELDS = ("example_hash", "settings")
@@ -31,12 +31,7 @@ def row_key(row: dict) -> tuple[str, str, str, str]:
 def parse_row(line: bytes, where: str) -> dict:
     """One line of ``rows.jsonl`` as a row, or a ResultFormatError saying what is wrong with it."""
     fix = "remove the line, or the whole file to recompute every row"
-    try:
-        row = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ResultFormatError(f"{where} is not a benchmark row ({exc}); {fix}.") from exc
-    if not isinstance(row, dict):
-        raise ResultFormatError(f"{where} is a JSON {type(row).__name__}, not a benchmark row; {fix}.")
+    row = json_object(line, where, "a benchmark row", fix)
     for field, kind in ROW_FIELDS.items():
         if field in IDENTITY_FIELDS and field not in row:
             raise ResultFormatError(
@@ -61,45 +56,19 @@ def parse_row(line: bytes, where: str) -> dict:
     return row
 
 
-class RowStore:
-    """The append-only JSONL file of finished rows, each keyed by :func:`row_key`.
-
-    A last line without its newline is what an interrupted append leaves: it is dropped (and its
-    row recomputed). Any other line that is not a well-formed row raises ResultFormatError."""
+class RowStore(JsonlStore):
+    """The benchmark's rows: a :class:`~genattr.jsonl.JsonlStore` of rows keyed by :func:`row_key`."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self.rows: list[dict] = []
-        seen: dict[tuple, int] = {}
-        if path.exists():
-            try:
-                lines = path.read_bytes().split(b"\n")
-            except OSError as exc:
-                raise InputError(f"cannot read {path}: {exc}; choose another --out.") from exc
-            for number, line in enumerate(lines[:-1], start=1):  # a file ending in "\n" leaves b"" last
-                if not line.strip():
-                    continue
-                row = parse_row(line, f"{path}:{number}")
-                key = row_key(row)
-                if key in seen:
-                    raise ResultFormatError(
-                        f"{path}:{number} repeats the row of line {seen[key]} ({row['method']} on "
-                        f"{row['example']}, same settings); remove one of them."
-                    )
-                seen[key] = number
-                self.rows.append(row)
-            if lines[-1].strip():
-                write_atomic(path, "".join(json.dumps(r) + "\n" for r in self.rows))
-        self.done = set(seen)
+        super().__init__(path, parse_row, row_key, "row", _same_row)
 
-    def append(self, row: dict) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(row) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        self.rows.append(row)
-        self.done.add(row_key(row))
+    @property
+    def rows(self) -> list[dict]:
+        return self.records
+
+
+def _same_row(row: dict) -> str:
+    return f"{row['method']} on {row['example']}, same settings"
 
 
 def warn_not_reused(store: RowStore, wanted: dict[tuple[str, str], tuple], stamps: dict[str, dict]) -> None:
