@@ -79,8 +79,8 @@ def _sst2(rows: list[dict], pool: list[dict], seed: int) -> list[dict]:
 
 
 def records(name: str, n: int | None = None, seed: int = 0) -> list[dict]:
-    """The first ``n`` (default all) records of the set ``name``: ``id``, ``prompt`` and, for
-    ``sst2``, ``target``."""
+    """The first ``n`` (default all) records of the set ``name``: ``id``, ``prompt``, for
+    ``sst2`` ``target``, and for ``gilot`` the prompt's ``source`` (alpaca or sharegpt)."""
     if name not in DATASETS:
         raise InputError(f"unknown data set {name!r}; choose from {', '.join(DATASETS)}.")
     if n is not None and n < 1:
@@ -96,4 +96,8 @@ def records(name: str, n: int | None = None, seed: int = 0) -> list[dict]:
     rows = _read(path)[:n]
     if name == "sst2":
         return _sst2(rows, _read(root / "sst2" / "sst2_train_demo_pool.jsonl"), seed)
-    return [{"id": row.get("id", row.get("question_id")), "prompt": row["prompt"]} for row in rows]
+    return [
+        {"id": row.get("id", row.get("question_id")), "prompt": row["prompt"]}
+        | ({"source": row["source"]} if "source" in row else {})
+        for row in rows
+    ]
