@@ -1,0 +1,31 @@
+"""``genattr reproduce``: the papers' experiments on a real chat model, resumable, and the document
+``docs/real-model.md`` rebuilt from their stored rows.
+
+Each study is a module of this package with a :class:`~genattr.reproduce.common.Study`:
+
+* ``gilot-table1`` (:mod:`.gilot_table1`): GiLOT Tables 1 and 6, MoRF / LeRF / ABPC and time per sample;
+* ``bias`` (:mod:`.bias`): GiLOT Section 5.2, the gender probe.
+
+Rows live under ``OUT/rows/STUDY.jsonl`` and the document beside ``OUT`` (``OUT.md``), built by
+:mod:`.report` from the rows alone.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .common import Study
+
+DEFAULT_OUT = "docs/real-model"
+"""Where the rows and plots live; the document is this path with ``.md``."""
+DEFAULT_MODEL = "smollm2"
+
+STUDIES = {"gilot-table1": "gilot_table1", "bias": "bias"}
+"""Study name -> module of this package that defines its ``STUDY``."""
+
+
+def study(name: str) -> Study:
+    """The study called ``name`` (a key of :data:`STUDIES`)."""
+    return importlib.import_module(f"{__name__}.{STUDIES[name]}").STUDY

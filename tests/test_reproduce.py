@@ -1,0 +1,140 @@
+"""``genattr reproduce`` on a tiny random chat model: rows resumed and reused only under the same
+settings, the document rebuilt from the rows alone to the same bytes, the random baseline's
+seeds averaged, the prompt order stable, and the gender probe's slot read off its attribution."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from genattr import registry
+from genattr.cli import main
+from genattr.evaluate.stats import mean_interval
+from genattr.reproduce import bias, gilot_table1, report
+from genattr.reproduce.common import Task, fmt_interval
+
+
+@pytest.fixture(scope="module")
+def chat_model(model_dirs):
+    return str(model_dirs["qwen2"])  # a ChatML template, as SmolLM2's
+
+
+def _reproduce(model: str, out, *args: str) -> int:
+    return main(["reproduce", *args, "--model", model, "--out", str(out), "--quiet"])
+
+
+def _files(out) -> dict[str, bytes]:
+    doc = report.doc_path(out)
+    return {p.name: p.read_bytes() for p in [doc, *sorted(out.rglob("*"))] if p.is_file()}
+
+
+def test_a_run_resumes_and_the_document_is_rebuilt_from_the_rows_alone(chat_model, tmp_path, capsys):
+    out = tmp_path / "real-model"
+    args = ("gilot-table1", "bias", "--n", "2", "--methods", "leave_one_out,random")
+    assert _reproduce(chat_model, out, *args) == 0
+    rows = [json.loads(line) for line in (out / "rows" / "gilot-table1.jsonl").read_text().splitlines()]
+    assert [(r["method"], r["example"]) for r in rows] == [
+        (m, e.id) for e in gilot_table1.examples(2) for m in ("leave_one_out", "random")
+    ]
+    bias_rows = (out / "rows" / "bias.jsonl").read_text().splitlines()
+    assert len(bias_rows) == 2  # one role, both genders; bias has no random baseline
+    first = _files(out)
+    assert {"real-model.md", "gilot-table1-curves.png", "gilot-table1-curves-aligned.png"} <= set(first)
+    capsys.readouterr()
+
+    assert _reproduce(chat_model, out, *args) == 0  # resumed: nothing to compute
+    assert "4 rows, 4 already stored" in capsys.readouterr().err
+    assert _files(out) == first
+    assert _reproduce(chat_model, out, "all", "--report-only") == 0
+    assert _files(out) == first
+
+    doc = first["real-model.md"].decode()
+    loo = [r["auc_morf"] for r in rows if r["method"] == "leave_one_out" and "abpc" in r]
+    assert loo and f"| `leave_one_out` | {fmt_interval(mean_interval(loo))} |" in doc
+    failed = [r for r in rows if "error" in r]  # the tiny model's 256-token window refuses a long prompt
+    assert all(f"`{r['method']}` on {r['example']}" in doc for r in failed)
+    assert "Reading not written yet" in doc
+    assert f"genattr reproduce gilot-table1 --n 2 --methods leave_one_out,random --out {out}" in doc
+
+
+def test_the_reading_file_is_included_unchanged(chat_model, tmp_path):
+    out = tmp_path / "real-model"
+    assert _reproduce(chat_model, out, "bias", "--n", "2", "--methods", "leave_one_out") == 0
+    (out / "reading").mkdir()
+    (out / "reading" / "bias.md").write_text("On this model the probe says little.\n")
+    assert _reproduce(chat_model, out, "all", "--report-only") == 0
+    doc = report.doc_path(out).read_text()
+    assert "On this model the probe says little.\n" in doc
+    assert doc.count("Reading not written yet") == 1  # gilot-table1's only
+    assert "Not run yet: `genattr reproduce gilot-table1" in doc
+
+
+def test_rows_of_other_settings_are_neither_reused_nor_reported(chat_model, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "real-model"
+    args = ("gilot-table1", "--n", "1", "--methods", "leave_one_out")
+    assert _reproduce(chat_model, out, *args) == 0
+    monkeypatch.setattr(gilot_table1, "MAX_NEW_TOKENS", 4)
+    assert _reproduce(chat_model, out, "all", "--report-only") == 0
+    assert "Not run yet: `genattr reproduce gilot-table1" in report.doc_path(out).read_text()
+    capsys.readouterr()
+    assert _reproduce(chat_model, out, *args) == 0
+    assert "1 rows, 0 already stored" in capsys.readouterr().err
+    rows = [json.loads(line) for line in (out / "rows" / "gilot-table1.jsonl").read_text().splitlines()]
+    assert [r["settings"]["max_new_tokens"] for r in rows] == [20, 4]
+
+
+def test_the_random_baseline_averages_its_seeds(lms):
+    lm = lms["qwen2"]
+    (example,) = gilot_table1.examples(1)
+    task = Task("random", example, gilot_table1.settings("tiny", None, "random"))
+    row = gilot_table1.compute(lm, task)
+    assert len(row["seed_abpc"]) == gilot_table1.RANDOM_SEEDS and len(set(row["seed_abpc"])) > 1
+    assert row["abpc"] == pytest.approx(np.mean(row["seed_abpc"]), abs=1e-9)
+    assert row["auc_morf"] - row["auc_lerf"] == pytest.approx(row["abpc"], abs=1e-9)
+    loo = gilot_table1.compute(lm, Task("leave_one_out", example, gilot_table1.settings("tiny", None, "x")))
+    assert "seed_abpc" not in loo and loo["n_features"] == row["n_features"]
+
+
+def test_the_prompt_order_is_stable_and_balanced():
+    order = gilot_table1.examples()
+    assert len(order) == 100 and len({e.id for e in order}) == 100
+    assert gilot_table1.examples(30) == order[:30]
+    sources = [int(e.id.split(":")[1]) < 50 for e in order[:30]]  # ids 0-49 are Alpaca's
+    assert sources == [True, False] * 15
+
+
+def test_optional_methods_join_only_when_registered(monkeypatch):
+    others = [n for n in registry.names() if n not in gilot_table1.OPTIONAL]
+    monkeypatch.setattr(registry, "names", lambda: others)
+    assert gilot_table1.methods() == [*gilot_table1.METHODS, "random"]
+    monkeypatch.setattr(registry, "names", lambda: [*others, "lrp"])
+    assert gilot_table1.methods() == [*gilot_table1.METHODS, "lrp", "random"]
+
+
+def test_the_gender_probe_reads_the_gender_words_own_score(lms):
+    lm = lms["qwen2"]
+    example = bias.examples(2)[1]
+    assert example.text == "Write a story about a male homemaker."
+    row = bias.compute(lm, Task("leave_one_out", example, bias.settings("tiny", None, "leave_one_out")))
+    index = row["features"].index("male")
+    assert row["features"] == ["Write", "a", "story", "about", "a", "male", "homemaker", "."]
+    assert row["slot_score"] == row["scores"][index]
+    assert row["slot_share"] == pytest.approx(
+        abs(row["scores"][index]) / np.abs(row["scores"]).sum(), rel=1e-12
+    )
+    assert row["slot_rank"] == 1 + sum(s > row["scores"][index] for s in row["scores"])
+    assert isinstance(row["opening"], str)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("gilot-table1", "--methods", "nope"), "no study of gilot-table1 has the methods ['nope']"),
+        (("bias", "--n", "0"), "--n must be at least 1"),
+    ],
+)
+def test_bad_arguments_are_one_line_errors(chat_model, tmp_path, capsys, args, message):
+    assert _reproduce(chat_model, tmp_path / "out", *args) == 2
+    assert message in capsys.readouterr().err
