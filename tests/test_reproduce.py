@@ -12,7 +12,7 @@ import pytest
 from genattr import registry
 from genattr.cli import main
 from genattr.evaluate.stats import mean_interval
-from genattr.reproduce import bias, gilot_table1, report
+from genattr.reproduce import bias, gilot_ablations, gilot_table1, report
 from genattr.reproduce.common import Task, fmt_interval
 
 
@@ -138,3 +138,66 @@ def test_the_gender_probe_reads_the_gender_words_own_score(lms):
 def test_bad_arguments_are_one_line_errors(chat_model, tmp_path, capsys, args, message):
     assert _reproduce(chat_model, tmp_path / "out", *args) == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_spearman_series_is_the_rank_correlation_of_running_means():
+    # rows are per-position distances of 3 features; running means: J=1 (3,2,1), J=2 (2,2.5,2),
+    # J=3 (2, 2, 11/3) -- ranks (3,2,1), (1.5,3,1.5), (1.5,1.5,3) against the last
+    series = gilot_ablations.spearman_series([[3, 2, 1], [1, 3, 3], [2, 1, 7]])
+    assert series[0] == pytest.approx(-0.8660254, abs=1e-6)
+    assert series[1] == pytest.approx(-0.5, abs=1e-12)
+    assert series[2] == pytest.approx(1.0, abs=1e-12)
+    assert np.isnan(gilot_ablations.spearman_series([[1, 1, 1], [1, 2, 3]])[0])
+
+
+def test_gilot_over_j_positions_is_the_mean_of_the_first_j_rows_of_a_longer_run(lms):
+    """Beam search is causal: a run over J_max positions holds the runs over every J <= J_max,
+    which is what Figure 3's series is built on."""
+    import genattr
+
+    lm = lms["qwen2"]
+    short = genattr.explain(
+        lm, "The doctor opens the door", method="gilot", num_beams=3, n_positions=4, mass_threshold=0
+    )
+    long = genattr.explain(
+        lm, "The doctor opens the door", method="gilot", num_beams=3, n_positions=9, mass_threshold=0
+    )
+    np.testing.assert_allclose(np.asarray(long.token_scores)[:4].mean(0), short.scores, rtol=1e-6, atol=1e-9)
+    assert long.diagnostics["beam_mass"][:4] == pytest.approx(short.diagnostics["beam_mass"], rel=1e-6)
+
+
+def test_the_ablations_section_reads_its_rows(tmp_path):
+    """Hand-made rows: OT beats KL by exactly 2 ABPC points on each of 3 prompts; the series'
+    attribution at J = J_max correlates 1 with itself; the paper's Table 8 sits beside it."""
+    fractions = [0.0, 0.5, 1.0]
+    rows = []
+    for i, ex in enumerate(gilot_table1.examples(3)):
+        for variant, shift in (("ot_b10", 2.0), ("kl_b10", 0.0)):
+            abpc = 10.0 + i + shift
+            rows.append(
+                {
+                    "method": variant,
+                    "example": ex.id,
+                    "fractions": fractions,
+                    "auc_morf": abpc,
+                    "auc_lerf": 0.0,
+                }
+                | {"abpc": abpc, "aligned_abpc": abpc, "seconds": 1.0, "protocol_seconds": 1.0}
+            )
+        scores = np.random.default_rng(i).random((gilot_ablations.J_MAX, 5)).tolist()
+        mass = list(np.linspace(1, 0.5, gilot_ablations.J_MAX))
+        rows.append(
+            {
+                "method": "ot_b10_j30",
+                "example": ex.id,
+                "token_scores": scores,
+                "beam_mass": mass,
+                "n_features": 5,
+            }
+        )
+    text = gilot_ablations.section(rows, tmp_path, "link")
+    assert "| `ot_b10` - `kl_b10` | **2.00 [2.00, 2.00]** | **2.00 [2.00, 2.00]** |" in text
+    assert "| `ot_b10` | 13.00 [12.00, 14.00] | 0.00 [0.00, 0.00] | 13.00 [12.00, 14.00] |" in text
+    assert "41.54 / 40.62 / 0.93" in text and "| 10 |" in text and "| 0.8843 |" in text
+    assert f"| {gilot_ablations.J_MAX} | 1.00 [1.00, 1.00] | 0.50 [0.50, 0.50] |" in text
+    assert (tmp_path / "gilot-ablations-length.png").is_file()

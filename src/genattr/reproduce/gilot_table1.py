@@ -175,7 +175,9 @@ def tasks(model: str, dtype: str | None, n: int | None, chosen: Sequence[str] | 
 
 
 # --------------------------------------------------------------------- one row
-def _measure(lm, prompt, method: str, seed: int, params: dict) -> dict:
+def measure(lm, prompt, method: str, seed: int, params: dict) -> dict:
+    """Explain ``prompt`` with ``method`` and measure the study's curves: the explanation's cost
+    and diagnostics, the answer, and MoRF and LeRF under both discrepancies."""
     res, cost = timed_explain(
         lm,
         prompt,
@@ -206,7 +208,8 @@ def _measure(lm, prompt, method: str, seed: int, params: dict) -> dict:
     }
 
 
-def _with_areas(row: dict) -> dict:
+def with_areas(row: dict) -> dict:
+    """``row`` with the areas of its curves (percent) and ABPC under both discrepancies."""
     for prefix in ("", f"{ALSO}_"):
         morf = auc(row[f"{prefix}morf"], row["fractions"])
         lerf = auc(row[f"{prefix}lerf"], row["fractions"])
@@ -226,7 +229,7 @@ def _mean_of_seeds(runs: list[dict]) -> dict:
     for key in ("morf", "lerf", f"{ALSO}_morf", f"{ALSO}_lerf"):
         row[key] = np.mean([r[key] for r in runs], axis=0).tolist()
     row["seed_abpc"] = [r["abpc"] for r in runs]
-    return _with_areas(row)
+    return with_areas(row)
 
 
 def compute(lm, task: Task) -> dict:
@@ -237,9 +240,9 @@ def compute(lm, task: Task) -> dict:
     try:
         if task.method != RANDOM:
             seed = example_seed(SEED, task.example.id)
-            return _with_areas(_measure(lm, prompt, task.method, seed, params))
+            return with_areas(measure(lm, prompt, task.method, seed, params))
         seeds = [example_seed(SEED, f"{task.example.id}#{r}") for r in range(RANDOM_SEEDS)]
-        return _mean_of_seeds([_with_areas(_measure(lm, prompt, RANDOM, s, params)) for s in seeds])
+        return _mean_of_seeds([with_areas(measure(lm, prompt, RANDOM, s, params)) for s in seeds])
     except GenattrError as exc:
         return {"error": str(exc)}
 
