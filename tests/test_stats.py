@@ -19,6 +19,13 @@ def test_a_constant_sample_has_a_zero_width_interval():
     assert iv.method == "constant" and iv.excludes_zero
 
 
+def test_a_sample_of_small_values_is_not_constant():
+    """Probabilities of about 1e-18 that differ by tenths of their size have a real interval."""
+    x = np.random.default_rng(0).uniform(1, 2, 30) * 1e-18
+    iv = mean_interval(x)
+    assert iv.method == "BCa" and 1e-18 < iv.low < iv.mean < iv.high < 2e-18
+
+
 def test_one_value_has_no_interval():
     iv = mean_interval([3.0])
     assert iv.mean == 3.0 and math.isnan(iv.low) and math.isnan(iv.high)

@@ -12,7 +12,7 @@ same intervals:
   prompts, each with both methods' values). A difference whose interval excludes 0 is one these
   prompts support; the intervals are not corrected for the number of comparisons made.
 
-A sample whose values are all equal (to ``CONSTANT_TOLERANCE`` of its scale) has the zero-width
+A sample whose values are all equal (to ``CONSTANT_TOLERANCE`` of its largest magnitude) has the zero-width
 interval [v, v], where BCa's acceleration is undefined; a sample of one value has no interval
 (``low`` and ``high`` are NaN).
 """
@@ -37,7 +37,8 @@ SEED = 0
 METHOD = "BCa"
 """scipy.stats.bootstrap's interval method."""
 CONSTANT_TOLERANCE = 1e-12
-"""A sample is constant when its range is at most this times max(1, |mean|)."""
+"""A sample is constant when its range is at most this times its largest magnitude (rounding
+error, as in a - (a + c)), whatever its scale."""
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ def _bootstrap(array: np.ndarray, level: float, n_resamples: int, seed: int) -> 
     mean = float(array.mean())
     if array.size == 1:
         return Interval(mean, math.nan, math.nan, 1, "none")
-    if np.ptp(array) <= CONSTANT_TOLERANCE * max(1.0, abs(mean)):
+    if np.ptp(array) <= CONSTANT_TOLERANCE * float(np.abs(array).max()):
         return Interval(mean, mean, mean, int(array.size), "constant")
     from scipy.stats import bootstrap
 
