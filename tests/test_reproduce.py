@@ -12,7 +12,7 @@ import pytest
 from genattr import registry
 from genattr.cli import main
 from genattr.evaluate.stats import mean_interval
-from genattr.reproduce import bias, gilot_ablations, gilot_table1, report
+from genattr.reproduce import aieg, bias, gilot_ablations, gilot_table1, report
 from genattr.reproduce.common import Task, fmt_interval
 
 
@@ -201,3 +201,33 @@ def test_the_ablations_section_reads_its_rows(tmp_path):
     assert "41.54 / 40.62 / 0.93" in text and "| 10 |" in text and "| 0.8843 |" in text
     assert f"| {gilot_ablations.J_MAX} | 1.00 [1.00, 1.00] | 0.50 [0.50, 0.50] |" in text
     assert (tmp_path / "gilot-ablations-length.png").is_file()
+
+
+@pytest.fixture(scope="module")
+def long_context(tmp_path_factory):
+    import genattr
+    from genattr import testing
+
+    return genattr.load(testing.build("qwen2", tmp_path_factory.mktemp("long"), seed=0, context=1024))
+
+
+def test_the_aieg_rows_explain_the_predicted_label_and_read_erasure_at_20_percent(long_context, tmp_path):
+    from genattr.usecases import label_log_probs
+
+    lm = long_context
+    (example,) = aieg.examples(1)
+    assert example.text.endswith("Sentiment:") and example.target in aieg.LABELS
+    rows = [
+        {**aieg.compute(lm, Task(m, example, aieg.settings("tiny", None, m))), **Task(m, example, {}).stamp()}
+        for m in ("input_x_gradient", "attention")
+    ]
+    predicted = aieg.LABELS[int(label_log_probs(lm, [example.text], aieg.LABELS)[0].argmax())]
+    k = aieg.PERCENTS.index(20)
+    for row in rows:
+        assert row["prediction"] == predicted and row["correct"] == (predicted == example.target)
+        for key, _ in aieg.METRICS:
+            assert row[f"{key}_at_k"] == row[key][k]
+    text = aieg.section(rows, tmp_path, "link")
+    accuracy = f"{float(rows[0]['correct']):.2f}"
+    assert f"in-context accuracy on them: {accuracy}" in text
+    assert "| `input_x_gradient` (Grad*Inp) |" in text and "-0.360 / 0.148 / 0.445" in text

@@ -166,12 +166,13 @@ def item_hash(item: Item) -> str:
 
 
 def timed_explain(lm: LanguageModel, prompt, **kwargs) -> tuple[Attribution, dict]:
-    """``explain(lm, prompt, **kwargs)`` and what it cost: wall ``seconds`` and the model's usage
-    counters over the call (forward and backward passes, tokens processed)."""
-    started, usage = time.perf_counter(), lm.usage.copy()
+    """``explain(lm, prompt, **kwargs)`` and what it cost: wall ``seconds``, the process's
+    ``cpu_seconds`` (all threads; steadier than wall time on a shared machine) and the model's
+    usage counters over the call (forward and backward passes, tokens processed)."""
+    started, cpu, usage = time.perf_counter(), time.process_time(), lm.usage.copy()
     res = explain(lm, prompt, **kwargs)
     spent = {key: value for key, value in lm.usage.since(usage).items() if key != "model_seconds"}
-    return res, {"seconds": time.perf_counter() - started, **spent}
+    return res, {"seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu, **spent}
 
 
 def evaluate_one(

@@ -31,16 +31,17 @@ SEED = 0
 
 @dataclass(frozen=True)
 class Example:
-    """One prompt of a study: its id, data set and the user's message."""
+    """One prompt of a study: its id, data set, text and, where the data has one, its gold answer."""
 
     id: str
     dataset: str
     text: str
+    target: str | None = None
 
     @property
     def hash(self) -> str:
         """The benchmark's hash of the example's data (:func:`~genattr.evaluate.benchmark.item_hash`)."""
-        return item_hash(Item(self.id, self.dataset, self.text))
+        return item_hash(Item(self.id, self.dataset, self.text, self.target))
 
 
 @dataclass(frozen=True)

@@ -189,7 +189,7 @@ def measure(lm, prompt, method: str, seed: int, params: dict) -> dict:
         token_scores=False,
         **params,
     )
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     curves = perturbation_curves(
         lm, res, step=STEP, max_new_tokens=MAX_NEW_TOKENS, embedder=DISCREPANCY, also=(ALSO,)
     )
@@ -198,6 +198,7 @@ def measure(lm, prompt, method: str, seed: int, params: dict) -> dict:
         **cost,
         "diagnostics": {k: res.diagnostics[k] for k in DIAGNOSTICS if k in res.diagnostics},
         "protocol_seconds": time.perf_counter() - started,
+        "protocol_cpu_seconds": time.process_time() - cpu,
         "n_features": len(res.features),
         "response": curves.original,
         "fractions": curves.fractions,
@@ -217,7 +218,14 @@ def with_areas(row: dict) -> dict:
     return row
 
 
-COST_KEYS = ("seconds", "forward_passes", "tokens_processed", "backward_passes", "backward_tokens")
+COST_KEYS = (
+    "seconds",
+    "cpu_seconds",
+    "forward_passes",
+    "tokens_processed",
+    "backward_passes",
+    "backward_tokens",
+)
 
 
 def _mean_of_seeds(runs: list[dict]) -> dict:
@@ -225,7 +233,7 @@ def _mean_of_seeds(runs: list[dict]) -> dict:
     protocol's seconds summed (the compute spent), and each seed's ABPC."""
     row = {key: runs[0][key] for key in ("n_features", "response", "fractions")}
     row |= {key: float(np.mean([r[key] for r in runs])) for key in COST_KEYS}
-    row["protocol_seconds"] = sum(r["protocol_seconds"] for r in runs)
+    row |= {key: sum(r[key] for r in runs) for key in ("protocol_seconds", "protocol_cpu_seconds")}
     for key in ("morf", "lerf", f"{ALSO}_morf", f"{ALSO}_lerf"):
         row[key] = np.mean([r[key] for r in runs], axis=0).tolist()
     row["seed_abpc"] = [r["abpc"] for r in runs]
@@ -294,9 +302,24 @@ def _paired_table(rows: list[dict], ms: list[str], done: list[str]) -> str:
 
 
 def _cost_table(rows: list[dict], ms: list[str], done: list[str]) -> str:
-    keys = ("forward_passes", "backward_passes", "tokens_processed", "protocol_seconds")
+    keys = (
+        "cpu_seconds",
+        "forward_passes",
+        "backward_passes",
+        "tokens_processed",
+        "protocol_seconds",
+        "protocol_cpu_seconds",
+    )
     body = [[f"`{m}`", *[interval_cell(rows, m, k, done) for k in keys]] for m in ms]
-    header = ["method", "forward passes", "backward passes", "tokens processed", "protocol (s)"]
+    header = [
+        "method",
+        "CPU s",
+        "forward passes",
+        "backward passes",
+        "tokens processed",
+        "protocol (s)",
+        "protocol CPU s",
+    ]
     return markdown_table(header, body)
 
 
@@ -317,10 +340,11 @@ def section(rows: list[dict], out: Path, link: str) -> str:
     done = complete_examples(rows, ms, "abpc")
     failed = sorted(f"`{r['method']}` on {r['example']}: {r['error']}" for r in rows if "error" in r)
     hours = sum(r.get("seconds", 0) + r.get("protocol_seconds", 0) for r in rows) / 3600
+    cpu = sum(r.get("cpu_seconds", 0) + r.get("protocol_cpu_seconds", 0) for r in rows) / 3600
     lengths = [r["n_features"] for r in rows if r["example"] in done and r["method"] == ms[0]]
     parts = [
-        f"Compute: {hours:.2f} hours over {len(rows)} rows (explanations and their perturbation curves, "
-        "the sum of the rows' own times). "
+        f"Compute: {hours:.2f} hours ({cpu:.2f} CPU hours) over {len(rows)} rows (explanations and their "
+        "perturbation curves, the sum of the rows' own times). "
         f"Prompts complete for every method: {len(done)} "
         f"({', '.join(done)}), {fmt(float(np.mean(lengths))) if lengths else '-'} tokens each on average. "
         f"The model answers {MAX_NEW_TOKENS} tokens greedily; features are tokens, hidden from attention.\n",
