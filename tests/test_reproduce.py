@@ -12,7 +12,7 @@ import pytest
 from genattr import registry
 from genattr.cli import main
 from genattr.evaluate.stats import mean_interval
-from genattr.reproduce import aieg, bias, gilot_ablations, gilot_table1, report
+from genattr.reproduce import aieg, bias, gilot_ablations, gilot_table1, report, xprompt
 from genattr.reproduce.common import Task, fmt_interval
 
 
@@ -231,3 +231,30 @@ def test_the_aieg_rows_explain_the_predicted_label_and_read_erasure_at_20_percen
     accuracy = f"{float(rows[0]['correct']):.2f}"
     assert f"in-context accuracy on them: {accuracy}" in text
     assert "| `input_x_gradient` (Grad*Inp) |" in text and "-0.360 / 0.148 / 0.445" in text
+
+
+def test_the_xprompt_rows_probability_ratios_are_the_methods_own(long_context):
+    """PR at 1 of leave-one-out is exp(-its top score) (the score is log p(y|x) - log p(y|x without
+    the feature)); PR at 3 of XPrompt is the ratio its search reached on its chosen 3 tokens."""
+    import genattr
+    from genattr.evaluate.benchmark import example_seed
+    from genattr.reproduce.common import chat_prompt
+
+    lm = long_context
+    example = xprompt.examples(1)[0]
+    rows = {
+        m: xprompt.compute(lm, Task(m, example, xprompt.settings("tiny", None, m)))
+        for m in ("leave_one_out", "xprompt")
+    }
+    prompt, seed = chat_prompt(lm, example.text), example_seed(0, example.id)
+    loo = genattr.explain(lm, prompt, method="leave_one_out", level="token", seed=seed)
+    assert rows["leave_one_out"]["pr_at_1"] == pytest.approx(np.exp(-loo.scores.max()), rel=1e-4)
+    search = genattr.explain(
+        lm, prompt, method="xprompt", level="token", seed=seed, k=3, n_iter=xprompt.N_ITER
+    )
+    assert rows["xprompt"]["pr_at_3"] == pytest.approx(search.extras["probability_ratio"], rel=1e-4)
+    assert (
+        rows["xprompt"]["trace"] == search.extras["trace"]
+        and len(search.extras["trace"]) == xprompt.N_ITER + 1
+    )
+    assert 0 <= rows["xprompt"]["bleu"] <= 1 + 1e-12  # sacrebleu 0..100, scaled

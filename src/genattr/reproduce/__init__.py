@@ -6,6 +6,7 @@ Each study is a module of this package with a :class:`~genattr.reproduce.common.
 * ``gilot-table1`` (:mod:`.gilot_table1`): GiLOT Tables 1 and 6, MoRF / LeRF / ABPC and time per sample;
 * ``gilot-ablations`` (:mod:`.gilot_ablations`): GiLOT Table 3, beam size, Figure 3 and Table 8;
 * ``aieg`` (:mod:`.aieg`): AIEG Tables 1-2 and Figure 5 on SST-2;
+* ``xprompt`` (:mod:`.xprompt`): XPrompt Table 1, Figure 3, Table 4 and Table 2;
 * ``bias`` (:mod:`.bias`): GiLOT Section 5.2, the gender probe.
 
 Rows live under ``OUT/rows/STUDY.jsonl`` and the document beside ``OUT`` (``OUT.md``), built by
@@ -28,6 +29,7 @@ STUDIES = {
     "gilot-table1": "gilot_table1",
     "gilot-ablations": "gilot_ablations",
     "aieg": "aieg",
+    "xprompt": "xprompt",
     "bias": "bias",
 }
 """Study name -> module of this package that defines its ``STUDY``."""
