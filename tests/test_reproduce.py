@@ -4,6 +4,7 @@ seeds averaged, the prompt order stable, and the gender probe's slot read off it
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 from genattr import registry
 from genattr.cli import main
 from genattr.evaluate.stats import mean_interval
-from genattr.reproduce import aieg, bias, gilot_ablations, gilot_table1, report, xprompt
+from genattr.reproduce import aieg, bias, gilot_ablations, gilot_table1, icl, report, xprompt
 from genattr.reproduce.common import Task, fmt_interval
 
 
@@ -258,3 +259,38 @@ def test_the_xprompt_rows_probability_ratios_are_the_methods_own(long_context):
         and len(search.extras["trace"]) == xprompt.N_ITER + 1
     )
     assert 0 <= rows["xprompt"]["bleu"] <= 1 + 1e-12  # sacrebleu 0..100, scaled
+
+
+def test_the_icl_rows_hold_every_order_of_the_demonstrations(long_context):
+    example = icl.examples(1)[0]
+    assert example.id == "icl:t0:d0:0" and example.text.count("\n") == icl.SHOTS
+    assert example.text.splitlines()[-1].startswith("Review: ") and example.text.endswith("Sentiment:")
+    row = icl.compute(long_context, Task("gilot", example, icl.settings("tiny", None)))
+    assert sorted(map(tuple, row["orders"])) == sorted(itertools.permutations(range(icl.SHOTS)))
+    assert row["accuracy"] == np.mean(row["correct"]) and all(0 <= a <= 1 for a in row["aqw"])
+    signed = [p if c else -p for p, c in zip(row["probability"], row["correct"], strict=True)]
+    assert row["sensitivity"] == pytest.approx(np.std(signed), abs=1e-15)
+
+
+def test_the_icl_section_correlates_setting_means(tmp_path):
+    """Settings summarised as the means over their queries; Pearson's r over settings as scipy's."""
+    from scipy.stats import pearsonr
+
+    rng = np.random.default_rng(0)
+    rows, means = [], {}
+    for t in range(3):
+        for d in range(2):
+            found = []
+            for q in (0, 1):
+                r = {"query_weight": rng.random(), "accuracy": rng.random(), "sensitivity": rng.random()}
+                rows.append({"method": "gilot", "example": f"icl:t{t}:d{d}:{q}", **r})
+                found.append(r)
+            means[t, d] = [
+                np.mean([r[k] for r in found]) for k in ("query_weight", "accuracy", "sensitivity")
+            ]
+    rows.append({**rows[0], "example": "icl:t0:d0:7"})  # a query only one setting has
+    text = icl.section(rows, tmp_path, "link")
+    aqw = [m[0] for m in means.values()]
+    r_acc = pearsonr(aqw, [m[1] for m in means.values()]).statistic
+    assert f"| accuracy versus aqw | {r_acc:.2f} |" in text
+    assert "Settings: 6 (2 queries each" in text

@@ -26,6 +26,7 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -161,7 +162,21 @@ def icl_orders(
     return ICLStudy(rows)
 
 
-def correlate(studies: Sequence[ICLStudy]) -> dict[str, tuple[float, float]]:
+class SettingSummary(Protocol):
+    """What :func:`correlate` reads of a setting: an :class:`ICLStudy`, or a summary over several
+    queries' studies (their means, as the paper averages over 20 queries per setting)."""
+
+    @property
+    def query_weight(self) -> float: ...
+
+    @property
+    def accuracy(self) -> float: ...
+
+    @property
+    def sensitivity(self) -> float: ...
+
+
+def correlate(studies: Sequence[SettingSummary]) -> dict[str, tuple[float, float]]:
     """GiLOT Table 4 over settings: Pearson's (r, p-value) of accuracy and of sensitivity against aqw."""
     from scipy.stats import pearsonr
 

@@ -7,6 +7,7 @@ Each study is a module of this package with a :class:`~genattr.reproduce.common.
 * ``gilot-ablations`` (:mod:`.gilot_ablations`): GiLOT Table 3, beam size, Figure 3 and Table 8;
 * ``aieg`` (:mod:`.aieg`): AIEG Tables 1-2 and Figure 5 on SST-2;
 * ``xprompt`` (:mod:`.xprompt`): XPrompt Table 1, Figure 3, Table 4 and Table 2;
+* ``icl`` (:mod:`.icl`): GiLOT Section 5.1 and Tables 4-5, the query weight and in-context learning;
 * ``bias`` (:mod:`.bias`): GiLOT Section 5.2, the gender probe.
 
 Rows live under ``OUT/rows/STUDY.jsonl`` and the document beside ``OUT`` (``OUT.md``), built by
@@ -30,6 +31,7 @@ STUDIES = {
     "gilot-ablations": "gilot_ablations",
     "aieg": "aieg",
     "xprompt": "xprompt",
+    "icl": "icl",
     "bias": "bias",
 }
 """Study name -> module of this package that defines its ``STUDY``."""
