@@ -142,7 +142,7 @@ def compute(lm, task: Task) -> dict:
             lm,
             demos,
             query,
-            task.example.target,
+            task.example.target or "",  # every icl example has its gold label
             LABELS,
             separator="\n",
             method=METHOD,
