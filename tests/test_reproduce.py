@@ -294,3 +294,13 @@ def test_the_icl_section_correlates_setting_means(tmp_path):
     r_acc = pearsonr(aqw, [m[1] for m in means.values()]).statistic
     assert f"| accuracy versus aqw | {r_acc:.2f} |" in text
     assert "Settings: 6 (2 queries each" in text
+
+
+def test_the_answer_given_to_the_methods_is_the_one_explain_would_generate(lms):
+    import genattr
+    from genattr.reproduce.common import chat_prompt, greedy_ids
+
+    lm = lms["qwen2"]
+    prompt = chat_prompt(lm, gilot_table1.examples(1)[0].text)
+    res = genattr.explain(lm, prompt, method="leave_one_out", level="token", max_new_tokens=6)
+    assert greedy_ids(lm, prompt, 6) == res.target.ids and len(res.target.ids) == 6

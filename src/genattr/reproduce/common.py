@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -96,6 +97,15 @@ def chat_prompt(lm: LanguageModel, text: str) -> Prompt:
     from ..text.prompt import Prompt
 
     return Prompt.from_messages(lm.tokenizer, [{"role": "user", "content": text}])
+
+
+@lru_cache(maxsize=4)
+def greedy_ids(lm: LanguageModel, prompt: Prompt, max_new_tokens: int) -> tuple[int, ...]:
+    """The model's greedy answer to ``prompt`` (token ids), generated once and reused by every
+    method explained on it (the same answer ``explain`` would generate)."""
+    from ..model import Batch
+
+    return tuple(lm.generate(Batch.from_ids(prompt.input_ids), max_new_tokens).token_ids[0])
 
 
 def run_tasks(
