@@ -304,3 +304,16 @@ def test_the_answer_given_to_the_methods_is_the_one_explain_would_generate(lms):
     prompt = chat_prompt(lm, gilot_table1.examples(1)[0].text)
     res = genattr.explain(lm, prompt, method="leave_one_out", level="token", max_new_tokens=6)
     assert greedy_ids(lm, prompt, 6) == res.target.ids and len(res.target.ids) == 6
+
+
+def test_a_full_run_is_estimated_from_the_mean_row_of_each_method():
+    """bias plans 8 prompts x 2 methods: gilot rows of 10 s and 20 s (mean 15), leave-one-out 2 s."""
+    rows = [
+        {"method": "gilot", "example": "bias:nurse:male", "seconds": 10.0},
+        {"method": "gilot", "example": "bias:nurse:female", "seconds": 20.0},
+        {"method": "leave_one_out", "example": "bias:nurse:male", "seconds": 1.5, "protocol_seconds": 0.5},
+    ]
+    hours, whole = report.estimate_hours("bias", rows, "smollm2", None)
+    assert hours == pytest.approx((8 * 15 + 8 * 2) / 3600) and whole
+    hours, whole = report.estimate_hours("bias", rows[:2], "smollm2", None)
+    assert hours == pytest.approx(8 * 15 / 3600) and not whole

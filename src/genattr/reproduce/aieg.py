@@ -20,6 +20,7 @@ Not done here: the paper's generation setting (a word of interest in a generated
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -136,12 +137,15 @@ def compute(lm, task: Task) -> dict:
             token_scores=False,
             **task.settings["params"],
         )
+        started = time.perf_counter()
         scores = erasure(lm, res, percents=PERCENTS)
+        protocol = time.perf_counter() - started
     except GenattrError as exc:
         return {"error": str(exc)}
     at_k = PERCENTS.index(K)
     return {
         **cost,
+        "protocol_seconds": protocol,
         "n_features": len(res.features),
         "prediction": prediction,
         "correct": prediction == task.example.target,
@@ -204,11 +208,11 @@ def section(rows: list[dict], out: Path, link: str) -> str:
     ms = [m for m in METHODS if any(r["method"] == m for r in rows)]
     done = complete_examples(rows, ms, "log_odds")
     failed = sorted(f"`{r['method']}` on {r['example']}: {r['error']}" for r in rows if "error" in r)
-    hours = sum(r.get("seconds", 0) for r in rows) / 3600
+    hours = sum(r.get("seconds", 0) + r.get("protocol_seconds", 0) for r in rows) / 3600
     first = {r["example"]: r for r in rows if "correct" in r}
     accuracy = mean_interval([float(first[e]["correct"]) for e in done]) if done else None
     parts = [
-        f"Compute: {hours:.2f} hours over {len(rows)} rows (the explanations' own times). "
+        f"Compute: {hours:.2f} hours over {len(rows)} rows (explanations and erasure, the rows' own times). "
         f"Sentences complete for every method: {len(done)}.\n",
         f"The model's in-context accuracy on them: {fmt_interval(accuracy)} (chance 0.5).\n"
         if accuracy

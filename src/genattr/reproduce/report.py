@@ -49,12 +49,36 @@ def _flags(out: Path, model: str, dtype: str | None) -> str:
     return "".join(f" {k} {v}" for k, v in given.items() if v != defaults[k])
 
 
-def _header(out: Path, model: str, dtype: str | None, rows: dict[str, list[dict]], flags: str) -> str:
-    status = [
+def _seconds(row: dict) -> float:
+    return row.get("seconds", 0.0) + row.get("protocol_seconds", 0.0)
+
+
+def estimate_hours(name: str, found: list[dict], model: str, dtype: str | None) -> tuple[float, bool]:
+    """Hours a run of study ``name`` at its default number of prompts would take: each of its
+    rows timed as the mean of the stored rows of the same method; and whether every method has
+    stored rows to time it by (else the estimate leaves those out)."""
+    s = study(name)
+    by_method: dict[str, list[float]] = {}
+    for r in found:
+        by_method.setdefault(r["method"], []).append(_seconds(r))
+    planned = s.tasks(model, dtype, s.default_n, None)
+    known = [t for t in planned if t.method in by_method]
+    hours = sum(sum(by_method[t.method]) / len(by_method[t.method]) for t in known) / 3600
+    return hours, len(known) == len(planned)
+
+
+def _status(name: str, found: list[dict], model: str, dtype: str | None) -> str:
+    hours, whole = estimate_hours(name, found, model, dtype) if found else (0.0, False)
+    n = study(name).default_n
+    guess = f"{hours:.1f}{'' if whole else ' (methods without rows left out)'}" if found else "-"
+    return (
         f"| `{name}` | {len(found)} | {len({r['example'] for r in found})} | "
-        f"{sum(r.get('seconds', 0) + r.get('protocol_seconds', 0) for r in found) / 3600:.2f} |"
-        for name, found in rows.items()
-    ]
+        f"{sum(map(_seconds, found)) / 3600:.2f} | {n if n is not None else 'all'} | {guess} |"
+    )
+
+
+def _header(out: Path, model: str, dtype: str | None, rows: dict[str, list[dict]], flags: str) -> str:
+    status = [_status(name, found, model, dtype) for name, found in rows.items()]
     return "\n".join(
         [
             "# The papers' experiments on a real chat model",
@@ -70,8 +94,12 @@ def _header(out: Path, model: str, dtype: str | None, rows: dict[str, list[dict]
             f"({stats.METHOD}, scipy.stats.bootstrap, {stats.N_RESAMPLES} resamples, seed {stats.SEED}); "
             "methods are compared by the paired bootstrap of their per-prompt differences.",
             "",
-            "| study | rows | prompts | compute (hours, from the rows) |",
-            "|---|---|---|---|",
+            "Compute is the sum of the rows' own wall times (explanations and their protocols; a "
+            "shared machine inflates them). The estimate of a full run at the study's default `--n` "
+            "times each planned row by the mean of its method's stored rows.",
+            "",
+            "| study | rows | prompts | compute (hours) | default --n | full run, estimated (hours) |",
+            "|---|---|---|---|---|---|",
             *status,
             "",
         ]
