@@ -357,6 +357,16 @@ def section(rows: list[dict], out: Path, link: str) -> str:
         f"Prompts complete for every method: {len(done)} "
         f"({', '.join(done)}), {fmt(float(np.mean(lengths))) if lengths else '-'} tokens each on average. "
         f"The model answers {MAX_NEW_TOKENS} tokens greedily; features are tokens, hidden from attention.\n",
+        "Prompts: the first n of the 100 GiLOT prompts in a fixed order (each source shuffled with "
+        "seed 0, then Alpaca and ShareGPT in turn), so that half come from each source and a longer "
+        "run reuses these rows. Discrepancy between the original and the regenerated answer: "
+        f"`{DISCREPANCY}` (the default) is 1 - cos of the two answers' mean-pooled input embeddings of "
+        f"the explained model, as the paper's text says (Sections 4.1 and 6); `{ALSO}` is the mean "
+        "over aligned positions of (1 - cos) / 2 of the answers' token embeddings, as the authors' "
+        "reproduction code computes it (`reproduce/llama_variants/perturbation.py`), over the "
+        "answers' positions only. Parameters: "
+        + ", ".join(f"`{m}` {PARAMS[m]}" for m in ms if m in PARAMS)
+        + ", the rest at genattr's defaults.\n",
     ]
     if failed:
         parts.append(
@@ -368,7 +378,9 @@ def section(rows: list[dict], out: Path, link: str) -> str:
         f"### MoRF, LeRF and ABPC (discrepancy `{DISCREPANCY}`, the default) beside GiLOT Tables 1 and 6\n",
         "Means over prompts with 95% BCa bootstrap intervals. The paper's columns are its Table 1 "
         "(Llama2 chat models, its own discrepancy and answer length) and Table 6 (its GPUs): they "
-        "compare in ranking, not in level.\n",
+        "compare in ranking, not in level. Time per sample is the explanation's alone: the greedy "
+        "answer is generated once and given to the methods that explain one (GiLOT runs its own "
+        'beam search), as the paper\'s baselines are "adopted with given responses".\n',
         _main_table(rows, ms, done),
         f"### The same under the authors' code's discrepancy (`{ALSO}`)\n",
         _aligned_table(rows, ms, done),
