@@ -26,6 +26,8 @@ MAX_UPSCALE = 5
 """The most halvings of every path segment (``upscale``): 32 gradient points per segment."""
 MAX_VOCAB_CHUNK = 65536
 """The most vocabulary rows one block of the anchor search holds."""
+MAX_NEIGHBORS = 65536
+"""The largest neighbourhood of one anchor search (each path keeps n_neighbors distances per token)."""
 
 
 def vocabulary(lm: LanguageModel, ids: torch.Tensor) -> torch.Tensor:
@@ -241,6 +243,7 @@ class DiscretizedIntegratedGradients(_IntegratedGradients):
             "nearest vocabulary embeddings among which each anchor is chosen (the whole vocabulary if fewer)",
             int,
             minimum=1,
+            maximum=MAX_NEIGHBORS,
         ),
         "strategy": Param("greedy", "anchor choice: DIG-GREEDY or DIG-MAXCOUNT", str, choices=STRATEGIES),
         "quadrature": Param(
@@ -323,4 +326,6 @@ class DiscretizedIntegratedGradients(_IntegratedGradients):
         return [None if i < 0 else str(ep.lm.tokenizer.convert_ids_to_tokens(i)) for i in ids.tolist()]
 
     def _advice(self) -> str:
-        return "raise upscale (or n_steps), or use quadrature='riemann_trapezoid'"
+        if self.quadrature == "riemann_left":
+            return "raise upscale (or n_steps), or use quadrature='riemann_trapezoid'"
+        return "raise upscale (or n_steps)"
