@@ -121,12 +121,12 @@ def question(needle: Needle) -> str:
 
 
 def cases(tokenizer, limit: int | None, min_tokens: int) -> list[Case]:
-    """The first ``limit`` questions: question k has needle k mod 12 and depth (3 (k // 12) + k) mod 5
-    (every pair once over 60), its source by k mod 3, its filler order seeded by k."""
+    """The first ``limit`` questions: question k has needle k mod 12 and depth (3 (k // 12) + k mod 12)
+    mod 5 (every pair once over 60), its source by k mod 3, its filler order seeded by k."""
     total = len(NEEDLES) * len(DEPTHS)
     out = []
     for k in range(total if limit is None else min(limit, total)):
-        n, d = k % len(NEEDLES), (3 * (k // len(NEEDLES)) + k) % len(DEPTHS)
+        n, d = k % len(NEEDLES), (3 * (k // len(NEEDLES)) + k % len(NEEDLES)) % len(DEPTHS)
         source = SOURCE_ORDER[k % len(SOURCE_ORDER)]
         needle = NEEDLES[n]
         asked = Needle(needle.fact, question(needle), needle.answer)
