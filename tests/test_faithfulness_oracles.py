@@ -19,6 +19,7 @@ import torch
 
 import genattr
 from genattr.evaluate import faithfulness as F
+from genattr.evaluate import text as T
 from genattr.model import Generation
 
 PROMPT = "red blue green cat dog"  # five word features on the word-level model
@@ -132,6 +133,39 @@ def test_perturbation_curves_remove_round_half_up_counts_in_ranking_order(word_l
     assert set(asked) <= set(sets) and curves.original == word_lm.tokenizer.decode([token[frozenset()]])
     trapezoids = [(a + b) / 2 * 0.1 for a, b in zip(curves.morf[:-1], curves.morf[1:], strict=True)]
     assert curves.auc_morf == pytest.approx(100 * sum(trapezoids), rel=1e-9)
+
+
+def test_aligned_distance_is_the_mean_aligned_half_cosine_distance():
+    """Hand-made embeddings: e1 = (1, 0), e2 = (0, 1), e3 = (-1, 0), e4 = (1, 1)."""
+    E = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [1.0, 1.0]])
+    assert T.aligned_distance(E, [1, 2], [1, 2]) == 0.0
+    # positions: (e1, e3) -> (1 - (-1)) / 2 = 1; (e2, e4) -> (1 - 1/sqrt 2) / 2; the third is unpaired
+    expected = (1 + (1 - 2**-0.5) / 2) / 2
+    assert T.aligned_distance(E, [1, 2, 3], [3, 4]) == pytest.approx(expected, abs=1e-12)
+    assert T.aligned_distance(E, [3, 4], [1, 2, 3]) == pytest.approx(expected, abs=1e-12)
+    assert T.aligned_distance(E, [], []) == 0.0 and T.aligned_distance(E, [], [1]) == 1.0
+
+
+def test_further_discrepancies_are_measured_on_the_same_responses(word_lm, monkeypatch):
+    """``also`` adds curves without generating again, each equal to a run with that discrepancy."""
+    res = _attribution(word_lm)
+    calls = []
+    generate = word_lm.generate
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(word_lm, "generate", counting)
+    both = F.perturbation_curves(word_lm, res, step=0.25, max_new_tokens=3, also=("aligned",))
+    assert len(calls) == 1 and set(both.others) == {"aligned"}
+    alone = F.perturbation_curves(word_lm, res, step=0.25, max_new_tokens=3, embedder="aligned")
+    model = F.perturbation_curves(word_lm, res, step=0.25, max_new_tokens=3)
+    assert both.others["aligned"] == (alone.morf, alone.lerf)
+    assert (both.morf, both.lerf) == (model.morf, model.lerf)
+    assert alone.morf != model.morf  # the two discrepancies differ on these responses
+    with pytest.raises(genattr.errors.InputError, match="discrepancy"):
+        F.perturbation_curves(word_lm, res, step=0.25, max_new_tokens=3, also=("bleu",))
 
 
 @pytest.mark.parametrize("step", [0.0, -0.1, 0.3, 1.5])
@@ -275,9 +309,10 @@ def test_protocol_defaults(word_lm, monkeypatch):
         "generate",
         lambda inputs, n, **kw: calls.append(("generate", len(inputs), n)) or generate(inputs, n, **kw),
     )
-    monkeypatch.setattr(
-        F, "make_embedder", lambda kind, lm: calls.append(("embedder", kind)) or embedder(kind, lm)
-    )
+    for module in (F, T):
+        monkeypatch.setattr(
+            module, "make_embedder", lambda kind, lm: calls.append(("embedder", kind)) or embedder(kind, lm)
+        )
     curves = F.perturbation_curves(word_lm, res)
     assert curves.fractions == pytest.approx([i / 10 for i in range(11)])
     assert calls[0][2] == 20 and calls[1] == ("embedder", "model")

@@ -25,6 +25,19 @@ def _run(lm, level="sentence>word", **kw):
     return genattr.explain(lm, PROMPT, target=TARGET, level=level, **kw)
 
 
+def test_spans_refined_into_sentences_keep_the_blank_token_the_sentence_level_joins(lm):
+    """Paragraph spans leave out the whitespace-only token between the paragraphs, which the
+    sentence level joins to the sentence after it: every sentence is refined all the same, with
+    that token. Oracle: leave-one-out of a feature does not depend on the other features (they
+    stay), so refining every paragraph gives the sentence level's own scores."""
+    gap = PROMPT.index("\n\n")
+    spans = [(0, gap), (gap + 2, len(PROMPT))]
+    res = _run(lm, level="spans>sentence", spans=spans, refine_top=2)
+    direct = _run(lm, level="sentence")
+    assert [f.positions for f in res.features] == [f.positions for f in direct.features]
+    np.testing.assert_allclose(res.scores, direct.scores, atol=1e-5, rtol=0)
+
+
 def test_passes_equal_direct_runs_for_leave_one_out(lm):
     res = _run(lm, refine_top=2)
     coarse = _run(lm, level="sentence")

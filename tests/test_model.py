@@ -399,6 +399,29 @@ def test_shared_prefix_scoring_is_exact_and_runs_fewer_tokens(lm, strategy):
     assert shared_tokens < 0.75 * full_tokens
 
 
+def test_chunked_leave_one_out_rows_run_exactly_the_prefix_reuse_floor(lm, monkeypatch):
+    """Oracle: leave-one-out rows over token features, scored two rows per forward pass, run the
+    full row once and each variant from its removed token on, T + sum_i (T - s_i) tokens over rows
+    of T positions (no per-call cost): each chunk takes over the keys and values of the last row
+    of the one before. The values equal scoring every row in full."""
+    prompt = Prompt.from_text(lm.tokenizer, " ".join([PROMPT] * 2))
+    features = prompt.features("token")
+    keep = torch.ones(1 + len(features), len(features), dtype=torch.bool)
+    for i in range(len(features)):
+        keep[1 + i, i] = False
+    inputs = Masker(lm, prompt, features, "attention", baseline=0).inputs(keep)  # id 0 sorts first
+    target = _target(lm)
+    T = inputs.length + len(target) - 1
+    floor = T + sum(T - f.positions[0] for f in features)
+    monkeypatch.setattr(genattr.model.prefix, "PREFILL_CALL_TOKENS", 0)
+    monkeypatch.setattr(lm, "max_batch_tokens", 2 * (T + 1))
+    before = lm.usage.copy()
+    shared = lm.target_log_probs(inputs, target)
+    assert lm.usage.since(before)["tokens_processed"] == floor
+    monkeypatch.setattr(lm, "share_prefix", False)
+    torch.testing.assert_close(shared, lm.target_log_probs(inputs, target), atol=1e-5, rtol=0)
+
+
 def test_an_uncached_hub_id_without_network_fails_at_once(tmp_path, monkeypatch):
     """The hub endpoint is a closed loopback port, so the test means the same with or without
     network: a typed error within seconds that says to use a local path."""

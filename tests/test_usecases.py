@@ -134,3 +134,16 @@ def test_slot_probe_finds_the_word_the_answer_hangs_on(zoo):
         slot_probe(zoo, "sentiment a road", ["sad"])
     with pytest.raises(InvalidParameterError, match="some text"):
         slot_probe(zoo, "sentiment a {} road", [" "])
+
+
+def test_slot_probe_in_the_chat_template_scores_the_filler_in_the_users_message(qwen):
+    """The chat template puts text before the message: the slot is found inside the message."""
+    rows = slot_probe(
+        qwen, "Write a story about a {} nurse.", ["female", "male"], method="leave_one_out", chat=True
+    )
+    for row in rows:
+        res = row.attribution
+        assert res.prompt.is_chat and res.prompt.text.startswith("<|im_start|>user\n")
+        (feature,) = [f for f in res.features if f.text == row.filler]
+        assert row.score == float(res.scores[feature.index])
+        assert res.prompt.text[feature.start : feature.end] == row.filler

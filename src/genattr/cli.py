@@ -1,4 +1,4 @@
-"""The ``genattr`` command line: explain | methods | models | render | benchmark | demo.
+"""The ``genattr`` command line: explain | methods | models | render | benchmark | demo | reproduce.
 
 Exit status 0 on success, 2 with a one-line message on bad input (never a traceback for the
 errors of :mod:`genattr.errors`, and for a bad argument one line instead of the usage block).
@@ -13,6 +13,7 @@ idle threads sleep rather than spin unless ``OMP_WAIT_POLICY`` says otherwise (:
     genattr render out.json [more.json ...] --html out.html
     genattr benchmark --model zoo --methods leave_one_out,random --data zoo:recall --out runs/b1 --n 10
     genattr demo --model zoo
+    genattr reproduce gilot-table1 bias --n 2
 """
 
 from __future__ import annotations
@@ -428,6 +429,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     de.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     de.set_defaults(func=cmd_demo)
+
+    from .reproduce.cli import add_parser as add_reproduce
+
+    add_reproduce(sub, _configure_transformers)
     return parser
 
 

@@ -57,7 +57,7 @@ from .errors import GenattrWarning, InputError, InvalidParameterError
 from .model import LanguageModel, load
 from .result import Attribution
 from .text.prompt import Prompt
-from .text.segment import LEVELS, Feature
+from .text.segment import LEVELS, Feature, content_span
 
 DEFAULT_REFINE_TOP = 3
 """How many coarse features a ``"coarse>fine"`` level refines when ``refine_top`` is not given."""
@@ -110,19 +110,24 @@ def inside(
 ) -> list[Feature]:
     """The ``fine`` features whose tokens lie inside the ``chosen`` coarse features, in order.
 
+    A whitespace-only token outside every coarse feature does not count: the word and sentence
+    levels join such a token to the feature after it, where user spans (``"spans>sentence"``
+    over paragraphs) leave it out; it goes with its fine feature.
+
     Raises
     ------
     genattr.errors.InputError
-        When a fine feature holds tokens of a chosen coarse feature and tokens outside it (the
-        fine level is not finer than the coarse one there).
+        When a fine feature holds tokens of a chosen coarse feature and other tokens with text
+        outside it (the fine level is not finer than the coarse one there).
     """
     owner = dict.fromkeys(range(len(prompt)), -1)
     for c in coarse:
         owner.update(dict.fromkeys(c.positions, c.index))
+    blank = {t for t in owner if owner[t] == -1 and content_span(prompt.text, *prompt.offsets[t]) is None}
     picked = set(chosen)
     kept = []
     for f in fine:
-        owners = {owner[t] for t in f.positions}
+        owners = {owner[t] for t in f.positions if t not in blank}
         if not owners & picked:
             continue
         if len(owners) != 1:

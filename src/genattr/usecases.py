@@ -26,6 +26,7 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -161,7 +162,21 @@ def icl_orders(
     return ICLStudy(rows)
 
 
-def correlate(studies: Sequence[ICLStudy]) -> dict[str, tuple[float, float]]:
+class SettingSummary(Protocol):
+    """What :func:`correlate` reads of a setting: an :class:`ICLStudy`, or a summary over several
+    queries' studies (their means, as the paper averages over 20 queries per setting)."""
+
+    @property
+    def query_weight(self) -> float: ...
+
+    @property
+    def accuracy(self) -> float: ...
+
+    @property
+    def sensitivity(self) -> float: ...
+
+
+def correlate(studies: Sequence[SettingSummary]) -> dict[str, tuple[float, float]]:
     """GiLOT Table 4 over settings: Pearson's (r, p-value) of accuracy and of sensitivity against aqw."""
     from scipy.stats import pearsonr
 
@@ -199,12 +214,14 @@ def slot_probe(
     method: str = "gilot",
     level: str = DEFAULT_LEVEL,
     target: str | None = None,
+    chat: bool = False,
     **params,
 ) -> list[SlotRow]:
     """GiLOT Section 5.2: fill the one ``{}`` of ``template`` with each filler, explain each
     prompt with ``method`` (the greedy output, or ``target``), and report how much the filler
     itself mattered. The paper reads a large score for "male" in "a male homemaker" beside a
-    small one for "female" in "a female homemaker" as an implicit association of the role."""
+    small one for "female" in "a female homemaker" as an implicit association of the role.
+    With ``chat`` the filled template is the user's message in the model's chat template."""
     if template.count("{}") != 1:
         raise InvalidParameterError(
             "the template needs exactly one '{}' slot, e.g. 'a story about a {} homemaker'."
@@ -216,12 +233,17 @@ def slot_probe(
     for filler in fillers:
         if not filler.strip():
             raise InvalidParameterError("a filler must contain some text.")
-        res = explain(
-            lm, head + filler + tail, target=target, method=method, level=level, token_scores=False, **params
+        text = head + filler + tail
+        prompt = (
+            Prompt.from_messages(lm.tokenizer, [{"role": "user", "content": text}])
+            if chat
+            else Prompt.from_text(lm.tokenizer, text)
         )
-        inside = [
-            i for i, f in enumerate(res.features) if f.start < len(head) + len(filler) and f.end > len(head)
-        ]
+        # where the filled template starts in the prompt (the chat template may strip its ends)
+        start = prompt.text.rfind(text.strip()) - (len(text) - len(text.lstrip()))
+        res = explain(lm, prompt, target=target, method=method, level=level, token_scores=False, **params)
+        first, stop = start + len(head), start + len(head) + len(filler)
+        inside = [i for i, f in enumerate(res.features) if f.start < stop and f.end > first]
         if not inside:
             raise InvalidParameterError(f"no {level}-level feature covers the filler {filler!r}.")
         scores = np.asarray(res.scores, dtype=np.float64)

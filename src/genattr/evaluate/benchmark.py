@@ -48,6 +48,7 @@ from ..errors import GenattrError, InputError
 from ..files import write_atomic
 from ..model import LanguageModel
 from ..progress import Progress, checked
+from ..result import Attribution
 from ..text.prompt import Prompt
 from . import ground_truth
 from .faithfulness import erasure, perturbation_curves, similarity
@@ -167,6 +168,16 @@ def item_hash(item: Item) -> str:
     return hashlib.sha256(json.dumps(fields).encode()).hexdigest()[:16]
 
 
+def timed_explain(lm: LanguageModel, prompt, **kwargs) -> tuple[Attribution, dict]:
+    """``explain(lm, prompt, **kwargs)`` and what it cost: wall ``seconds``, the process's
+    ``cpu_seconds`` (all threads; steadier than wall time on a shared machine) and the model's
+    usage counters over the call (forward and backward passes, tokens processed)."""
+    started, cpu, usage = time.perf_counter(), time.process_time(), lm.usage.copy()
+    res = explain(lm, prompt, **kwargs)
+    spent = {key: value for key, value in lm.usage.since(usage).items() if key != "model_seconds"}
+    return res, {"seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu, **spent}
+
+
 def evaluate_one(
     lm: LanguageModel,
     method: str,
@@ -188,12 +199,11 @@ def evaluate_one(
     params: dict[str, Any] = {}
     if "k" in registry.get(method).params:
         params["k"] = len(item.ground_truth) if item.ground_truth else k
-    started, usage = time.perf_counter(), lm.usage.copy()
     try:
         n_features = len(Prompt.from_text(lm.tokenizer, item.prompt).features(level))
         if "k" in params:
             params["k"] = min(params["k"], n_features)
-        res = explain(
+        res, cost = timed_explain(
             lm,
             item.prompt,
             target=item.target if registry.get(method).needs_target else None,
@@ -207,12 +217,7 @@ def evaluate_one(
         )
     except GenattrError as exc:
         return {**row, "error": str(exc)}
-    row.update(
-        {
-            "seconds": time.perf_counter() - started,
-            **{key: value for key, value in lm.usage.since(usage).items() if key != "model_seconds"},
-        }
-    )
+    row.update(cost)
     if "curves" in metrics:
         curves = perturbation_curves(lm, res, max_new_tokens=max_new_tokens)
         row.update(

@@ -78,9 +78,17 @@ def _sst2(rows: list[dict], pool: list[dict], seed: int) -> list[dict]:
     return out
 
 
+def sst2_sentences() -> tuple[list[dict], list[dict]]:
+    """The SST-2 dev sentences and the pool of train demonstrations as stored (fields ``id`` or
+    ``train_row``, ``text``, ``label``, ``label_text``), for prompts built otherwise than :func:`records`."""
+    records("sst2", 1)  # the set's own checks: a clear error when the data folder is missing
+    root = data_dir() / "sst2"
+    return _read(root / "sst2_dev.jsonl"), _read(root / "sst2_train_demo_pool.jsonl")
+
+
 def records(name: str, n: int | None = None, seed: int = 0) -> list[dict]:
-    """The first ``n`` (default all) records of the set ``name``: ``id``, ``prompt`` and, for
-    ``sst2``, ``target``."""
+    """The first ``n`` (default all) records of the set ``name``: ``id``, ``prompt``, for
+    ``sst2`` ``target``, and for ``gilot`` the prompt's ``source`` (alpaca or sharegpt)."""
     if name not in DATASETS:
         raise InputError(f"unknown data set {name!r}; choose from {', '.join(DATASETS)}.")
     if n is not None and n < 1:
@@ -96,4 +104,8 @@ def records(name: str, n: int | None = None, seed: int = 0) -> list[dict]:
     rows = _read(path)[:n]
     if name == "sst2":
         return _sst2(rows, _read(root / "sst2" / "sst2_train_demo_pool.jsonl"), seed)
-    return [{"id": row.get("id", row.get("question_id")), "prompt": row["prompt"]} for row in rows]
+    return [
+        {"id": row.get("id", row.get("question_id")), "prompt": row["prompt"]}
+        | ({"source": row["source"]} if "source" in row else {})
+        for row in rows
+    ]

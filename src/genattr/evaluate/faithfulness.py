@@ -10,7 +10,11 @@ generated or scored in one batched call.
    Transport", 2024, Section 4.1). Remove 0%, 10%, ..., 100% of the features, most relevant first
    (MoRF) or least relevant first (LeRF); at each step regenerate the response greedily and take
    its discrepancy from the original response, d = 1 - cos(E(original), E(regenerated)), with E
-   the model's own input embeddings mean-pooled (Section 6 of the paper) or a sentence encoder.
+   the model's own input embeddings mean-pooled (the default: "the embeddings of original and
+   re-generated responses" of Section 4.1, "derived from the model being explained", Section 6)
+   or a sentence encoder (the authors' ``evaluation.py``); or the position-aligned token distance
+   of the authors' reproduction code (``aligned``, :func:`~genattr.evaluate.text.aligned_distance`).
+   ``also`` names further discrepancies measured on the same regenerated responses.
    AUC is the trapezoid area under d over the fraction removed (0..1), reported in percent, as the
    paper's tables; ABPC = AUC(MoRF) - AUC(LeRF). Higher MoRF and ABPC, lower LeRF, are better.
    n features are removed at fraction f, n = round(f F) (half up).
@@ -56,7 +60,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -69,7 +73,7 @@ from ..model import LanguageModel
 from ..protocols import decode
 from ..result import Attribution
 from .ground_truth import ranking
-from .text import bleu, cosine, make_embedder, rouge_l
+from .text import bleu, cosine, make_embedder, response_distances, rouge_l
 
 ERASURE_PERCENTS = (1, 5, 10, 20, 50)
 
@@ -98,22 +102,29 @@ def _unique_rows(rows: list[torch.Tensor]) -> tuple[torch.Tensor, list[int]]:
 
 
 # --------------------------------------------------------------------- perturbation curves
+def auc(curve: Sequence[float], fractions: Sequence[float]) -> float:
+    """Trapezoid area under ``curve`` over the fraction removed, in percent (the papers' tables)."""
+    return 100 * float(trapezoid(curve, fractions))
+
+
 @dataclass
 class Curves:
-    """Discrepancy from the original response after removing a fraction of the features."""
+    """Discrepancy from the original response after removing a fraction of the features;
+    ``others`` holds (MoRF, LeRF) under each further discrepancy asked for."""
 
     fractions: list[float]
     morf: list[float]
     lerf: list[float]
     original: str
+    others: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
 
     @property
     def auc_morf(self) -> float:
-        return 100 * float(trapezoid(self.morf, self.fractions))
+        return auc(self.morf, self.fractions)
 
     @property
     def auc_lerf(self) -> float:
-        return 100 * float(trapezoid(self.lerf, self.fractions))
+        return auc(self.lerf, self.fractions)
 
     @property
     def abpc(self) -> float:
@@ -128,8 +139,10 @@ def perturbation_curves(
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     embedder: str = "model",
     mask: str | None = None,
+    also: Sequence[str] = (),
 ) -> Curves:
-    """MoRF and LeRF curves of ``res`` (see the module docstring)."""
+    """MoRF and LeRF curves of ``res`` (see the module docstring) under the discrepancy
+    ``embedder`` (``model``, ``sentence`` or ``aligned``), and in ``Curves.others`` under each of ``also``."""
     if not 0 < step <= 1 or abs(round(1 / step) * step - 1) > 1e-9:
         raise InputError(
             f"step must divide 1 into equal parts (0.1, 0.2, 0.25, ...), got {step}."  # pragma: no mutate
@@ -147,11 +160,14 @@ def perturbation_curves(
     unique, index = _unique_rows(rows)
     generation = lm.generate(masker_for(lm, res, mask).inputs(unique), max_new_tokens)
     texts = [decode(lm.tokenizer, ids) for ids in generation.token_ids]
-    vectors = make_embedder(embedder, lm)(generation.token_ids, texts)
-    original = vectors[index[0]]
-    d = [1 - cosine(original, vectors[i]) for i in index[1:]]
     n = len(counts)
-    return Curves(fractions, d[:n], d[n:], texts[index[0]])
+    curves = {}
+    for kind in dict.fromkeys([embedder, *also]):
+        distances = response_distances(kind, lm, generation.token_ids, texts, index[0])
+        d = [distances[i] for i in index[1:]]
+        curves[kind] = (d[:n], d[n:])
+    morf, lerf = curves.pop(embedder)
+    return Curves(fractions, morf, lerf, texts[index[0]], curves)
 
 
 # --------------------------------------------------------------------- erasure

@@ -127,9 +127,22 @@ def cost_table(rows: list[dict], methods: Sequence[str]) -> str:
     return "\n".join(lines + _section(rows, methods, COST_ROWS)[0]) + "\n"
 
 
-def plot_curves(rows: list[dict], methods: Sequence[str], path: Path) -> None:
+def save_png(fig, path: Path) -> None:
+    """Save the matplotlib figure ``fig`` as a PNG whose bytes depend on the figure alone (no
+    software version or date in its metadata), so that redrawing the same rows changes nothing."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, metadata={"Software": None})
+    write_atomic(path, buffer.getvalue())
+
+
+def plot_curves(
+    rows: list[dict],
+    methods: Sequence[str],
+    path: Path,
+    ylabel: str = "1 - cos(original, regenerated)",
+) -> None:
     """Mean MoRF and LeRF curves per method, side by side, saved as PNG (a distinct colour and
-    line style per method, the legend beside the plots)."""
+    line style per method, the legend beside the plots); ``ylabel`` names the discrepancy."""
     from matplotlib import colormaps
     from matplotlib.figure import Figure
 
@@ -155,10 +168,8 @@ def plot_curves(rows: list[dict], methods: Sequence[str], path: Path) -> None:
         ax.set_title(title)
         ax.set_xlabel("fraction of features removed")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("1 - cos(original, regenerated)")
+    axes[0].set_ylabel(ylabel)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="center right", fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0, 0.83, 1))
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    write_atomic(path, buffer.getvalue())
+    save_png(fig, path)

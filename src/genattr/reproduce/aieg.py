@@ -1,0 +1,256 @@
+"""Study ``aieg``: the AIEG paper's Tables 1-2 and Figure 5 on SST-2 with SmolLM2.
+
+"Enhancing Integrated Gradients using Emphasis Factors and Attention" (AIEG, ICLR 2025
+submission), Section 5 and Appendix A.4: log-odds, comprehensiveness and sufficiency when the top
+k% of the words are removed (k = 20% in its tables; the curve over k is its Figure 5), for
+Grad x Input, IG, IGCG, DeepLIFT, GradientSHAP, attention only and AIEG
+(:func:`~genattr.evaluate.faithfulness.erasure`).
+
+Setting: the SST-2 dev sentences in their order, each after :data:`~genattr.evaluate.datasets.SST2_SHOTS`
+balanced demonstrations (``genattr.evaluate.datasets``, seed 0) as plain text ending in
+"Sentiment:" (no chat template: the label word is the next token); SmolLM2's prediction is the
+label word (" positive" or " negative") it gives the higher probability, and that predicted word
+is the explained target, as the paper explains the predicted token. Features are the words of the
+whole prompt (the paper sums sub-tokens into words), removed by hiding them from attention
+(the paper pads with zeros). The paper fine-tuned its models on the task; SmolLM2 classifies in
+context, and its accuracy is reported first.
+
+Not done here: the paper's generation setting (a word of interest in a generated text).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import GenattrError, InputError
+from ..evaluate.benchmark import example_seed, timed_explain
+from ..evaluate.datasets import records
+from ..evaluate.faithfulness import erasure
+from ..evaluate.stats import mean_interval
+from ..evaluate.tables import save_png
+from ..usecases import label_log_probs
+from .common import (
+    SEED,
+    Example,
+    Study,
+    Task,
+    complete_examples,
+    fmt_interval,
+    interval_cell,
+    markdown_table,
+    paired_cell,
+)
+
+NAME = "aieg"
+LEVEL = "word"
+MASK = "attention"
+LABELS = (" positive", " negative")
+PERCENTS = (1, 5, 10, 20, 50)
+K = 20
+"""The top-k% of the paper's tables."""
+METHODS = (
+    "input_x_gradient",
+    "integrated_gradients",
+    "ig_clipped",
+    "deeplift",
+    "gradient_shap",
+    "attention",
+    "aieg",
+)
+PARAMS: dict[str, dict] = {
+    "integrated_gradients": {"n_steps": 50},
+    "ig_clipped": {"n_steps": 50},
+    "aieg": {"n_steps": 50},
+}
+DEFAULT_N = 50
+METRICS = (("log_odds", "LO ↓"), ("comprehensiveness", "Comp ↑"), ("sufficiency", "Suff ↓"))
+
+PAPER_NAMES = {
+    "input_x_gradient": "Grad*Inp",
+    "integrated_gradients": "IG",
+    "ig_clipped": "IGCG",
+    "deeplift": "DeepLIFT",
+    "gradient_shap": "GradShap",
+    "attention": "Attn.-Only",
+    "aieg": "AIEG",
+}
+PAPER_TABLE1 = {  # AIEG Table 1 (SST-2), LLaMA column: LO, Comp, Suff at k = 20%
+    "input_x_gradient": (-0.360, 0.148, 0.445),
+    "integrated_gradients": (-1.180, 0.310, 0.415),
+    "ig_clipped": (-1.040, 0.295, 0.418),
+    "deeplift": (-0.174, 0.064, 0.469),
+    "gradient_shap": (-0.685, 0.224, 0.434),
+    "attention": (-0.177, 0.187, 0.445),
+    "aieg": (-1.510, 0.395, 0.355),
+}
+
+
+def methods() -> list[str]:
+    return list(METHODS)
+
+
+def examples(n: int | None = None) -> list[Example]:
+    """The first ``n`` SST-2 dev sentences as in-context prompts, with their gold label word."""
+    return [Example(f"sst2:{r['id']}", "sst2", r["prompt"], r["target"]) for r in records("sst2", n, SEED)]
+
+
+def settings(model: str, dtype: str | None, method: str) -> dict:
+    return {
+        "study": NAME,
+        "model": model,
+        "dtype": dtype,
+        "seed": SEED,
+        "prompt": "plain text, in-context",
+        "level": LEVEL,
+        "mask": MASK,
+        "target": "predicted label word",
+        "percents": list(PERCENTS),
+        "params": PARAMS.get(method, {}),
+    }
+
+
+def tasks(model: str, dtype: str | None, n: int | None, chosen: Sequence[str] | None) -> list[Task]:
+    unknown = [m for m in chosen or () if m not in METHODS]
+    if unknown:
+        raise InputError(f"{NAME} has no method {unknown}; choose from {', '.join(METHODS)}.")
+    ms = [m for m in METHODS if chosen is None or m in chosen]
+    return [Task(m, ex, settings(model, dtype, m)) for ex in examples(n) for m in ms]
+
+
+def compute(lm, task: Task) -> dict:
+    """The model's prediction, the method's explanation of it and the erasure metrics at each k."""
+    try:
+        log_probs = label_log_probs(lm, [task.example.text], LABELS)[0]
+        prediction = LABELS[int(log_probs.argmax())]
+        res, cost = timed_explain(
+            lm,
+            task.example.text,
+            target=prediction,
+            method=task.method,
+            level=LEVEL,
+            mask=MASK,
+            seed=example_seed(SEED, task.example.id),
+            token_scores=False,
+            **task.settings["params"],
+        )
+        started = time.perf_counter()
+        scores = erasure(lm, res, percents=PERCENTS)
+        protocol = time.perf_counter() - started
+    except GenattrError as exc:
+        return {"error": str(exc)}
+    at_k = PERCENTS.index(K)
+    return {
+        **cost,
+        "protocol_seconds": protocol,
+        "n_features": len(res.features),
+        "prediction": prediction,
+        "correct": prediction == task.example.target,
+        "p_prediction": float(np.exp(log_probs.max())),
+        **{key: scores[key] for key, _ in METRICS},
+        **{f"{key}_at_k": scores[key][at_k] for key, _ in METRICS},
+    }
+
+
+# --------------------------------------------------------------------- the document's section
+def _table(rows: list[dict], ms: list[str], done: list[str]) -> str:
+    header = [
+        "method",
+        *[label for _, label in METRICS],
+        "time per sentence (s)",
+        "paper (LLaMA): LO / Comp / Suff",
+    ]
+    body = []
+    for m in ms:
+        cells = [interval_cell(rows, m, f"{key}_at_k", done) for key, _ in METRICS]
+        paper = PAPER_TABLE1.get(m)
+        body.append(
+            [
+                f"`{m}` ({PAPER_NAMES[m]})",
+                *cells,
+                interval_cell(rows, m, "seconds", done),
+                " / ".join(f"{v:.3f}" for v in paper) if paper else "",
+            ]
+        )
+    return markdown_table(header, body)
+
+
+def _paired(rows: list[dict], ms: list[str], done: list[str]) -> str:
+    body = [
+        [f"`aieg` - `{m}`", *[paired_cell(rows, "aieg", m, f"{key}_at_k", done) for key, _ in METRICS]]
+        for m in ms
+        if m != "aieg"
+    ]
+    return markdown_table(["difference", *[label for _, label in METRICS]], body)
+
+
+def _plot(rows: list[dict], ms: list[str], done: list[str], path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12, 3.8))
+    axes = fig.subplots(1, len(METRICS))
+    for ax, (key, label) in zip(axes, METRICS, strict=True):
+        for i, m in enumerate(ms):
+            curves = [r[key] for r in rows if r["method"] == m and r["example"] in done]
+            ax.plot(PERCENTS, np.mean(curves, 0), marker="o", label=m, color=f"C{i % 10}")
+        ax.set_title(label)
+        ax.set_xlabel("top k% of words removed")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    save_png(fig, path)
+
+
+def section(rows: list[dict], out: Path, link: str) -> str:
+    ms = [m for m in METHODS if any(r["method"] == m for r in rows)]
+    done = complete_examples(rows, ms, "log_odds")
+    failed = sorted(f"`{r['method']}` on {r['example']}: {r['error']}" for r in rows if "error" in r)
+    hours = sum(r.get("seconds", 0) + r.get("protocol_seconds", 0) for r in rows) / 3600
+    first = {r["example"]: r for r in rows if "correct" in r}
+    accuracy = mean_interval([float(first[e]["correct"]) for e in done]) if done else None
+    parts = [
+        f"Compute: {hours:.2f} hours over {len(rows)} rows (explanations and erasure, the rows' own times). "
+        f"Sentences complete for every method: {len(done)}.\n",
+        f"The model's in-context accuracy on them: {fmt_interval(accuracy)} (chance 0.5).\n"
+        if accuracy
+        else "",
+    ]
+    if failed:
+        parts.append("Rows that failed:\n\n" + "\n".join(f"- {f}" for f in failed) + "\n")
+    if not done:
+        return "\n".join(parts)
+    _plot(rows, ms, done, out / f"{NAME}-k.png")
+    parts += [
+        f"### Log-odds, comprehensiveness and sufficiency at k = {K}% (Tables 1-2)\n",
+        "Means over sentences with 95% BCa intervals; the paper's column is its Table 1 (SST-2), "
+        "for its fine-tuned LLaMA, padding removed words with zeros.\n",
+        _table(rows, ms, done),
+        "### Paired differences, AIEG against each method (k = 20%)\n",
+        "**Bold**: the 95% paired bootstrap interval excludes 0 (lower LO and Suff, higher Comp, are better).\n",
+        _paired(rows, ms, done),
+        "### Over k (Figure 5)\n",
+        f"![Log-odds, comprehensiveness and sufficiency over k]({link}/{NAME}-k.png)\n",
+    ]
+    return "\n".join(parts)
+
+
+def arguments(rows: list[dict]) -> str:
+    order = [ex.id for ex in examples()]
+    n = 1 + max(order.index(r["example"]) for r in rows)
+    chosen = [m for m in METHODS if any(r["method"] == m for r in rows)]
+    return f"--n {n}" + (f" --methods {','.join(chosen)}" if chosen != list(METHODS) else "")
+
+
+STUDY = Study(
+    NAME,
+    "AIEG Tables 1-2 and Figure 5: erasure on SST-2",
+    tasks,
+    compute,
+    section,
+    methods,
+    arguments,
+    DEFAULT_N,
+)
