@@ -403,8 +403,8 @@ def section(rows: list[dict], out: Path, link: str) -> str:
     return "\n".join(parts)
 
 
-DEFAULT_N = 30
-"""Prompts of a full run (15 Alpaca, 15 ShareGPT)."""
+DEFAULT_N = 24
+"""Prompts of a full run (12 Alpaca, 12 ShareGPT), sized to the budget from the measured rows."""
 
 STUDY = Study(
     NAME,
