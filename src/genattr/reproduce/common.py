@@ -1,5 +1,5 @@
-"""What the studies share: their examples and tasks, the resumable rows, chat prompts, interval
-tables and plots written the same way every time.
+"""What the studies share: their examples and tasks, the resumable rows, chat prompts and greedy
+answers, and the tables' cells with their confidence intervals.
 
 A study's unit of work is a :class:`Task`, one method on one example under the study's settings;
 its finished row is appended to ``OUT/rows/STUDY.jsonl`` (:class:`~genattr.evaluate.rows.RowStore`)

@@ -99,14 +99,6 @@ path steps of BTA, BTA-AVG, IG and IG-AVG are those of the GiLOT authors' reprod
 (``reproduce/llama_variants/generate_exp.py``: 20, 5, 20, 5); AIEG, Shapley sampling and LIME
 are sized to the budget."""
 
-PAPER_NAMES = {
-    "bta": "BTA",
-    "bta_avg": "BTA-Avg",
-    "integrated_gradients": "IG",
-    "integrated_gradients_avg": "IG-Avg",
-    "lime": "LIME",
-    "gilot": "GiLOT",
-}
 PAPER_TABLE1 = {
     # GiLOT paper, Table 1: (MoRF, LeRF, ABPC) on Llama2-7b-chat and Llama2-13b-chat
     "Llama2-7b-chat": {
@@ -403,8 +395,8 @@ def section(rows: list[dict], out: Path, link: str) -> str:
     return "\n".join(parts)
 
 
-DEFAULT_N = 30
-"""Prompts of a full run (15 Alpaca, 15 ShareGPT)."""
+DEFAULT_N = 24
+"""Prompts of a full run (12 Alpaca, 12 ShareGPT), sized to the budget from the measured rows."""
 
 STUDY = Study(
     NAME,
