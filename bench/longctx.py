@@ -13,6 +13,8 @@ context after a blank line, in the same user message.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import os
 import random
@@ -167,8 +169,12 @@ def _render(tokenizer, source, chosen, needle, depth, question, key) -> Case:
 
 # --------------------------------------------------------------------- measurements
 def reset_peak_rss() -> bool:
-    """Reset this process's peak resident memory (Linux ``/proc/self/clear_refs``); False where it
-    cannot, and the peak then is the process's since it started (``ru_maxrss``)."""
+    """Reset this process's peak resident memory (Linux ``/proc/self/clear_refs``), after handing
+    freed heap back to the system (glibc ``malloc_trim``; else the peak of a call is at least what
+    earlier calls left allocated); False where it cannot, and the peak then is the process's since
+    it started (``ru_maxrss``)."""
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
