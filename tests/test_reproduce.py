@@ -272,6 +272,15 @@ def test_the_icl_rows_hold_every_order_of_the_demonstrations(long_context):
     assert row["sensitivity"] == pytest.approx(np.std(signed), abs=1e-15)
 
 
+def test_icl_runs_query_by_query_so_a_stopped_run_covers_every_setting():
+    settings = len(icl.TEMPLATES) * icl.DEMO_SETS
+    ids = [e.id for e in icl.examples(2)]
+    assert len(ids) == len(set(ids)) == 2 * settings
+    first = {i.rsplit(":", 1)[0] for i in ids[:settings]}
+    assert len(first) == settings and all(i.endswith(":0") for i in ids[:settings])
+    assert all(not i.endswith(":0") for i in ids[settings:])
+
+
 def test_the_icl_section_correlates_setting_means(tmp_path):
     """Settings summarised as the means over their queries; Pearson's r over settings as scipy's."""
     from scipy.stats import pearsonr

@@ -97,14 +97,16 @@ def _line(template: tuple[str, str], sentence: str) -> str:
 
 
 def examples(n: int | None = None) -> list[Example]:
-    """One example per setting and query: the prompt in the demonstrations' first order."""
+    """One example per setting and query: the prompt in the demonstrations' first order, query by
+    query (every setting's first query, then every setting's second, ...), so that a run stopped
+    early leaves every setting with the same queries."""
     dev, _ = sst2_sentences()
     demos = demonstration_sets()
     out = []
-    for t, template in enumerate(TEMPLATES):
-        for d, demo in enumerate(demos):
-            lines = [f"{_line(template, x['text'])} {x['label_text']}" for x in demo]
-            for q in dev[:n]:
+    for q in dev[:n]:
+        for t, template in enumerate(TEMPLATES):
+            for d, demo in enumerate(demos):
+                lines = [f"{_line(template, x['text'])} {x['label_text']}" for x in demo]
                 text = "\n".join([*lines, _line(template, q["text"])])
                 out.append(Example(f"icl:t{t}:d{d}:{q['id']}", "sst2", text, f" {q['label_text']}"))
     return out
