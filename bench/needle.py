@@ -26,8 +26,10 @@ Methods (``--methods``; features are the context's sentences, the question is ke
   on the words inside them, ``level="spans"``), the cost of refining once the sentence ranking is
   known; it reports whether the best word lies in the needle sentence.
 
-The gradient methods run with ``max_batch_tokens`` set to one row (one backward pass holds one
-row's activations: about 2.6 GB over the model's own 1 GB at 2,000 tokens). All questions are
+The gradient methods run with ``max_batch_tokens`` set to one row and with the decoder layers'
+activations recomputed in the backward pass (``checkpoint_layers``, :data:`CHECKPOINT_LAYERS`):
+without it one backward pass holds every layer's activations, 2.6 GB over the model's own 1 GB
+for input x gradient at 2,000 tokens and about 10 GB for ``lrp`` (eager attention). All questions are
 answered first, then each method runs over the correctly answered ones in turn, so that an
 interrupted run leaves the earlier methods complete.
 
@@ -113,6 +115,8 @@ ANSWER_TOKENS = 16
 IG_STEPS = 8
 REFINE_PARAGRAPHS = 2
 REFINE_SENTENCES = 3
+CHECKPOINT_LAYERS = True
+"""Whether the gradient methods recompute each layer's activations in the backward pass (memory)."""
 METHODS = ("input_x_gradient", "integrated_gradients", "lrp", "loo_paragraphs", "loo_words")
 
 
@@ -265,9 +269,10 @@ def run_method(lm, case: Case, answer: list[int], method: str, done: dict) -> di
         prior = done.get(f"{case.key}|loo_paragraphs")
         if prior is None:
             return None
-    budget = lm.max_batch_tokens
+    budget, checkpointing = lm.max_batch_tokens, lm.checkpoint_layers
     if method not in ("loo_paragraphs", "loo_words"):
         lm.max_batch_tokens = len(case.prompt) + len(answer)  # one row per backward pass (memory)
+        lm.checkpoint_layers = CHECKPOINT_LAYERS
     reset_peak_rss()
     wall = time.perf_counter()
     try:
@@ -278,8 +283,9 @@ def run_method(lm, case: Case, answer: list[int], method: str, done: dict) -> di
         else:
             row, _ = sentence_method(lm, case, answer, method)
         row["max_batch_tokens"] = lm.max_batch_tokens
+        row["checkpoint_layers"] = lm.checkpoint_layers
     finally:
-        lm.max_batch_tokens = budget
+        lm.max_batch_tokens, lm.checkpoint_layers = budget, checkpointing
     row["wall_seconds"] = round(time.perf_counter() - wall, 3)
     row["peak_rss_mb"] = round(peak_rss_mb(), 1)
     if "needle_rank" in row:

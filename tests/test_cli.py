@@ -456,3 +456,35 @@ def test_explain_step_scores_prints_the_table_after_the_attribution(
 def test_step_scores_with_quiet_exits_2_before_loading_the_model(capsys):
     assert main(["explain", "--model", "no/such-model", "-q", "--step-scores", "hi"]) == 2
     _one_line_error(capsys, "--step-scores prints a table after the attribution: drop --quiet")
+
+
+def test_explain_checkpoint_layers_loads_the_model_so_and_gives_the_same_scores(
+    model_dirs, tmp_path, monkeypatch
+):
+    import genattr.model
+
+    loaded, original = [], genattr.model.load
+
+    def spy(*args, **kwargs):
+        lm = original(*args, **kwargs)
+        loaded.append(lm.checkpoint_layers)
+        return lm
+
+    monkeypatch.setattr(genattr.model, "load", spy)
+    scores = []
+    for extra in ([], ["--checkpoint-layers"]):
+        out = tmp_path / f"r{len(extra)}.json"
+        argv = [
+            "explain",
+            "--model",
+            str(model_dirs["llama"]),
+            "--method",
+            "lrp",
+            "--target",
+            " and the bird",
+        ]
+        assert main([*argv, *extra, "--json", str(out), "The cat sat on the mat."]) == 0
+        scores.append(json.loads(out.read_text())["scores"])
+    assert loaded == [False, True]
+    np.testing.assert_allclose(scores[1], scores[0], rtol=1e-6)
+    assert max(map(abs, scores[0])) > 0

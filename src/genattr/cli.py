@@ -110,7 +110,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         if out:
             check_writable(out)
     _configure_transformers(args.verbose)
-    lm = load(args.model, device=args.device, dtype=args.dtype)
+    lm = load(args.model, device=args.device, dtype=args.dtype, checkpoint_layers=args.checkpoint_layers)
     prompt = args.prompt
     if args.chat:
         from .text.prompt import Prompt
@@ -341,6 +341,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ex.add_argument("--device", default=None)
     ex.add_argument("--dtype", default=None)
+    ex.add_argument(
+        "--checkpoint-layers",
+        action="store_true",
+        help="recompute each layer's activations in backward passes: gradient methods and lrp on "
+        "long prompts in far less memory, for about one more forward pass; same scores",
+    )
     ex.add_argument("--json", help="write the result as JSON to this file")
     ex.add_argument("--html", help="write a self-contained HTML page to this file")
     ex.add_argument(

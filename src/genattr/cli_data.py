@@ -131,7 +131,7 @@ def run_data_command(args: argparse.Namespace, params: dict, mask_token: int | s
         "attribute_target": True if args.attribute_target else None,
         "refine_top": args.refine_top,
     }
-    spec = ModelSpec(args.model, args.device, args.dtype)
+    spec = ModelSpec(args.model, args.device, args.dtype, args.checkpoint_layers)
     threads = None if cluster else args.threads
     with progress_bar("explain", not args.quiet) as bar:
         counts = run_dataset(

@@ -45,11 +45,12 @@ Task = Callable[["LanguageModel", Any], Any]
 @dataclass(frozen=True)
 class ModelSpec:
     """What :func:`genattr.load` takes to load a model: a path (kept as text), hub id or catalog
-    name, a device and a dtype (None: load's defaults)."""
+    name, a device and a dtype (None: load's defaults), and whether to checkpoint its layers."""
 
     source: str
     device: str | None = None
     dtype: str | None = None
+    checkpoint_layers: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "source", os.fspath(self.source))  # a path is kept as its text
@@ -57,7 +58,9 @@ class ModelSpec:
     def load(self) -> LanguageModel:
         from .model import load
 
-        return load(self.source, device=self.device, dtype=self.dtype)
+        return load(
+            self.source, device=self.device, dtype=self.dtype, checkpoint_layers=self.checkpoint_layers
+        )
 
     @classmethod
     def of(cls, lm: LanguageModel) -> ModelSpec:

@@ -20,8 +20,9 @@ outputs alone exceed it, its backward pass runs in groups of outputs.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -342,6 +343,7 @@ def gradient_sums(
     clip: float | None = None,
     logits: bool = False,
     sequence_only: bool = False,
+    recompute: Callable[[], AbstractContextManager[Any]] = nullcontext,
 ) -> torch.Tensor:
     """Weighted sums over rows of per-output gradients with respect to the prompt embeddings.
 
@@ -358,6 +360,9 @@ def gradient_sums(
     sequence's row is computed, S[0] = sum_r weights[r] multipliers[r] clip(factor[-1, r] g_{n,r}),
     from one plain backward pass of sum_j out_j per chunk instead of one batched over the n + 1
     outputs; ``factor`` must then give the sequence's factor as its last row (``sequence`` True).
+
+    With ``lm.checkpoint_layers`` the forward passes keep only the decoder layers' inputs
+    (:meth:`~genattr.model.LanguageModel.layer_checkpoints`, given ``recompute``).
     """
     lm = ep.lm
     n = ep.n_target
@@ -365,7 +370,7 @@ def gradient_sums(
     sums = torch.zeros(m, *rows.shape[1:], dtype=torch.float32, device=rows.device)
     for sl in lm.chunks(rows.shape[0], ep.row_tokens * m):
         x = rows[sl].to(lm.dtype).requires_grad_(True)
-        with torch.enable_grad(), _head_input(lm.model) as head:
+        with torch.enable_grad(), lm.layer_checkpoints(recompute), _head_input(lm.model) as head:
             out = ep.scored(x, logits)
             if sequence_only:
                 grads = gradients(lm, out.sum(), x, tokens=x.shape[0] * (ep.row_tokens - 1))[0][None]

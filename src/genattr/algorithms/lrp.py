@@ -113,7 +113,7 @@ class Lrp(Method):
         objective = "log_prob" if self.from_logit else ep.objective
         own_row = objective != "log_prob"
         sequence = own_row or ep.sequence_only
-        with ep.lm.eager_attention(), attnlrp(cast(torch.nn.Module, ep.lm.model), self.epsilon):
+        with ep.lm.eager_attention(), attnlrp(cast(torch.nn.Module, ep.lm.model), self.epsilon) as recompute:
             sums = gradient_sums(
                 ep,
                 ep.embeds[None],
@@ -122,6 +122,7 @@ class Lrp(Method):
                 sequence=sequence,
                 logits=self.from_logit,
                 sequence_only=ep.sequence_only,
+                recompute=recompute,
             )
         relevance = (sums * ep.embeds).sum(-1)
         scores, tokens = _scores_from_positions(ep, relevance, own_row)

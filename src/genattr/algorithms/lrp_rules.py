@@ -50,7 +50,7 @@ is the relevance at the output.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,7 +122,8 @@ class _Scaled(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        factor = ctx.saved_tensors[0] if ctx.saved_tensors else ctx.factor
+        saved = ctx.saved_tensors  # read once: a checkpointed layer's saved tensors unpack once
+        factor = saved[0] if saved else ctx.factor
         return grad * factor, None
 
 
@@ -210,6 +211,9 @@ class _Trail:
             self.names.pop()
 
 
+_BACKWARD = (torch.autograd.grad, torch.autograd.backward, torch.Tensor.backward)
+
+
 class _Rules(TorchFunctionMode):
     """The rules on the ``torch`` operations of a forward pass (see the module docstring)."""
 
@@ -225,9 +229,21 @@ class _Rules(TorchFunctionMode):
         self.rules |= {"layer_norm": self._layer_norm, "rms_norm": self._rms_norm}
         if ledger is not None:
             self.rules |= {name: self._addition for name in ADDITIONS}
+        self.in_backward = False
+
+    def recompute(self) -> AbstractContextManager[Any]:
+        """The rules again for a layer that a backward pass recomputes (activation checkpointing),
+        nothing around the first run of a forward pass, which they already cover."""
+        return self if self.in_backward else nullcontext()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func in _BACKWARD:  # runs without this mode (it is off while it handles a call)
+            self.in_backward = True
+            try:
+                return func(*args, **kwargs)
+            finally:
+                self.in_backward = False
         rule = self.rules.get(getattr(func, "__name__", ""))
         if rule is None or not torch.is_grad_enabled():
             return func(*args, **kwargs)
@@ -403,13 +419,17 @@ def _frozen(model: torch.nn.Module) -> Iterator[None]:
 
 
 @contextmanager
-def attnlrp(model: torch.nn.Module, epsilon: float = 0.0, ledger: Ledger | None = None) -> Iterator[None]:
+def attnlrp(
+    model: torch.nn.Module, epsilon: float = 0.0, ledger: Ledger | None = None
+) -> Iterator[Callable[[], AbstractContextManager[Any]]]:
     """AttnLRP's rules in every forward pass of ``model`` run while open (see the module
     docstring): the gradient of an output with respect to an input tensor x, times x, is then the
     relevance of x. ``epsilon`` is the epsilon rule's stabiliser at linear layers; ``ledger``
     records the relevance the rules absorb. The model runs as it is (the caller switches it to
     eager attention). Parameters, instance forwards and hooks are restored on exit, also when the
-    block raises.
+    block raises. It yields the ``recompute`` context of
+    :func:`~genattr.model.backward.checkpointed_layers`, which puts the rules back around a layer
+    recomputed during the backward pass.
 
     Examples
     --------
@@ -429,4 +449,4 @@ def attnlrp(model: torch.nn.Module, epsilon: float = 0.0, ledger: Ledger | None 
         stack.enter_context(trail.following(model))
         stack.enter_context(_instance_forwards(model, rules))
         stack.enter_context(rules)
-        yield
+        yield rules.recompute

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, Literal, cast, overload
 
 import torch
@@ -15,6 +15,7 @@ from ..errors import ContextLengthError, InvalidParameterError, NumericalError
 from ..progress import report
 from ..protocols import CausalLM, ForwardOutput, Tokenizer
 from . import decoding, prefix, scoring
+from .backward import checkpointed_layers
 from .batch import Batch, Usage
 from .masks import AttentionMasks
 from .scoring import TargetIds
@@ -42,6 +43,11 @@ class LanguageModel:
         Its fast tokenizer (character offsets are needed to map tokens to text).
     max_batch_tokens : int
         The most tokens (rows x sequence length) one forward pass may hold.
+    checkpoint_layers : bool
+        Recompute each decoder layer's activations during backward passes instead of holding
+        every layer's (:func:`~genattr.model.backward.checkpointed_layers`): gradient methods on
+        long prompts in the memory of one layer, for about one more forward pass. Results do not
+        depend on it.
     name : str, optional
         How results name the model; by default its ``_name_or_path`` or class name.
 
@@ -69,6 +75,7 @@ class LanguageModel:
         tokenizer: Tokenizer,
         *,
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        checkpoint_layers: bool = False,
         name: str | None = None,
     ) -> None:
         if max_batch_tokens < 1:
@@ -76,6 +83,7 @@ class LanguageModel:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_batch_tokens = int(max_batch_tokens)
+        self.checkpoint_layers = bool(checkpoint_layers)
         self.name = name or getattr(model.config, "_name_or_path", "") or type(model).__name__
         self.usage = Usage()
         self.share_prefix = True  # reuse a common prompt prefix's keys and values when scoring (exact)
@@ -316,6 +324,16 @@ class LanguageModel:
         finally:
             # None (no implementation recorded) asks transformers for its default; its annotation omits None.
             self.model.set_attn_implementation(cast(str, before))
+
+    def layer_checkpoints(
+        self, recompute: Callable[[], AbstractContextManager[Any]] = nullcontext
+    ) -> AbstractContextManager[None]:
+        """While open, forward passes under gradient keep only each decoder layer's inputs when
+        ``checkpoint_layers`` is on (:func:`~genattr.model.backward.checkpointed_layers`, which
+        takes ``recompute``); nothing changes when it is off."""
+        if not self.checkpoint_layers:
+            return nullcontext()
+        return checkpointed_layers(cast(torch.nn.Module, self.model), recompute)
 
     def attention_maps(self, rows: Batch) -> torch.Tensor:
         """Attention probabilities of every layer and head over the T positions of ``rows`` (for a

@@ -97,6 +97,7 @@ def load(
     trust_remote_code: bool = False,
     use_safetensors: bool = True,
     max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+    checkpoint_layers: bool = False,
     **from_pretrained_kwargs,
 ) -> LanguageModel:
     """Load a causal LM and its tokenizer, or wrap ones you already have.
@@ -125,6 +126,10 @@ def load(
     max_batch_tokens : int
         The memory budget: the most tokens (rows x sequence length) one forward pass may hold.
         Results do not depend on it.
+    checkpoint_layers : bool
+        Recompute each decoder layer's activations during the backward passes of gradient
+        methods instead of holding every layer's: long prompts in the memory of one layer, for
+        about one more forward pass. Results do not depend on it.
     **from_pretrained_kwargs
         Passed to ``from_pretrained`` (``revision=``, ``gguf_file=``, ...).
 
@@ -165,7 +170,9 @@ def load(
             model = model.to(
                 device=_resolve_device(device) if device is not None else None, dtype=torch_dtype
             )
-        return LanguageModel(model, tokenizer, max_batch_tokens=max_batch_tokens)
+        return LanguageModel(
+            model, tokenizer, max_batch_tokens=max_batch_tokens, checkpoint_layers=checkpoint_layers
+        )
     if path_or_id is None:
         raise InvalidParameterError("give a model path or hub id, or model= and tokenizer=.")
     from ..catalog import resolve
@@ -194,4 +201,6 @@ def load(
             "local directory."
         ) from exc
     mdl.to(target_device)  # type: ignore[arg-type]  # transformers' @wraps(Module.to) types it unbound
-    return LanguageModel(mdl, tok, max_batch_tokens=max_batch_tokens, name=str(path_or_id))
+    return LanguageModel(
+        mdl, tok, max_batch_tokens=max_batch_tokens, checkpoint_layers=checkpoint_layers, name=str(path_or_id)
+    )
