@@ -54,7 +54,9 @@ VARIANTS: dict[str, dict] = {
 }
 """Each variant's GiLOT parameters (the rest at their defaults)."""
 SERIES = "ot_b10_j30"
-DEFAULT_N = 15
+DEFAULT_N = 10
+"""Prompts of a full run (the first of ``gilot-table1``'s order): 0.8 CPU hours at the first
+prompts' 284 CPU seconds per prompt for all variants."""
 
 PAPER_TABLE3 = {"kl_b10": (41.54, 40.62, 0.93), "ot_b10": (41.88, 40.51, 1.38)}
 """GiLOT Table 3 (Llama2-13b-chat): MoRF, LeRF, ABPC of GiLOT with KLD and with OT."""
