@@ -135,6 +135,16 @@ def stored_rows(store: RowStore, tasks: Sequence[Task]) -> list[dict]:
 
 
 # --------------------------------------------------------------------- tables with intervals
+def run_arguments(order: Sequence[str], rows: Sequence[dict], offered: Sequence[str]) -> str:
+    """The arguments that compute ``rows``: ``--n`` covers the furthest example in the study's
+    ``order`` of example ids, ``--methods`` lists the methods of ``offered`` present in the rows
+    when they are not all of them."""
+    n = 1 + max(order.index(r["example"]) for r in rows)
+    present = {r["method"] for r in rows}
+    chosen = [m for m in offered if m in present]
+    return f"--n {n}" + (f" --methods {','.join(chosen)}" if chosen != list(offered) else "")
+
+
 def fmt(value: float) -> str:
     """A number as the tables print it: 2 decimals, or 3 significant digits below 0.01."""
     if math.isnan(value):

@@ -41,6 +41,7 @@ from .common import (
     interval_cell,
     markdown_table,
     paired_cell,
+    run_arguments,
 )
 
 NAME = "gilot-ablations"
@@ -243,10 +244,7 @@ def section(rows: list[dict], out: Path, link: str) -> str:
 
 
 def arguments(rows: list[dict]) -> str:
-    order = [ex.id for ex in table1.examples()]
-    n = 1 + max(order.index(r["example"]) for r in rows)
-    chosen = [v for v in VARIANTS if any(r["method"] == v for r in rows)]
-    return f"--n {n}" + (f" --methods {','.join(chosen)}" if chosen != list(VARIANTS) else "")
+    return run_arguments([ex.id for ex in table1.examples()], rows, list(VARIANTS))
 
 
 STUDY = Study(

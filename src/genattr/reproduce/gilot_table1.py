@@ -52,6 +52,7 @@ from .common import (
     interval_cell,
     markdown_table,
     paired_cell,
+    run_arguments,
 )
 
 NAME = "gilot-table1"
@@ -258,14 +259,7 @@ def compute(lm, task: Task) -> dict:
 
 # --------------------------------------------------------------------- the document's section
 def arguments(rows: list[dict]) -> str:
-    """The arguments that compute these rows: ``--n`` covers the furthest prompt in the study's
-    order, ``--methods`` lists the methods when they are not all of them."""
-    order = [ex.id for ex in examples()]
-    n = 1 + max(order.index(r["example"]) for r in rows)
-    present = {r["method"] for r in rows}
-    chosen = [m for m in methods() if m in present]
-    subset = f" --methods {','.join(chosen)}" if chosen != methods() else ""
-    return f"--n {n}{subset}"
+    return run_arguments([ex.id for ex in examples()], rows, methods())
 
 
 def _paper(model: str, method: str) -> str:

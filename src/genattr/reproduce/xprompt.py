@@ -45,6 +45,7 @@ from .common import (
     interval_cell,
     markdown_table,
     paired_cell,
+    run_arguments,
     values,
 )
 
@@ -299,10 +300,7 @@ def section(rows: list[dict], out: Path, link: str) -> str:
 
 
 def arguments(rows: list[dict]) -> str:
-    order = [ex.id for ex in examples()]
-    n = 1 + max(order.index(r["example"]) for r in rows)
-    chosen = [m for m in methods() if any(r["method"] == m for r in rows)]
-    return f"--n {n}" + (f" --methods {','.join(chosen)}" if chosen != methods() else "")
+    return run_arguments([ex.id for ex in examples()], rows, methods())
 
 
 STUDY = Study(
