@@ -52,6 +52,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -59,6 +60,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from ..errors import UnsupportedModuleError
+from ..model.backward import swapped_forwards
 from .deeplift import DIVISIONS, ELEMENTWISE, PRODUCTS, _bind
 
 ACTIVATIONS = frozenset(
@@ -366,12 +368,11 @@ def _whole_module_rule(module: torch.nn.Module) -> str | None:
     return None
 
 
-@contextmanager
-def _instance_forwards(model: torch.nn.Module, rules: _Rules) -> Iterator[None]:
+def _instance_forwards(model: torch.nn.Module, rules: _Rules) -> AbstractContextManager[None]:
     """Swaps in, on each normalisation and activation instance, a forward that applies the
     identity rule to the module as a whole; restores every instance on exit."""
-    swapped: list[tuple[torch.nn.Module, object]] = []
-    try:
+
+    def swaps() -> Iterator[tuple[torch.nn.Module, Callable[[Callable], Callable]]]:
         for path, module in model.named_modules():
             kind = _whole_module_rule(module)
             if kind is None:
@@ -382,15 +383,9 @@ def _instance_forwards(model: torch.nn.Module, rules: _Rules) -> Iterator[None]:
                     f"lrp: {path} ({type(module).__name__}) is an RMS normalisation with a bias, "
                     "which the identity rule does not cover; explain this model with another method."
                 )
-            swapped.append((module, module.__dict__.get("forward")))
-            module.forward = _identity_forward(module.forward, kind, rules)
-        yield
-    finally:
-        for module, before in swapped:
-            if before is None:
-                del module.__dict__["forward"]
-            else:
-                module.__dict__["forward"] = before
+            yield module, partial(_identity_forward, kind=kind, rules=rules)
+
+    return swapped_forwards(swaps())
 
 
 def _identity_forward(forward: Callable, kind: str, rules: _Rules) -> Callable:

@@ -17,7 +17,7 @@ every layer's (at 2,000 tokens SmolLM2's eager attention probabilities alone are
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
@@ -107,18 +107,28 @@ def checkpointed_layers(
     ...     torch.allclose(grad(), plain, atol=1e-6)
     True
     """
+    with swapped_forwards((layer, lambda f: _checkpointed(f, recompute)) for layer in decoder_layers(model)):
+        yield
+
+
+@contextmanager
+def swapped_forwards(
+    swaps: Iterable[tuple[torch.nn.Module, Callable[[Callable[..., Any]], Callable[..., Any]]]],
+) -> Iterator[None]:
+    """While open, each module's forward is ``wrap(forward)`` for its ``(module, wrap)`` in
+    ``swaps``; every instance is restored on exit, also when the block or ``swaps`` raises."""
     swapped: list[tuple[torch.nn.Module, object]] = []
     try:
-        for layer in decoder_layers(model):
-            swapped.append((layer, layer.__dict__.get("forward")))
-            layer.forward = _checkpointed(layer.forward, recompute)
+        for module, wrap in swaps:
+            swapped.append((module, module.__dict__.get("forward")))
+            module.forward = wrap(module.forward)
         yield
     finally:
-        for layer, before in swapped:
+        for module, before in swapped:
             if before is None:
-                del layer.__dict__["forward"]
+                del module.__dict__["forward"]
             else:
-                layer.__dict__["forward"] = before
+                module.__dict__["forward"] = before
 
 
 def _checkpointed(
