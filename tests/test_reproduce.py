@@ -224,13 +224,18 @@ def test_the_aieg_rows_explain_the_predicted_label_and_read_erasure_at_20_percen
     ]
     predicted = aieg.LABELS[int(label_log_probs(lm, [example.text], aieg.LABELS)[0].argmax())]
     k = aieg.PERCENTS.index(20)
+    words = aieg.sentence_words(example.text)
+    # the review's words only (this tokenizer cuts "'s" into two tokens, so "'" and "s" are two)
+    assert [example.text[s:e] for s, e in words] == "it ' s a charming and often affecting journey .".split()
     for row in rows:
         assert row["prediction"] == predicted and row["correct"] == (predicted == example.target)
+        assert row["n_features"] == len(words)
         for key, _ in aieg.METRICS:
             assert row[f"{key}_at_k"] == row[key][k]
     text = aieg.section(rows, tmp_path, "link")
     accuracy = f"{float(rows[0]['correct']):.2f}"
     assert f"in-context accuracy on them: {accuracy}" in text
+    assert "Sentences complete for every method: 1, 10.0 words each" in text
     assert "| `input_x_gradient` (Grad*Inp) |" in text and "-0.360 / 0.148 / 0.445" in text
 
 

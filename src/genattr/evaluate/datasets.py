@@ -59,9 +59,28 @@ def _read(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+SST2_QUERY = "Review: {sentence}\nSentiment:"
+"""The template of every SST-2 review, the demonstrations' (followed by their label) and the query's."""
+
+
 def _sst2_prompt(sentence: str, demonstrations: list[dict]) -> str:
-    shots = "".join(f"Review: {d['text']}\nSentiment: {d['label_text']}\n\n" for d in demonstrations)
-    return f"{shots}Review: {sentence}\nSentiment:"
+    shots = "".join(SST2_QUERY.format(sentence=d["text"]) + f" {d['label_text']}\n\n" for d in demonstrations)
+    return shots + SST2_QUERY.format(sentence=sentence)
+
+
+def sst2_sentence_span(prompt: str) -> tuple[int, int]:
+    """The character span (start, end) of the query's review sentence in an ``sst2`` prompt.
+
+    >>> prompt = _sst2_prompt("a gem .", [{"text": "dull", "label_text": "negative"}])
+    >>> start, end = sst2_sentence_span(prompt)
+    >>> prompt[start:end]
+    'a gem .'
+    """
+    head, tail = SST2_QUERY.split("{sentence}")
+    start = prompt.rfind(head)
+    if start < 0 or not prompt.endswith(tail):
+        raise InputError(f"not an sst2 prompt: it must end with {SST2_QUERY!r}.")
+    return start + len(head), len(prompt) - len(tail)
 
 
 def _sst2(rows: list[dict], pool: list[dict], seed: int) -> list[dict]:

@@ -11,9 +11,11 @@ balanced demonstrations (``genattr.evaluate.datasets``, seed 0) as plain text en
 "Sentiment:" (no chat template: the label word is the next token); SmolLM2's prediction is the
 label word (" positive" or " negative") it gives the higher probability, and that predicted word
 is the explained target, as the paper explains the predicted token. Features are the words of the
-whole prompt (the paper sums sub-tokens into words), removed by hiding them from attention
-(the paper pads with zeros). The paper fine-tuned its models on the task; SmolLM2 classifies in
-context, and its accuracy is reported first.
+review sentence (the paper sums sub-tokens into words; its fine-tuned classifier reads the sentence
+alone), removed by hiding them from attention (the paper pads with zeros); the demonstrations and
+the template are context that is never removed, so that top k% means k% of the review's words.
+The paper fine-tuned its models on the task; SmolLM2 classifies in context, and its accuracy is
+reported first.
 
 Not done here: the paper's generation setting (a word of interest in a generated text).
 """
@@ -28,10 +30,11 @@ import numpy as np
 
 from ..errors import GenattrError, InputError
 from ..evaluate.benchmark import example_seed, timed_explain
-from ..evaluate.datasets import records
+from ..evaluate.datasets import records, sst2_sentence_span
 from ..evaluate.faithfulness import erasure
 from ..evaluate.stats import mean_interval
 from ..evaluate.tables import save_png
+from ..text.segment import word_spans
 from ..usecases import label_log_probs
 from .common import (
     SEED,
@@ -47,7 +50,7 @@ from .common import (
 )
 
 NAME = "aieg"
-LEVEL = "word"
+LEVEL = "spans"
 MASK = "attention"
 LABELS = (" positive", " negative")
 PERCENTS = (1, 5, 10, 20, 50)
@@ -108,7 +111,7 @@ def settings(model: str, dtype: str | None, method: str) -> dict:
         "dtype": dtype,
         "seed": SEED,
         "prompt": "plain text, in-context",
-        "level": LEVEL,
+        "level": "words of the review sentence",
         "mask": MASK,
         "target": "predicted label word",
         "percents": list(PERCENTS),
@@ -124,6 +127,12 @@ def tasks(model: str, dtype: str | None, n: int | None, chosen: Sequence[str] | 
     return [Task(m, ex, settings(model, dtype, m)) for ex in examples(n) for m in ms]
 
 
+def sentence_words(prompt: str) -> list[tuple[int, int]]:
+    """The character spans of the words of the prompt's review sentence, the study's features."""
+    start, end = sst2_sentence_span(prompt)
+    return [(start + a, start + b) for a, b in word_spans(prompt[start:end])]
+
+
 def compute(lm, task: Task) -> dict:
     """The model's prediction, the method's explanation of it and the erasure metrics at each k."""
     try:
@@ -135,6 +144,7 @@ def compute(lm, task: Task) -> dict:
             target=prediction,
             method=task.method,
             level=LEVEL,
+            spans=sentence_words(task.example.text),
             mask=MASK,
             seed=example_seed(SEED, task.example.id),
             token_scores=False,
@@ -216,7 +226,9 @@ def section(rows: list[dict], out: Path, link: str) -> str:
     accuracy = mean_interval([float(first[e]["correct"]) for e in done]) if done else None
     parts = [
         f"Compute: {hours:.2f} hours over {len(rows)} rows (explanations and erasure, the rows' own times). "
-        f"Sentences complete for every method: {len(done)}.\n",
+        f"Sentences complete for every method: {len(done)}, "
+        f"{np.mean([first[e]['n_features'] for e in done]) if done else 0:.1f} words each on average: the features "
+        "are the review sentence's words, after the demonstrations and the template, which are never removed.\n",
         f"The model's in-context accuracy on them: {fmt_interval(accuracy)} (chance 0.5).\n"
         if accuracy
         else "",
