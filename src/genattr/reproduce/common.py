@@ -190,6 +190,15 @@ def paired_cell(rows: Sequence[dict], a: str, b: str, key: str, examples: Sequen
     return f"**{text}**" if iv.excludes_zero else text
 
 
+def counted(n: int, singular: str, plural: str) -> str:
+    """``n`` and the noun in the number it takes.
+
+    >>> counted(1, "query", "queries"), counted(3, "query", "queries")
+    ('1 query', '3 queries')
+    """
+    return f"{n} {singular if n == 1 else plural}"
+
+
 def markdown_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in body]) + "\n"

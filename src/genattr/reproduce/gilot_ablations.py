@@ -36,6 +36,7 @@ from .common import (
     Task,
     chat_prompt,
     complete_examples,
+    counted,
     fmt,
     fmt_interval,
     interval_cell,
@@ -233,7 +234,7 @@ def section(rows: list[dict], out: Path, link: str) -> str:
     series = [r for r in rows if r["method"] == SERIES and "token_scores" in r]
     if series:
         parts += [
-            f"### Output length J (Figure 3) and beam mass (Table 8), {len(series)} prompts\n",
+            f"### Output length J (Figure 3) and beam mass (Table 8), {counted(len(series), 'prompt', 'prompts')}\n",
             f"Means over prompts with 95% BCa intervals; {fmt(float(np.mean([r['n_features'] for r in series])))} "
             "token features per prompt on average. The paper's Figure 3 (J_max = 100) settles by J = 10. "
             "Its Table 8 rows are read as position J = max_dec_len (its first row, 1.0000, is the first "

@@ -35,7 +35,7 @@ from ..evaluate.datasets import sst2_sentences
 from ..evaluate.stats import mean_interval
 from ..evaluate.tables import save_png
 from ..usecases import correlate, icl_orders
-from .common import SEED, Example, Study, Task, fmt, fmt_interval, markdown_table
+from .common import SEED, Example, Study, Task, counted, fmt, fmt_interval, markdown_table
 
 NAME = "icl"
 TEMPLATES = (
@@ -228,8 +228,8 @@ def section(rows: list[dict], out: Path, link: str) -> str:
     summaries = {key: _summary(found) for key, found in grouped.items()}
     parts.append(
         f"The model's in-context accuracy over every setting, query and order: {fmt_interval(overall)} "
-        f"(95% BCa interval over the {len(per_query)} queries; chance 0.5). Settings: {len(grouped)} "
-        f"({n_queries} queries each, {SHOTS}! orders of {SHOTS} demonstrations).\n"
+        f"(95% BCa interval over the {counted(len(per_query), 'query', 'queries')}; chance 0.5). Settings: {len(grouped)} "
+        f"({counted(n_queries, 'query', 'queries')} each, {SHOTS}! orders of {SHOTS} demonstrations).\n"
     )
     body = []
     for (t, d), found in grouped.items():
