@@ -206,7 +206,8 @@ def test_the_ablations_section_reads_its_rows(tmp_path):
 
 def test_the_xprompt_search_table_pairs_xprompt_with_each_ablation_by_prompt():
     """Hand-made traces: on each of 3 prompts XPrompt's search sits exactly 1.5 below
-    w/o Initialization at every iteration and equals w/o Probability."""
+    w/o Initialization at every iteration, equals w/o Probability and sits 1.5 above the
+    log-guided variant, which the paper did not run."""
     rows = []
     for i, ex in enumerate(xprompt.examples(3)):
         base = [-10.0 - i - 0.1 * t for t in range(xprompt.N_ITER + 1)]
@@ -214,11 +215,17 @@ def test_the_xprompt_search_table_pairs_xprompt_with_each_ablation_by_prompt():
             {"method": "xprompt", "example": ex.id, "trace": [v - 1.5 for v in base]},
             {"method": "xprompt_no_init", "example": ex.id, "trace": base},
             {"method": "xprompt_no_probability", "example": ex.id, "trace": [v - 1.5 for v in base]},
+            {"method": "xprompt_log_guidance", "example": ex.id, "trace": [v - 3.0 for v in base]},
         ]
     text = xprompt._trace_table(rows)
     assert "| `xprompt` - `xprompt_no_init` | 3 | **-1.50 [-1.50, -1.50]** |" in text
     assert "| `xprompt` - `xprompt_no_probability` | 3 | 0.00 [0.00, 0.00] |" in text
     assert "-8.5 / -7.1 / -5.5" in text  # the paper's Table 4 difference beside ours
+    guided = next(
+        line for line in text.splitlines() if line.startswith("| `xprompt` - `xprompt_log_guidance`")
+    )
+    assert guided.startswith("| `xprompt` - `xprompt_log_guidance` | 3 | **1.50 [1.50, 1.50]** |")
+    assert guided.endswith("| - |")  # a variant the paper did not run
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,10 @@ initialisation and gradient sampling (Table 4); the time per prompt (Table 2).
 Methods: ``random`` (the similarity protocol's ``RANDOM_MASKS`` random k-subsets, the paper's
 Random), ``leave_one_out`` (the paper's Captum, its Eq. 2), ``integrated_gradients`` and
 ``xprompt`` (searched afresh for each k); the ablations ``xprompt_no_init`` (``random_init``) and
-``xprompt_no_probability`` (``uniform_sampling``) at k = 3, their trace only.
+``xprompt_no_probability`` (``uniform_sampling``) at k = 3, their trace only, and beside them
+``xprompt_log_guidance`` (``guidance='log_probability'``), a variant the paper does not run: where
+p(y | x) is small the paper's guidance p(y | x) |d log p / dm| makes softmax(g) nearly uniform, so
+that w/o Probability draws the same swaps; the log form samples by the gradient itself.
 
 Prompts, each the user's message in the chat template: XPrompt's Alpaca subset in its order and
 the counselling questions of 15 to ``MAX_WORDS`` words (the paper's MHC; at least 15 words as the
@@ -61,7 +64,11 @@ N_ITER = 50
 """XPrompt's swap iterations (the paper's Table 4 runs to 50)."""
 DATASETS = ("xprompt-alpaca", "counsel-chat")
 MAIN = ("random", "leave_one_out", "integrated_gradients", "xprompt")
-ABLATIONS = {"xprompt_no_init": {"random_init": True}, "xprompt_no_probability": {"uniform_sampling": True}}
+ABLATIONS = {
+    "xprompt_no_init": {"random_init": True},
+    "xprompt_no_probability": {"uniform_sampling": True},
+    "xprompt_log_guidance": {"guidance": "log_probability"},
+}
 PARAMS: dict[str, dict] = {
     "integrated_gradients": {"n_steps": 20},
     "xprompt": {"n_iter": N_ITER},
@@ -255,7 +262,12 @@ def _pr_over_k(rows: list[dict], done: list[str], path: Path) -> str:
 
 
 def _trace_table(rows: list[dict]) -> str:
-    """Table 4: each variant's mean trace, then XPrompt minus each ablation paired by prompt."""
+    """Table 4: each variant's mean trace, then XPrompt minus each variant paired by prompt, the
+    paper's value (or its difference of means) beside ours where the paper ran the variant."""
+
+    def paper(values: Sequence[float] | None) -> str:
+        return " / ".join(f"{v:.1f}" for v in values) if values else "-"
+
     traces = {
         m: {r["example"]: r["trace"] for r in rows if r["method"] == m and "trace" in r}
         for m in ("xprompt", *ABLATIONS)
@@ -264,9 +276,7 @@ def _trace_table(rows: list[dict]) -> str:
     for m, by_example in traces.items():
         if by_example:
             cells = [fmt_interval(mean_interval([t[i] for t in by_example.values()])) for i in TRACE_AT]
-            body.append(
-                [f"`{m}`", str(len(by_example)), *cells, " / ".join(f"{v:.1f}" for v in PAPER_TABLE4[m])]
-            )
+            body.append([f"`{m}`", str(len(by_example)), *cells, paper(PAPER_TABLE4.get(m))])
     for m in ABLATIONS:
         both = [e for e in traces["xprompt"] if e in traces[m]]
         if both:
@@ -274,10 +284,9 @@ def _trace_table(rows: list[dict]) -> str:
             for i in TRACE_AT:
                 iv = paired_interval([traces["xprompt"][e][i] for e in both], [traces[m][e][i] for e in both])
                 cells.append(f"**{fmt_interval(iv)}**" if iv.excludes_zero else fmt_interval(iv))
-            paper = " / ".join(
-                f"{a - b:.1f}" for a, b in zip(PAPER_TABLE4["xprompt"], PAPER_TABLE4[m], strict=True)
-            )
-            body.append([f"`xprompt` - `{m}`", str(len(both)), *cells, paper])
+            ours, theirs = PAPER_TABLE4["xprompt"], PAPER_TABLE4.get(m)
+            difference = [a - b for a, b in zip(ours, theirs, strict=True)] if theirs else None
+            body.append([f"`xprompt` - `{m}`", str(len(both)), *cells, paper(difference)])
     header = ["variant", "prompts", *[f"after {i}" for i in TRACE_AT], "paper (LLaMA-2)"]
     return markdown_table(header, body)
 
