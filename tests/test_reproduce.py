@@ -204,6 +204,25 @@ def test_the_ablations_section_reads_its_rows(tmp_path):
     assert (tmp_path / "gilot-ablations-length.png").is_file()
 
 
+def test_the_xprompt_table_puts_the_papers_table_1_and_table_2_beside_ours():
+    ids = ["xprompt-alpaca:0", "xprompt-alpaca:1"]
+    rows = [
+        {"method": m, "example": e, "seconds": 2.0 + i} | {key: 0.5 for key, _ in xprompt.METRICS}
+        for m in xprompt.MAIN
+        for i, e in enumerate(ids)
+    ]
+    lines = {line.split(" |")[0]: line for line in xprompt._table1(rows, "xprompt-alpaca", ids).splitlines()}
+    assert lines["| `leave_one_out` (Captum)"].endswith(
+        "| 2.50 [2.00, 3.00] | 0.515 / 0.409 / 0.421 / 0.409 / 0.680 / 0.602 / 0.417 | 1169.6 |"
+    )
+    assert lines["| `xprompt` (XPrompt)"].endswith(
+        "| 0.482 / 0.388 / 0.386 / 0.379 / 0.642 / 0.549 / 0.504 | 15.2 |"
+    )
+    assert lines["| `random` (Random)"].endswith(
+        "| 0.50 [0.50, 0.50] |  | " + "0.601 / 0.527 / 0.533 / 0.522 / 0.825 / 0.842 / 0.134 |  |"
+    )
+
+
 def test_the_xprompt_search_table_pairs_xprompt_with_each_ablation_by_prompt():
     """Hand-made traces: on each of 3 prompts XPrompt's search sits exactly 1.5 below
     w/o Initialization at every iteration, equals w/o Probability and sits 1.5 above the
