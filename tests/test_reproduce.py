@@ -279,7 +279,36 @@ def test_the_aieg_rows_explain_the_predicted_label_and_read_erasure_at_20_percen
     accuracy = f"{float(rows[0]['correct']):.2f}"
     assert f"in-context accuracy on them: {accuracy}" in text
     assert "Sentences complete for every method: 1, 10.0 words each" in text
-    assert "| `input_x_gradient` (Grad*Inp) |" in text and "-0.360 / 0.148 / 0.445" in text
+    assert "| `input_x_gradient` (Grad*Inp) |" in text
+    assert "-0.360 / 0.148 / 0.445" not in text  # the paper's Table 1 is in the generation setting
+
+
+def test_the_aieg_generation_rows_explain_the_word_of_interest_by_every_word_before_it(
+    long_context, tmp_path
+):
+    from genattr.reproduce.common import greedy_ids
+    from genattr.text.prompt import Prompt
+    from genattr.text.segment import word_spans
+
+    lm = long_context
+    (classified,) = aieg.examples(1)
+    (example,) = aieg.generation_examples(1)
+    assert example.text == "it 's a charming and often affecting journey ." and example.target is None
+    assert example.id.split(":")[1] == classified.id.split(":")[1]  # the same sentence in both settings
+    continuation = lm.tokenizer.decode(list(greedy_ids(lm, Prompt.from_text(lm.tokenizer, example.text), 20)))
+    context, word = aieg.generation_case(lm, example.text)
+    start, end = aieg.word_of_interest(continuation)
+    assert context + word == example.text + continuation[:end]
+    assert word.strip() == continuation[start:end] and not context.endswith(" ")
+    task = Task("attention", example, aieg.settings("tiny", None, "attention", aieg.GENERATION))
+    row = {**aieg.compute(lm, task), **task.stamp()}
+    assert row["word"] == word.strip() and row["n_features"] == len(word_spans(context))
+    assert "prediction" not in row and row["log_odds_at_k"] == row["log_odds"][aieg.PERCENTS.index(20)]
+    text = aieg.section([row], tmp_path, "link")
+    assert f"The words of interest: {example.id}: {word.strip()}." in text
+    assert "-0.177 / 0.187 / 0.445" in text  # the paper's Table 1 beside the generation setting
+    assert (tmp_path / "aieg-k-generation.png").is_file() and not (tmp_path / "aieg-k.png").exists()
+    assert aieg.arguments([row]) == "--n 1 --methods attention"
 
 
 def test_the_xprompt_rows_probability_ratios_are_the_methods_own(long_context):

@@ -17,7 +17,12 @@ the template are context that is never removed, so that top k% means k% of the r
 The paper fine-tuned its models on the task; SmolLM2 classifies in context, and its accuracy is
 reported first.
 
-Not done here: the paper's generation setting (a word of interest in a generated text).
+The paper's own setting, where its Table 1 comes from, is generation: a review, the model's
+continuation of it, and a word of interest in the continuation, explained by every word before it
+(the review's and the continuation's). Here (``sst2-generation``): each of the same SST-2
+sentences as plain text, SmolLM2's greedy continuation of ``NEW_TOKENS`` tokens, and as the word of
+interest the continuation's last content word (:func:`word_of_interest`; the paper picked its word
+by hand), its tokens the target and every word before it a feature.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from ..evaluate.datasets import records, sst2_sentence_span
 from ..evaluate.faithfulness import erasure
 from ..evaluate.stats import mean_interval
 from ..evaluate.tables import save_png
+from ..text.prompt import Prompt
 from ..text.segment import word_spans
 from ..usecases import label_log_probs
 from .common import (
@@ -43,6 +49,7 @@ from .common import (
     Task,
     complete_examples,
     fmt_interval,
+    greedy_ids,
     interval_cell,
     markdown_table,
     paired_cell,
@@ -50,6 +57,10 @@ from .common import (
 )
 
 NAME = "aieg"
+GENERATION = "sst2-generation"
+"""The data set name of the generation setting's examples."""
+NEW_TOKENS = 20
+"""Tokens of the continuation in which the word of interest is chosen."""
 LEVEL = "spans"
 MASK = "attention"
 LABELS = (" positive", " negative")
@@ -104,16 +115,58 @@ def examples(n: int | None = None) -> list[Example]:
     return [Example(f"sst2:{r['id']}", "sst2", r["prompt"], r["target"]) for r in records("sst2", n, SEED)]
 
 
-def settings(model: str, dtype: str | None, method: str) -> dict:
+def generation_examples(n: int | None = None) -> list[Example]:
+    """The same ``n`` SST-2 dev sentences alone, as plain text for the model to continue."""
+    found = []
+    for r in records("sst2", n, SEED):
+        start, end = sst2_sentence_span(r["prompt"])
+        found.append(Example(f"{GENERATION}:{r['id']}", GENERATION, r["prompt"][start:end]))
+    return found
+
+
+def word_of_interest(continuation: str) -> tuple[int, int] | None:
+    """The character span of the continuation's last content word: at least four letters, not an
+    English stop word (scikit-learn's list), and not the continuation's final word, which the token
+    budget may have cut; None when there is none.
+
+    >>> text = " and the actors are wonderful in every scene"
+    >>> s, e = word_of_interest(text); text[s:e]
+    'wonderful'
+    """
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    words = word_spans(continuation)[:-1]
+    for start, end in reversed(words):
+        word = continuation[start:end]
+        if len(word) >= 4 and word.isalpha() and word.lower() not in ENGLISH_STOP_WORDS:
+            return start, end
+    return None
+
+
+def generation_case(lm, sentence: str) -> tuple[str, str]:
+    """(context, word): the sentence and the model's greedy continuation up to the word of
+    interest, and that word with the space before it, the explained target."""
+    prompt = Prompt.from_text(lm.tokenizer, sentence)
+    continuation = lm.tokenizer.decode(list(greedy_ids(lm, prompt, NEW_TOKENS)))
+    span = word_of_interest(continuation)
+    if span is None:
+        raise InputError(f"the continuation {continuation!r} has no content word to explain.")
+    start, end = span
+    cut = start - 1 if continuation[start - 1 : start].isspace() else start
+    return sentence + continuation[:cut], continuation[cut:end]
+
+
+def settings(model: str, dtype: str | None, method: str, dataset: str = "sst2") -> dict:
+    generation = dataset == GENERATION
     return {
         "study": NAME,
         "model": model,
         "dtype": dtype,
         "seed": SEED,
-        "prompt": "plain text, in-context",
-        "level": "words of the review sentence",
+        "prompt": "plain text, the review and its continuation" if generation else "plain text, in-context",
+        "level": "words before the word of interest" if generation else "words of the review sentence",
         "mask": MASK,
-        "target": "predicted label word",
+        "target": f"word of interest in {NEW_TOKENS} greedy tokens" if generation else "predicted label word",
         "percents": list(PERCENTS),
         "params": PARAMS.get(method, {}),
     }
@@ -124,7 +177,8 @@ def tasks(model: str, dtype: str | None, n: int | None, chosen: Sequence[str] | 
     if unknown:
         raise InputError(f"{NAME} has no method {unknown}; choose from {', '.join(METHODS)}.")
     ms = [m for m in METHODS if chosen is None or m in chosen]
-    return [Task(m, ex, settings(model, dtype, m)) for ex in examples(n) for m in ms]
+    chosen_examples = [*examples(n), *generation_examples(n)]
+    return [Task(m, ex, settings(model, dtype, m, ex.dataset)) for ex in chosen_examples for m in ms]
 
 
 def sentence_words(prompt: str) -> list[tuple[int, int]]:
@@ -134,17 +188,29 @@ def sentence_words(prompt: str) -> list[tuple[int, int]]:
 
 
 def compute(lm, task: Task) -> dict:
-    """The model's prediction, the method's explanation of it and the erasure metrics at each k."""
+    """The explained target (the predicted label, or the word of interest of the continuation),
+    the method's explanation of it and the erasure metrics at each k."""
     try:
-        log_probs = label_log_probs(lm, [task.example.text], LABELS)[0]
-        prediction = LABELS[int(log_probs.argmax())]
+        if task.example.dataset == GENERATION:
+            text, target = generation_case(lm, task.example.text)
+            spans, extra = word_spans(text), {"word": target.strip()}
+        else:
+            text = task.example.text
+            log_probs = label_log_probs(lm, [text], LABELS)[0]
+            target = LABELS[int(log_probs.argmax())]
+            spans = sentence_words(text)
+            extra = {
+                "prediction": target,
+                "correct": target == task.example.target,
+                "p_prediction": float(np.exp(log_probs.max())),
+            }
         res, cost = timed_explain(
             lm,
-            task.example.text,
-            target=prediction,
+            text,
+            target=target,
             method=task.method,
             level=LEVEL,
-            spans=sentence_words(task.example.text),
+            spans=spans,
             mask=MASK,
             seed=example_seed(SEED, task.example.id),
             token_scores=False,
@@ -160,20 +226,18 @@ def compute(lm, task: Task) -> dict:
         **cost,
         "protocol_seconds": protocol,
         "n_features": len(res.features),
-        "prediction": prediction,
-        "correct": prediction == task.example.target,
-        "p_prediction": float(np.exp(log_probs.max())),
+        **extra,
         **{key: scores[key] for key, _ in METRICS},
         **{f"{key}_at_k": scores[key][at_k] for key, _ in METRICS},
     }
 
 
 # --------------------------------------------------------------------- the document's section
-def _table(rows: list[dict], ms: list[str], done: list[str]) -> str:
+def _table(rows: list[dict], ms: list[str], done: list[str], paper_setting: bool) -> str:
     header = [
         "method",
         *[label for _, label in METRICS],
-        "time per sentence (s)",
+        "time per example (s)",
         "paper (LLaMA): LO / Comp / Suff",
     ]
     body = []
@@ -185,7 +249,7 @@ def _table(rows: list[dict], ms: list[str], done: list[str]) -> str:
                 f"`{m}` ({PAPER_NAMES[m]})",
                 *cells,
                 interval_cell(rows, m, "seconds", done),
-                " / ".join(f"{v:.3f}" for v in paper) if paper else "",
+                " / ".join(f"{v:.3f}" for v in paper) if paper and paper_setting else "",
             ]
         )
     return markdown_table(header, body)
@@ -217,43 +281,77 @@ def _plot(rows: list[dict], ms: list[str], done: list[str], path: Path) -> None:
     save_png(fig, path)
 
 
+def _results(
+    rows: list[dict], ms: list[str], done: list[str], out: Path, link: str, generation: bool
+) -> list[str]:
+    """The table at k = 20%, AIEG's paired differences and the curves over k of one setting."""
+    name = f"{NAME}-k-generation.png" if generation else f"{NAME}-k.png"
+    _plot(rows, ms, done, out / name)
+    where = "the word of interest" if generation else "the predicted label"
+    paper = (
+        "the paper's column is its Table 1 (SST-2, this setting), for its fine-tuned LLaMA, padding removed "
+        "words with zeros"
+        if generation
+        else "the paper's Table 1 is in the generation setting below"
+    )
+    return [
+        f"Means over examples with 95% BCa intervals of the change in {where} at k = {K}%; {paper}.\n",
+        _table(rows, ms, done, generation),
+        f"Paired differences, AIEG against each method at k = {K}% (**bold**: the 95% paired bootstrap "
+        "interval excludes 0; lower LO and Suff, higher Comp, are better):\n",
+        _paired(rows, ms, done),
+        f"![Log-odds, comprehensiveness and sufficiency over k (Figure 5)]({link}/{name})\n",
+    ]
+
+
+def _failed(rows: list[dict]) -> list[str]:
+    failed = sorted(f"`{r['method']}` on {r['example']}: {r['error']}" for r in rows if "error" in r)
+    return ["Rows that failed:\n\n" + "\n".join(f"- {f}" for f in failed) + "\n"] if failed else []
+
+
 def section(rows: list[dict], out: Path, link: str) -> str:
     ms = [m for m in METHODS if any(r["method"] == m for r in rows)]
-    done = complete_examples(rows, ms, "log_odds")
-    failed = sorted(f"`{r['method']}` on {r['example']}: {r['error']}" for r in rows if "error" in r)
     hours = sum(r.get("seconds", 0) + r.get("protocol_seconds", 0) for r in rows) / 3600
-    first = {r["example"]: r for r in rows if "correct" in r}
-    accuracy = mean_interval([float(first[e]["correct"]) for e in done]) if done else None
     parts = [
-        f"Compute: {hours:.2f} hours over {len(rows)} rows (explanations and erasure, the rows' own times). "
-        f"Sentences complete for every method: {len(done)}, "
-        f"{np.mean([first[e]['n_features'] for e in done]) if done else 0:.1f} words each on average: the features "
-        "are the review sentence's words, after the demonstrations and the template, which are never removed.\n",
-        f"The model's in-context accuracy on them: {fmt_interval(accuracy)} (chance 0.5).\n"
-        if accuracy
-        else "",
+        f"Compute: {hours:.2f} hours over {len(rows)} rows (explanations and erasure, the rows' own times).\n",
+        *_failed(rows),
     ]
-    if failed:
-        parts.append("Rows that failed:\n\n" + "\n".join(f"- {f}" for f in failed) + "\n")
-    if not done:
-        return "\n".join(parts)
-    _plot(rows, ms, done, out / f"{NAME}-k.png")
-    parts += [
-        f"### Log-odds, comprehensiveness and sufficiency at k = {K}% (Tables 1-2)\n",
-        "Means over sentences with 95% BCa intervals; the paper's column is its Table 1 (SST-2), "
-        "for its fine-tuned LLaMA, padding removed words with zeros.\n",
-        _table(rows, ms, done),
-        "### Paired differences, AIEG against each method (k = 20%)\n",
-        "**Bold**: the 95% paired bootstrap interval excludes 0 (lower LO and Suff, higher Comp, are better).\n",
-        _paired(rows, ms, done),
-        "### Over k (Figure 5)\n",
-        f"![Log-odds, comprehensiveness and sufficiency over k]({link}/{NAME}-k.png)\n",
-    ]
+    classified = [r for r in rows if r["dataset"] != GENERATION]
+    done = complete_examples(classified, ms, "log_odds")
+    parts.append(f"### In-context classification: the predicted label (k = {K}%, Tables 1-2, Figure 5)\n")
+    if done:
+        first = {r["example"]: r for r in classified if "correct" in r}
+        accuracy = mean_interval([float(first[e]["correct"]) for e in done])
+        words = np.mean([first[e]["n_features"] for e in done])
+        parts += [
+            f"Sentences complete for every method: {len(done)}, {words:.1f} words each on average: the "
+            "features are the review sentence's words, after the demonstrations and the template, which are "
+            f"never removed. The model's in-context accuracy on them: {fmt_interval(accuracy)} (chance 0.5).\n",
+            *_results(classified, ms, done, out, link, generation=False),
+        ]
+    else:
+        parts.append("No sentence has a row of every method yet.\n")
+    generated = [r for r in rows if r["dataset"] == GENERATION]
+    done = complete_examples(generated, ms, "log_odds")
+    parts.append(f"### Generation: a word of interest in the continuation (k = {K}%, Table 1's setting)\n")
+    if done:
+        first = {r["example"]: r for r in generated if "word" in r}
+        words = np.mean([first[e]["n_features"] for e in done])
+        chosen = ", ".join(f"{e}: {first[e]['word']}" for e in done)
+        parts += [
+            f"Sentences complete for every method: {len(done)}, {words:.1f} words before the word of interest on "
+            f"average (the review's and the continuation's, all features). The words of interest: {chosen}.\n",
+            *_results(generated, ms, done, out, link, generation=True),
+        ]
+    else:
+        parts.append("No sentence has a row of every method yet.\n")
     return "\n".join(parts)
 
 
 def arguments(rows: list[dict]) -> str:
-    return run_arguments([ex.id for ex in examples()], rows, METHODS)
+    """``--n`` counts sentences, each in both settings."""
+    by_sentence = [{**r, "example": "sst2:" + r["example"].split(":", 1)[1]} for r in rows]
+    return run_arguments([ex.id for ex in examples()], by_sentence, METHODS)
 
 
 STUDY = Study(
