@@ -190,6 +190,7 @@ def sentence_words(prompt: str) -> list[tuple[int, int]]:
 def compute(lm, task: Task) -> dict:
     """The explained target (the predicted label, or the word of interest of the continuation),
     the method's explanation of it and the erasure metrics at each k."""
+    extra: dict
     try:
         if task.example.dataset == GENERATION:
             text, target = generation_case(lm, task.example.text)

@@ -64,7 +64,7 @@ N_ITER = 50
 """XPrompt's swap iterations (the paper's Table 4 runs to 50)."""
 DATASETS = ("xprompt-alpaca", "counsel-chat")
 MAIN = ("random", "leave_one_out", "integrated_gradients", "xprompt")
-ABLATIONS = {
+ABLATIONS: dict[str, dict] = {
     "xprompt_no_init": {"random_init": True},
     "xprompt_no_probability": {"uniform_sampling": True},
     "xprompt_log_guidance": {"guidance": "log_probability"},
