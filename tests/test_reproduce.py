@@ -311,6 +311,35 @@ def test_the_aieg_generation_rows_explain_the_word_of_interest_by_every_word_bef
     assert aieg.arguments([row]) == "--n 1 --methods attention"
 
 
+def test_the_aieg_random_baseline_averages_the_erasure_of_its_seeds(long_context):
+    import genattr
+    from genattr.evaluate.benchmark import example_seed
+    from genattr.evaluate.faithfulness import erasure
+
+    lm = long_context
+    (example,) = aieg.examples(1)
+    task = Task("random", example, aieg.settings("tiny", None, "random"))
+    row = aieg.compute(lm, task)
+    words = aieg.sentence_words(example.text)
+    curves = []
+    for r in range(aieg.RANDOM_SEEDS):
+        seed = example_seed(0, f"{example.id}#{r}")
+        res = genattr.explain(
+            lm,
+            example.text,
+            target=row["prediction"],
+            method="random",
+            level="spans",
+            spans=words,
+            mask="attention",
+            seed=seed,
+        )
+        curves.append(erasure(lm, res, percents=aieg.PERCENTS)["log_odds"])
+    assert len({tuple(c) for c in curves}) > 1  # the seeds rank differently
+    assert row["log_odds"] == pytest.approx(np.mean(curves, axis=0).tolist(), abs=1e-9)
+    assert row["log_odds_at_k"] == pytest.approx(float(np.mean(curves, axis=0)[aieg.PERCENTS.index(20)]))
+
+
 def test_the_xprompt_rows_probability_ratios_are_the_methods_own(long_context):
     """PR at 1 of leave-one-out is exp(-its top score) (the score is log p(y|x) - log p(y|x without
     the feature)); PR at 3 of XPrompt is the ratio its search reached on its chosen 3 tokens."""

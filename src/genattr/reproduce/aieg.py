@@ -43,6 +43,7 @@ from ..text.prompt import Prompt
 from ..text.segment import word_spans
 from ..usecases import label_log_probs
 from .common import (
+    COST_KEYS,
     SEED,
     Example,
     Study,
@@ -75,7 +76,10 @@ METHODS = (
     "gradient_shap",
     "attention",
     "aieg",
+    "random",
 )
+RANDOM_SEEDS = 5
+"""Seeds of the random baseline (not in the paper) per example; its curves are averaged over them."""
 PARAMS: dict[str, dict] = {
     "integrated_gradients": {"n_steps": 50},
     "ig_clipped": {"n_steps": 50},
@@ -94,6 +98,7 @@ PAPER_NAMES = {
     "gradient_shap": "GradShap",
     "attention": "Attn.-Only",
     "aieg": "AIEG",
+    "random": "not in the paper",
 }
 PAPER_TABLE1 = {  # AIEG Table 1 (SST-2), LLaMA column: LO, Comp, Suff at k = 20%
     "input_x_gradient": (-0.360, 0.148, 0.445),
@@ -205,31 +210,52 @@ def compute(lm, task: Task) -> dict:
                 "correct": target == task.example.target,
                 "p_prediction": float(np.exp(log_probs.max())),
             }
-        res, cost = timed_explain(
-            lm,
-            text,
-            target=target,
-            method=task.method,
-            level=LEVEL,
-            spans=spans,
-            mask=MASK,
-            seed=example_seed(SEED, task.example.id),
-            token_scores=False,
-            **task.settings["params"],
-        )
-        started = time.perf_counter()
-        scores = erasure(lm, res, percents=PERCENTS)
-        protocol = time.perf_counter() - started
+        if task.method == "random":
+            seeds = [example_seed(SEED, f"{task.example.id}#{r}") for r in range(RANDOM_SEEDS)]
+        else:
+            seeds = [example_seed(SEED, task.example.id)]
+        runs = [
+            _erased(lm, text, target, spans, task.method, seed, task.settings["params"]) for seed in seeds
+        ]
     except GenattrError as exc:
         return {"error": str(exc)}
     at_k = PERCENTS.index(K)
+    curves = {key: np.mean([run[key] for run in runs], axis=0).tolist() for key, _ in METRICS}
+    costs = {key: float(np.mean([run[key] for run in runs])) for key in COST_KEYS}
+    return {
+        **costs,
+        "protocol_seconds": sum(run["protocol_seconds"] for run in runs),  # the compute spent
+        "n_features": runs[0]["n_features"],
+        **extra,
+        **curves,
+        **{f"{key}_at_k": curves[key][at_k] for key, _ in METRICS},
+    }
+
+
+def _erased(
+    lm, text: str, target: str, spans: list[tuple[int, int]], method: str, seed: int, params: dict
+) -> dict:
+    """One explanation's cost and feature count, the erasure curves of its ranking and the
+    seconds they took."""
+    res, cost = timed_explain(
+        lm,
+        text,
+        target=target,
+        method=method,
+        level=LEVEL,
+        spans=spans,
+        mask=MASK,
+        seed=seed,
+        token_scores=False,
+        **params,
+    )
+    started = time.perf_counter()
+    scores = erasure(lm, res, percents=PERCENTS)
     return {
         **cost,
-        "protocol_seconds": protocol,
+        "protocol_seconds": time.perf_counter() - started,
         "n_features": len(res.features),
-        **extra,
         **{key: scores[key] for key, _ in METRICS},
-        **{f"{key}_at_k": scores[key][at_k] for key, _ in METRICS},
     }
 
 

@@ -30,6 +30,18 @@ SEED = 0
 """The run seed of every study; each example's own seed is derived from it (``example_seed``)."""
 
 
+COST_KEYS = (
+    "seconds",
+    "cpu_seconds",
+    "forward_passes",
+    "tokens_processed",
+    "backward_passes",
+    "backward_tokens",
+)
+"""The costs :func:`~genattr.evaluate.benchmark.timed_explain` measures, averaged where a row
+holds several explanations (a random baseline's seeds)."""
+
+
 @dataclass(frozen=True)
 class Example:
     """One prompt of a study: its id, data set, text and, where the data has one, its gold answer."""

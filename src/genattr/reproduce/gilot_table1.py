@@ -41,6 +41,7 @@ from ..evaluate.datasets import records
 from ..evaluate.faithfulness import auc, perturbation_curves
 from ..evaluate.tables import plot_curves
 from .common import (
+    COST_KEYS,
     SEED,
     Example,
     Study,
@@ -218,16 +219,6 @@ def with_areas(row: dict) -> dict:
         lerf = auc(row[f"{prefix}lerf"], row["fractions"])
         row |= {f"{prefix}auc_morf": morf, f"{prefix}auc_lerf": lerf, f"{prefix}abpc": morf - lerf}
     return row
-
-
-COST_KEYS = (
-    "seconds",
-    "cpu_seconds",
-    "forward_passes",
-    "tokens_processed",
-    "backward_passes",
-    "backward_tokens",
-)
 
 
 def _mean_of_seeds(runs: list[dict]) -> dict:
