@@ -411,6 +411,22 @@ def test_the_icl_section_correlates_setting_means(tmp_path):
     assert "Settings: 6 (2 queries each" in text
 
 
+def test_the_icl_section_ranks_the_templates_against_the_papers_table_5(tmp_path):
+    """Each template's aqw is the paper's, its accuracy the paper's negated and its sensitivity
+    the paper's on one demonstration set and 0 on the other: rho 1, -1 and 1."""
+    rows = []
+    for t in range(4):
+        aqw, acc, sen = icl.PAPER_TABLE5[t]
+        for d in (0, 1):
+            r = {"query_weight": aqw, "accuracy": -acc, "sensitivity": sen if d == 0 else 0.0}
+            rows.append({"method": "gilot", "example": f"icl:t{t}:d{d}:0", **r})
+    text = icl.section(rows, tmp_path, "link")
+    assert "over the 4 templates" in text
+    assert "| aqw | 1.00 | 0 |" in text
+    assert "| accuracy | -1.00 | 0 |" in text
+    assert "| sensitivity | 1.00 | 0 |" in text
+
+
 def test_the_answer_given_to_the_methods_is_the_one_explain_would_generate(lms):
     import genattr
     from genattr.reproduce.common import chat_prompt, greedy_ids

@@ -210,6 +210,19 @@ def _plot(summaries: list[Setting], path: Path) -> None:
     save_png(fig, path)
 
 
+def _template_agreement(summaries: dict[tuple[int, int], Setting], templates: list[int]) -> str:
+    """Spearman's rho between each template's mean aqw, accuracy and sensitivity (over its
+    demonstration sets) and the paper's Table 5 values for the same templates."""
+    from scipy.stats import spearmanr
+
+    body = []
+    for i, name in enumerate(("query_weight", "accuracy", "sensitivity")):
+        ours = [np.mean([getattr(v, name) for (t, _), v in summaries.items() if t == tt]) for tt in templates]
+        rho, p = spearmanr(ours, [PAPER_TABLE5[t][i] for t in templates])
+        body.append([name if name != "query_weight" else "aqw", fmt(float(rho)), f"{p:.3g}"])
+    return markdown_table(["per template", "Spearman rho with the paper", "p-value"], body)
+
+
 def section(rows: list[dict], out: Path, link: str) -> str:
     grouped = _settings(rows)
     failed = sorted(f"{r['example']}: {r['error']}" for r in rows if "error" in r)
@@ -249,6 +262,13 @@ def section(rows: list[dict], out: Path, link: str) -> str:
             ["template", "demo set", "aqw", "accuracy", "sensitivity", "paper aqw / acc / sen"], body
         ),
     ]
+    templates = sorted({t for t, _ in grouped})
+    if len(templates) >= 3:
+        parts += [
+            f"Per template (the mean over its demonstration sets) against the paper's Table 5, over the "
+            f"{len(templates)} templates:\n",
+            _template_agreement(summaries, templates),
+        ]
     if len(summaries) >= 3:
         r = correlate(list(summaries.values()))
         table = [
