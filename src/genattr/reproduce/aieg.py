@@ -4,7 +4,8 @@
 submission), Section 5 and Appendix A.4: log-odds, comprehensiveness and sufficiency when the top
 k% of the words are removed (k = 20% in its tables; the curve over k is its Figure 5), for
 Grad x Input, IG, IGCG, DeepLIFT, GradientSHAP, attention only and AIEG
-(:func:`~genattr.evaluate.faithfulness.erasure`).
+(:func:`~genattr.evaluate.faithfulness.erasure`), and a ``random`` baseline the paper does not
+have, its curves averaged over ``RANDOM_SEEDS`` seeds per example.
 
 Setting: the SST-2 dev sentences in their order, each after :data:`~genattr.evaluate.datasets.SST2_SHOTS`
 balanced demonstrations (``genattr.evaluate.datasets``, seed 0) as plain text ending in

@@ -7,7 +7,8 @@ setting the model's accuracy over queries and orders, its order sensitivity (per
 standard deviation over orders of the top label's probability, negated when wrong, the paper's
 footnote 4; averaged over queries) and the attribution-guided query weight aqw (Eq. 12: GiLOT's
 share on the query's words); then Pearson's r and p of accuracy and of sensitivity against aqw
-across settings (Table 4).
+across settings (Table 4), and Spearman's rho of each template's mean aqw, accuracy and
+sensitivity with the paper's Table 5.
 
 Settings: the paper's 9 templates (Table 5, its empty prefix cells read as the prefix above:
 four prefixes with two suffixes each, and "Review:" / "Sentiment:") x ``DEMO_SETS`` sets of
