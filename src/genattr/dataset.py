@@ -211,7 +211,8 @@ def parse_line(line: bytes, where: str) -> dict:
 
 
 def open_results(path: Path) -> JsonlStore:
-    """The results file at ``path`` as a resumable store (a last line cut short is dropped)."""
+    """The results file at ``path`` as a resumable store, locked for this run's writing (a last
+    line cut short is dropped)."""
     return JsonlStore(
         path, parse_line, _key, "result", lambda line: f"{line['request']['source']}, same settings"
     )
@@ -300,15 +301,15 @@ def run_dataset(
     settings = run_settings(spec.source, spec.dtype, options)
     check_distinct(records)
     keys = {(r.input_hash, json.dumps(settings, sort_keys=True)): r for r in records}
-    store = open_results(Path(out))
-    _warn_not_reused(store, keys, settings)
-    todo = [record for key, record in keys.items() if key not in store.done]
-    if not todo:
-        return {"total": len(records), "reused": len(records), "computed": 0}
-    task = partial(explain_record, options=dict(options), settings=settings)
-    with closing(completed(task, todo, spec, cluster=cluster, threads=threads, lm=lm)) as results:
-        for done, (index, line) in enumerate(results, 1):
-            store.append(line)
-            if progress is not None:
-                progress(done, len(todo), todo[index].source)
+    with open_results(Path(out)) as store:
+        _warn_not_reused(store, keys, settings)
+        todo = [record for key, record in keys.items() if key not in store.done]
+        if not todo:
+            return {"total": len(records), "reused": len(records), "computed": 0}
+        task = partial(explain_record, options=dict(options), settings=settings)
+        with closing(completed(task, todo, spec, cluster=cluster, threads=threads, lm=lm)) as results:
+            for done, (index, line) in enumerate(results, 1):
+                store.append(line)
+                if progress is not None:
+                    progress(done, len(todo), todo[index].source)
     return {"total": len(records), "reused": len(records) - len(todo), "computed": len(todo)}

@@ -308,21 +308,21 @@ def run_benchmark(
     wanted = {
         (m, it.id): row_key({"method": m, "example": it.id, **stamps[it.id]}) for it in items for m in methods
     }
-    store = RowStore(out / "rows.jsonl")
-    warn_not_reused(store, wanted, stamps)
-    todo = [(m, it) for it in items for m in methods if wanted[m, it.id] not in store.done]
-    task = partial(_row, metrics=tuple(metrics), seed=seed, options=options)
-    with closing(
-        completed(task, todo, ModelSpec.of(lm), cluster=cluster, threads=threads, lm=lm)
-    ) as computed:
-        for done, (index, row) in enumerate(computed, start=1):
-            method, item = todo[index]
-            row = {**row, **stamps[item.id]}
-            store.append(row)
-            if on_row is not None:
-                on_row(row)
-            if progress is not None:
-                progress(done, len(todo), f"{method} on {item.id}")
+    with RowStore(out / "rows.jsonl") as store:
+        warn_not_reused(store, wanted, stamps)
+        todo = [(m, it) for it in items for m in methods if wanted[m, it.id] not in store.done]
+        task = partial(_row, metrics=tuple(metrics), seed=seed, options=options)
+        with closing(
+            completed(task, todo, ModelSpec.of(lm), cluster=cluster, threads=threads, lm=lm)
+        ) as computed:
+            for done, (index, row) in enumerate(computed, start=1):
+                method, item = todo[index]
+                row = {**row, **stamps[item.id]}
+                store.append(row)
+                if on_row is not None:
+                    on_row(row)
+                if progress is not None:
+                    progress(done, len(todo), f"{method} on {item.id}")
     keys = set(wanted.values())
     rows = [r for r in store.rows if row_key(r) in keys]
     table_md, table_csv = tables(rows, methods, metrics)

@@ -59,8 +59,8 @@ def parse_row(line: bytes, where: str) -> dict:
 class RowStore(JsonlStore):
     """The benchmark's rows: a :class:`~genattr.jsonl.JsonlStore` of rows keyed by :func:`row_key`."""
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(path, parse_row, row_key, "row", _same_row)
+    def __init__(self, path: Path, *, write: bool = True) -> None:
+        super().__init__(path, parse_row, row_key, "row", _same_row, write=write)
 
     @property
     def rows(self) -> list[dict]:

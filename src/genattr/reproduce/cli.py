@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 from ..errors import InputError
@@ -84,13 +85,15 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         raise InputError(f"directory {out.parent} does not exist; create it first.")
     plans = _plans(names, args.model, args.dtype, args.n, chosen)
     if not args.report_only:
-        args.configure(args.verbose)
-        lm = load(args.model, device=args.device, dtype=args.dtype)
-        for name, tasks in plans.items():
-            store = RowStore(rows_path(out, name))
-            stored = sum(t.key() in store.done for t in tasks)
-            print(f"{name}: {len(tasks)} rows, {stored} already stored", file=sys.stderr)
-            note = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
-            run_tasks(lm, study(name), tasks, store, note)
+        with ExitStack() as held:  # every study's rows locked for this run before the model loads
+            stores = {name: held.enter_context(RowStore(rows_path(out, name))) for name in plans}
+            args.configure(args.verbose)
+            lm = load(args.model, device=args.device, dtype=args.dtype)
+            for name, tasks in plans.items():
+                store = stores[name]
+                stored = sum(t.key() in store.done for t in tasks)
+                print(f"{name}: {len(tasks)} rows, {stored} already stored", file=sys.stderr)
+                note = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+                run_tasks(lm, study(name), tasks, store, note)
     print(f"wrote {report.write(out, args.model, args.dtype)}", file=sys.stderr)
     return 0

@@ -29,7 +29,7 @@ def _rows(out: Path, name: str, model: str, dtype: str | None) -> list[dict]:
     path = rows_path(out, name)
     if not path.exists():
         return []
-    return stored_rows(RowStore(path), study(name).tasks(model, dtype, None, None))
+    return stored_rows(RowStore(path, write=False), study(name).tasks(model, dtype, None, None))
 
 
 def _reading(out: Path, name: str) -> str:
