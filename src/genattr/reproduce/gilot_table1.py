@@ -380,9 +380,9 @@ def section(rows: list[dict], out: Path, link: str) -> str:
     return "\n".join(parts)
 
 
-DEFAULT_N = 12
-"""Prompts of a full run (6 Alpaca, 6 ShareGPT): 3.8 CPU hours at the first prompts' 1,130 CPU
-seconds per prompt for all methods, the largest share of the suite's 8 hours on 2 cores."""
+DEFAULT_N = 24
+"""Prompts of a full run (12 Alpaca, 12 ShareGPT): 2.7 hours of the stored rows' own time (400 s
+per prompt for all methods and their curves), the largest share of the suite's 8 hours on 2 cores."""
 
 STUDY = Study(
     NAME,
