@@ -87,5 +87,16 @@ def test_reproduce_refuses_rows_another_run_is_writing_before_loading_the_model(
         assert main(args) == 2  # the lock is met first: the missing model is never loaded
         err = capsys.readouterr().err
         assert "bias.jsonl is being written by another genattr run" in err and "Traceback" not in err
-        assert (out / "rows" / "gilot-table1.jsonl").read_bytes() == b""  # claimed, then released
+        assert not (out / "rows" / "gilot-table1.jsonl").exists()  # claimed, then released unwritten
         assert main([*args[:-2], "--report-only"]) == 0  # rebuilding the document needs no lock
+
+
+def test_a_file_the_writer_created_is_removed_if_it_wrote_nothing(tmp_path):
+    new, kept = tmp_path / "new.jsonl", tmp_path / "kept.jsonl"
+    kept.write_text("")  # there before the store: left as it was
+    with _store(new), _store(kept):
+        assert new.exists()
+    assert not new.exists() and kept.read_bytes() == b""
+    with _store(new) as store:
+        store.append({"k": 1})
+    assert new.read_text() == '{"k": 1}\n'

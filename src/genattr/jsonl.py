@@ -12,7 +12,8 @@ occurs twice, raise :class:`~genattr.errors.ResultFormatError`.
 One process at a time writes a file: a store opened for writing holds an exclusive lock on it
 (``flock``, released when the store is closed or its process ends) from before it reads the file
 until it is closed, so two runs on one file cannot both compute and append the same records; the
-second is refused with :class:`~genattr.errors.InputError`. A store opened with ``write=False``
+second is refused with :class:`~genattr.errors.InputError`. A file the store created and left
+empty (a run that failed before its first record) is removed when it closes. A store opened with ``write=False``
 only reads (a report rebuilt while a run goes on): it takes no lock and leaves the file as it is.
 
 >>> import tempfile, pathlib
@@ -67,6 +68,7 @@ class JsonlStore:
     ) -> None:
         self.path = path
         self.key = key
+        self._new = not path.exists()
         self._handle = _claim(path) if write else None
         try:
             self.records, cut = _read(path, parse, key, noun, describe)
@@ -88,9 +90,13 @@ class JsonlStore:
         self.done.add(self.key(record))
 
     def close(self) -> None:
-        """Release the file for another writer; the records read and appended stay readable."""
-        if self._handle is not None:
-            self._handle.close()
+        """Release the file for another writer (removing it if this store created it and wrote
+        nothing to it); the records read and appended stay readable."""
+        if self._handle is None or self._handle.closed:
+            return
+        if self._new and os.fstat(self._handle.fileno()).st_size == 0:
+            self.path.unlink(missing_ok=True)
+        self._handle.close()
 
     def __enter__(self: Store) -> Store:
         return self
