@@ -13,8 +13,9 @@ One process at a time writes a file: a store opened for writing holds an exclusi
 (``flock``, released when the store is closed or its process ends) from before it reads the file
 until it is closed, so two runs on one file cannot both compute and append the same records; the
 second is refused with :class:`~genattr.errors.InputError`. A file the store created and left
-empty (a run that failed before its first record) is removed when it closes. A store opened with ``write=False``
-only reads (a report rebuilt while a run goes on): it takes no lock and leaves the file as it is.
+empty (a run that failed before its first record) is removed when it closes. A store opened with
+``write=False`` only reads (a report rebuilt while a run goes on): it takes no lock and leaves the
+file as it is.
 
 >>> import tempfile, pathlib
 >>> path = pathlib.Path(tempfile.mkdtemp()) / "rows.jsonl"
